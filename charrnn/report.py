@@ -1,0 +1,131 @@
+"""The stderr side of training: a Rich progress bar in a terminal, plain periodic lines otherwise, metrics.jsonl.
+
+train.py reports events through a callback (`reporter(event, info)`); this module decides how they look.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+def append_metrics(path: Path, record: dict) -> None:
+    """One JSON object per evaluation; appended and flushed so a crash loses at most the line being written."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, allow_nan=True) + "\n")
+        f.flush()
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+class Reporter:
+    """Turns training events into stderr output; never writes to stdout."""
+
+    def __init__(self, quiet: bool = False, console: Console | None = None):
+        self.console = console or Console(stderr=True, highlight=False)
+        self.quiet = quiet
+        self.interactive = self.console.is_terminal and not quiet
+        self._progress: Progress | None = None
+        self._task = None
+        self._last_val = math.nan
+
+    # -- plain messages -------------------------------------------------------------------------
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(escape(message))
+
+    def warn(self, message: str) -> None:
+        self.console.print(f"[yellow]warning:[/yellow] {escape(message)}")
+
+    # -- training events ------------------------------------------------------------------------
+    def __call__(self, event: str, info: dict) -> None:
+        getattr(self, f"_on_{event}")(info)
+
+    def _on_message(self, info: dict) -> None:
+        self.info(info["text"])
+
+    def _on_warning(self, info: dict) -> None:
+        self.warn(info["text"])
+
+    def _on_start(self, info: dict) -> None:
+        if self.interactive:
+            self._progress = Progress(
+                TextColumn("step {task.completed:,.0f}"),
+                BarColumn(),
+                TextColumn("{task.fields[stats]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
+                redirect_stdout=False,
+                redirect_stderr=False,
+                transient=False,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("train", total=info.get("total_steps"), completed=info["step"], stats="")
+
+    def _on_log(self, info: dict) -> None:
+        if self.quiet:
+            return
+        if self._progress is not None:
+            stats = (f"epoch {info['epoch']:.2f}  loss {info['train_loss']:.3f}  val {self._last_val:.3f}  "
+                     f"{info['chars_per_sec']:,.0f} char/s")
+            self._progress.update(self._task, completed=info["step"], total=info.get("total_steps"), stats=stats)
+            return
+        eta = info.get("eta_s")
+        line = (f"step {info['step']:>6}  epoch {info['epoch']:6.2f}  loss {info['train_loss']:.4f}  "
+                f"lr {info['lr']:.2e}  {info['chars_per_sec']:>8,.0f} char/s  elapsed {format_duration(info['elapsed_s'])}")
+        if eta is not None:
+            line += f"  eta {format_duration(eta)}"
+        if info.get("skipped"):
+            line += f"  skipped {info['skipped']}"
+        self.console.print(line)
+
+    def _on_eval(self, info: dict) -> None:
+        self._last_val = info["val_loss"]
+        if self.quiet:
+            return
+        line = (f"step {info['step']:>6}  val loss {info['val_loss']:.4f} nats  {info['val_bpc']:.4f} bpc"
+                f"{'  (best)' if info.get('is_best') else ''}")
+        self.console.print(line)
+
+    def _on_end(self, info: dict) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+class Throughput:
+    """chars/sec between two log points, measured on the host clock (the caller syncs at log points only)."""
+
+    def __init__(self):
+        self._t = time.perf_counter()
+        self._chars = 0
+
+    def add(self, chars: int) -> None:
+        self._chars += chars
+
+    def rate(self) -> float:
+        now = time.perf_counter()
+        dt = now - self._t
+        rate = self._chars / dt if dt > 0 else 0.0
+        self._t, self._chars = now, 0
+        return rate
+
+
+def stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()

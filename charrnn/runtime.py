@@ -1,0 +1,117 @@
+"""Device choice, threads, seeding and RNG state capture (weights_only-safe), precision."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+
+import numpy as np
+import torch
+
+from charrnn.errors import UsageError
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """auto: cuda, then mps, then cpu. An explicit device that is not there is a usage error."""
+    name = name.strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "mps":
+        if not _mps_available():
+            raise UsageError("--device mps was asked for but this machine has no MPS backend; use --device cpu or auto.")
+        return torch.device("mps")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name} was asked for but CUDA is not available here; use --device cpu or auto.")
+        device = torch.device(name)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible.")
+        return device
+    raise UsageError(f"--device must be auto, cpu, cuda, cuda:N or mps, not {name!r}.")
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+
+
+def set_threads(threads: int | None) -> None:
+    # Left at torch's default unless asked: oversubscribing the cores collapses oneDNN throughput.
+    if threads is not None:
+        if threads < 1:
+            raise UsageError(f"--threads must be at least 1, not {threads}.")
+        torch.set_num_threads(threads)
+
+
+def configure_backends(device: torch.device) -> None:
+    if device.type == "cuda":
+        # TF32 for matmuls and cuDNN: ~free speed on Ampere+, well inside char-level noise.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def draw_seed() -> int:
+    return int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+
+
+def rng_state() -> dict:
+    """Every RNG a run consumes, in types torch.load(weights_only=True) accepts (no legacy numpy state)."""
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(legacy=False),  # a plain dict, unlike the legacy tuple with an ndarray
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    state["numpy"] = _plain(state["numpy"])
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np_state = dict(state["numpy"])
+    np_state["state"] = dict(np_state["state"], key=np.asarray(np_state["state"]["key"], dtype=np.uint32))
+    np.random.set_state(np_state)
+    torch.set_rng_state(state["torch"].cpu())
+    cuda_states = state.get("cuda") or []
+    if cuda_states and torch.cuda.is_available():
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states])
+        else:  # another GPU count: restore what matches rather than fail the resume
+            for i, s in enumerate(cuda_states[: torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(s.cpu(), i)
+
+
+def _plain(obj):
+    # numpy's Generator state holds numpy ints; weights_only loading wants Python ints.
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return obj
+
+
+def autocast(device: torch.device, enabled: bool):
+    """fp16 autocast on CUDA (cuDNN LSTMs run in fp16 with a GradScaler); a no-op elsewhere.
+
+    bf16 is not used for the RNN: cuDNN accepts bf16 RNNs only from cuDNN 9.13 on SM >= 8.0, and CPU oneDNN
+    bf16 LSTMs fail on AVX2-only machines.
+    """
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()

@@ -1,0 +1,491 @@
+"""TrainConfig and train(): the whole loop top to bottom.
+
+lr -> forward -> loss -> backward -> clip -> step, every step; evaluate, checkpoint and report on a cadence.
+Host syncs (.item()) happen only every `log_every` steps and at evaluations: the divergence guard runs on the
+device (fused AdamW's found_inf skips a non-finite step without touching weights or optimizer moments).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from charrnn import __version__, runtime
+from charrnn.checkpoint import FORMAT_NAME, FORMAT_VERSION, RunDir, load_checkpoint
+from charrnn.corpus import Corpus, Vocab
+from charrnn.data import DeviceFeeder, min_corpus_chars, split
+from charrnn.errors import CheckpointError, CorpusError, DivergedError, UsageError
+from charrnn.model import CharRNN, ModelConfig, State, detach_state, load_weights
+from charrnn.report import append_metrics
+
+Reporter = Callable[[str, dict], None]
+
+# Options that change no arithmetic, so a resumed run may take new values for them.
+RESUME_OVERRIDABLE = ("device", "threads", "keep", "log_every", "eval_every", "max_skips")
+LIMITS = ("max_steps", "max_epochs", "max_time")
+
+
+@dataclass
+class TrainConfig:
+    # data
+    seq_len: int = 100
+    batch_size: int = 64
+    val_frac: float = 0.1
+    # optimisation
+    lr: float = 2e-3
+    min_lr_frac: float = 0.1  # cosine decays the lr to lr * min_lr_frac by the end of the budget
+    warmup_steps: int = 100
+    weight_decay: float = 0.1  # on weight matrices only, not biases
+    grad_clip: float = 1.0
+    # when to stop (whichever comes first); None means no limit from that side
+    max_steps: int | None = None
+    max_epochs: float | None = None
+    max_time: float | None = None  # seconds
+    # evaluation, logging, checkpoints
+    eval_every: int = 200
+    eval_streams: int = 8  # validation text is cut into this many contiguous streams, every char scored once
+    eval_chars: int | None = 2_000_000  # score at most this many validation chars (None: all of them)
+    log_every: int = 20
+    keep: int = 3
+    max_skips: int = 5  # consecutive non-finite steps before training stops as diverged
+    # runtime
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    amp: bool = True  # fp16 autocast + GradScaler on CUDA; ignored elsewhere
+
+    def validate(self) -> None:
+        positive = {"seq_len": self.seq_len, "batch_size": self.batch_size, "eval_every": self.eval_every,
+                    "log_every": self.log_every, "eval_streams": self.eval_streams, "max_skips": self.max_skips}
+        for name, value in positive.items():
+            if value < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, not {value}.")
+        if not 0.0 < self.val_frac < 1.0:
+            raise UsageError(f"--val-frac must be between 0 and 1 (exclusive), not {self.val_frac}.")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UsageError(f"--lr must be a positive number, not {self.lr}.")
+        if self.weight_decay < 0 or self.grad_clip <= 0 or self.warmup_steps < 0 or self.keep < 0:
+            raise UsageError("--weight-decay, --warmup-steps and --keep must be >= 0 and --grad-clip > 0.")
+        for name in LIMITS:
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be positive, not {value}.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_path: Path
+    last_path: Path
+    step: int
+    best_val_loss: float
+    stop_reason: str  # "max_steps" | "max_epochs" | "max_time" | "signal"
+    signal: int | None = None
+
+
+# ---------------------------------------------------------------------------------------------------
+# schedule
+
+
+def budget_progress(step: int, elapsed: float, cfg: TrainConfig, batches_per_epoch: int) -> float:
+    """Fraction of the training budget used: the largest of steps, epochs and time fractions, in [0, 1]."""
+    fracs = []
+    if cfg.max_steps:
+        fracs.append(step / cfg.max_steps)
+    if cfg.max_epochs:
+        fracs.append(step / (cfg.max_epochs * batches_per_epoch))
+    if cfg.max_time:
+        fracs.append(elapsed / cfg.max_time)
+    return min(1.0, max(fracs)) if fracs else 0.0
+
+
+def lr_at(step: int, progress: float, cfg: TrainConfig) -> float:
+    """Linear warm-up over `warmup_steps`, times a cosine from 1 to `min_lr_frac` over the budget.
+
+    The budget is steps or epochs when those bound the run (fully deterministic, so resume is exact); under
+    --max-time alone it is the wall-clock fraction used, so the decay ends when the time does.
+    """
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    decay = cfg.min_lr_frac + (1.0 - cfg.min_lr_frac) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cfg.lr * warm * decay
+
+
+def stop_reason(step: int, epoch_float: float, elapsed: float, cfg: TrainConfig) -> str | None:
+    if cfg.max_steps and step >= cfg.max_steps:
+        return "max_steps"
+    if cfg.max_epochs and epoch_float >= cfg.max_epochs:
+        return "max_epochs"
+    if cfg.max_time and elapsed >= cfg.max_time:
+        return "max_time"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# evaluation
+
+
+@torch.no_grad()
+def evaluate(model: CharRNN, ids: np.ndarray, num_streams: int, seq_len: int, device: torch.device,
+             amp: bool = False, max_chars: int | None = None) -> float:
+    """Mean cross-entropy (nats/char) over `ids`, cut into `num_streams` contiguous streams scored with the
+    hidden state carried through each stream, so every character (but each stream's first) is scored once."""
+    if max_chars is not None:
+        ids = ids[: max_chars + 1]
+    num_streams = max(1, min(num_streams, (len(ids) - 1)))
+    stream_len = (len(ids) - 1) // num_streams
+    starts = np.arange(num_streams, dtype=np.int64)[:, None] * stream_len  # (S, 1)
+    was_training = model.training
+    model.eval()
+    state: State | None = None
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for a in range(0, stream_len, seq_len):
+        cols = np.arange(a, min(a + seq_len, stream_len) + 1, dtype=np.int64)  # T+1 positions
+        chunk = torch.from_numpy(ids[starts + cols].astype(np.int64)).to(device)  # (S, T+1)
+        with runtime.autocast(device, amp):
+            logits, state = model(chunk[:, :-1], state)
+        total += F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), chunk[:, 1:].reshape(-1),
+                                 reduction="sum").double()
+    model.train(was_training)
+    return total.item() / (num_streams * stream_len)
+
+
+# ---------------------------------------------------------------------------------------------------
+# set-up helpers
+
+
+def make_optimizer(model: CharRNN, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("embed")]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and not n.startswith("embed"))]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # fused: one kernel for the whole update, and it honours `found_inf`, which lets us skip a bad step on
+    # the device without a host sync. CPU and CUDA support it; MPS falls back to foreach.
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99), fused=fused, foreach=None if fused else True)
+
+
+def resolve_init_vocab(corpus: Corpus, ckpt_vocab: Vocab) -> np.ndarray:
+    """Re-encode the corpus ids into the checkpoint's vocabulary (for --init-from fine-tuning)."""
+    missing = [c for c in corpus.vocab.chars if c not in set(ckpt_vocab.chars)]
+    if missing:
+        shown = ", ".join(repr(c) for c in missing[:20]) + (" …" if len(missing) > 20 else "")
+        raise CorpusError(f"the corpus has {len(missing)} character(s) the --init-from checkpoint's vocabulary lacks "
+                          f"({shown}); fine-tune on text that uses only its characters, or train from scratch.")
+    stoi = {c: i for i, c in enumerate(ckpt_vocab.chars)}
+    lut = np.array([stoi[c] for c in corpus.vocab.chars], dtype=ckpt_vocab.dtype)
+    return lut[np.asarray(corpus.ids)]
+
+
+def check_corpus_size(n: int, cfg: TrainConfig) -> None:
+    need = min_corpus_chars(cfg.batch_size, cfg.seq_len, cfg.val_frac)
+    if n < need:
+        raise CorpusError(
+            f"the corpus has {n:,} characters but --batch-size {cfg.batch_size}, --seq-len {cfg.seq_len} and "
+            f"--val-frac {cfg.val_frac} need at least {need:,}; use more text or smaller --batch-size/--seq-len."
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# the loop
+
+
+class Trainer:
+    """State of one training run; `run()` is the loop. Split into small methods so each reads on its own."""
+
+    def __init__(self, corpus: Corpus, model_config: ModelConfig | None, cfg: TrainConfig, run_dir: RunDir,
+                 report: Reporter, should_stop: Callable[[], int | None], resume: bool, init_from: Path | None):
+        self.report, self.should_stop, self.run_dir = report, should_stop, run_dir
+        self.corpus = corpus
+        ckpt = self._load_resume(cfg) if resume else None
+        self.cfg = self._merge_resume_config(cfg, ckpt) if ckpt else cfg
+        self.cfg.validate()
+        cfg = self.cfg
+        self.device = runtime.select_device(cfg.device)
+        runtime.set_threads(cfg.threads)
+        runtime.configure_backends(self.device)
+        self.amp = cfg.amp and self.device.type == "cuda"
+
+        ids, self.vocab, model_config = self._resolve_vocab(corpus, model_config, ckpt, init_from)
+        check_corpus_size(len(ids), cfg)
+        self.train_ids, self.val_ids = split(ids, cfg.val_frac)
+        self.feeder = DeviceFeeder(self.train_ids, cfg.batch_size, cfg.seq_len, self.device)
+
+        runtime.seed_everything(cfg.seed)
+        self.model = CharRNN(model_config).to(self.device)
+        if init_from is not None:
+            self._init_weights(init_from)
+        self.optimizer = make_optimizer(self.model, cfg, self.device)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
+
+        self.step, self.epoch, self.batch_index = 0, 0, 0
+        self.elapsed_prior = 0.0
+        self.best_val, self.best_step, self.last_val = math.inf, -1, math.nan
+        self.skipped = 0
+        self.state: State = self.model.init_state(cfg.batch_size, self.device)
+        if ckpt:
+            self._restore(ckpt)
+        self.run_dir.prepare()
+
+    # -- set-up ----------------------------------------------------------------------------------
+    def _load_resume(self, cfg: TrainConfig) -> dict:
+        ckpt, path, warnings = self.run_dir.load_latest()
+        for w in warnings:
+            self.report("warning", {"text": w})
+        if ckpt.get("corpus", {}).get("sha256") != self.corpus.sha256:
+            raise CorpusError(f"the corpus differs from the one {self.run_dir.path} was trained on (its content hash "
+                              "changed); resume with the same text, or start a new run with another --run-dir.")
+        for key in ("train_config", "optimizer", "step", "rng", "data"):
+            if key not in ckpt:
+                raise CheckpointError(f"{path} lacks '{key}', so it cannot be resumed; use --init-from to start a "
+                                      "new run from its weights.")
+        self.report("message", {"text": f"resuming from {path} at step {ckpt['step']}"})
+        return ckpt
+
+    @staticmethod
+    def _merge_resume_config(cfg: TrainConfig, ckpt: dict) -> TrainConfig:
+        saved = TrainConfig.from_dict(ckpt["train_config"])
+        updates = {k: getattr(cfg, k) for k in RESUME_OVERRIDABLE}
+        updates.update({k: getattr(cfg, k) for k in LIMITS if getattr(cfg, k) is not None})
+        return replace(saved, **updates)
+
+    def _resolve_vocab(self, corpus, model_config, ckpt, init_from):
+        if ckpt:
+            return corpus.ids, Vocab.from_dict(ckpt["vocab"]), ModelConfig.from_dict(ckpt["model_config"])
+        if init_from is not None:
+            self.init_ckpt = load_checkpoint(init_from)
+            vocab = Vocab.from_dict(self.init_ckpt["vocab"])
+            ids = resolve_init_vocab(corpus, vocab)
+            cfg = ModelConfig.from_dict(self.init_ckpt["model_config"])
+            if model_config is not None and model_config.dropout != cfg.dropout:
+                cfg.dropout = model_config.dropout  # dropout is a training choice, free to change when fine-tuning
+            return ids, vocab, cfg
+        if model_config is None:
+            raise UsageError("a model config is needed for a new run.")
+        model_config.vocab_size = len(corpus.vocab)
+        return corpus.ids, corpus.vocab, model_config
+
+    def _init_weights(self, path: Path) -> None:
+        load_weights(self.model, self.init_ckpt["model"], Path(path))
+        self.report("message", {"text": f"initialised weights from {path}"})
+
+    def _restore(self, ckpt: dict) -> None:
+        load_weights(self.model, ckpt["model"], self.run_dir.path)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.step = ckpt["step"]
+        self.epoch, self.batch_index = ckpt["data"]["epoch"], ckpt["data"]["batch_index"]
+        self.elapsed_prior = float(ckpt.get("elapsed_s", 0.0))
+        self.best_val = float(ckpt.get("best_val_loss", math.inf))
+        self.best_step = int(ckpt.get("best_step", -1))
+        self.last_val = float(ckpt.get("val_loss", math.nan))
+        self.skipped = int(ckpt.get("skipped_steps", 0))
+        hidden = ckpt.get("hidden")
+        if hidden and self.batch_index != 0:
+            self.state = tuple(h.to(self.device) for h in hidden)
+        # RNG last: anything that draws random numbers after this would break bit-exact resume.
+        runtime.set_rng_state(ckpt["rng"])
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def checkpoint_state(self, train_loss: float) -> dict:
+        return {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "model_config": self.model.config.to_dict(),
+            "vocab": self.vocab.to_dict(),
+            "train_config": self.cfg.to_dict(),
+            "corpus": {"name": self.corpus.name, "sha256": self.corpus.sha256, "num_chars": int(len(self.corpus.ids)),
+                       "sources": list(self.corpus.sources)},
+            "step": self.step,
+            "epoch": self.epoch_float,
+            "data": {"epoch": self.epoch, "batch_index": self.batch_index,
+                     "batches_per_epoch": self.feeder.batches_per_epoch},
+            "hidden": [s.detach().cpu() for s in self.state],
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": runtime.rng_state(),
+            "elapsed_s": self.elapsed,
+            "train_loss": train_loss,
+            "val_loss": self.last_val,
+            "val_bpc": self.last_val / math.log(2),
+            "best_val_loss": self.best_val,
+            "best_step": self.best_step,
+            "skipped_steps": self.skipped,
+            "device": str(self.device),
+            "torch_version": torch.__version__,
+            "charrnn_version": __version__,
+            "saved_at": time.time(),
+        }
+
+    def save(self, train_loss: float, is_best: bool) -> None:
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise DivergedError(f"diverged at step {self.step}: the weights are no longer finite; the last good "
+                                f"checkpoint in {self.run_dir.path} is kept; try a lower --lr.")
+        self.run_dir.save(self.checkpoint_state(train_loss), self.step, is_best)
+
+    # -- progress --------------------------------------------------------------------------------
+    @property
+    def epoch_float(self) -> float:
+        return self.epoch + self.batch_index / self.feeder.batches_per_epoch
+
+    @property
+    def elapsed(self) -> float:
+        return self.elapsed_prior + (time.perf_counter() - self.t0)
+
+    def total_steps(self) -> int | None:
+        bounds = []
+        if self.cfg.max_steps:
+            bounds.append(self.cfg.max_steps)
+        if self.cfg.max_epochs:
+            bounds.append(math.ceil(self.cfg.max_epochs * self.feeder.batches_per_epoch))
+        return min(bounds) if bounds else None
+
+    # -- one step --------------------------------------------------------------------------------
+    def train_step(self, lr: float) -> torch.Tensor:
+        """Forward, backward, clip and update on the next batch; returns the loss tensor (no host sync)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self.batch_index == 0:
+            for s in self.state:  # a new epoch restarts every stream at its beginning
+                s.zero_()
+        x, y = self.feeder.batch(self.batch_index)  # (B, T), (B, T)
+        with runtime.autocast(self.device, self.amp):
+            logits, state = self.model(x, self.state)  # (B, T, V)
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip, foreach=True)
+        bad = ~torch.isfinite(loss)
+        if self.scaler is not None:
+            # GradScaler skips steps whose fp16 gradients overflowed; those are not divergence.
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            bad = bad | ~torch.isfinite(norm)
+            self.optimizer.found_inf = bad.float()  # fused AdamW leaves weights and moments untouched when 1
+            self.optimizer.step()
+        self.state = tuple(s.masked_fill_(bad, 0.0) for s in detach_state(state))
+        self.streak = (self.streak + 1) * bad
+        self.max_streak = torch.maximum(self.max_streak, self.streak)
+        self.bad_count += bad
+        self.loss_sum += torch.where(bad, 0.0, loss.detach().float())
+        return loss
+
+    def advance(self) -> None:
+        self.step += 1
+        self.batch_index += 1
+        if self.batch_index == self.feeder.batches_per_epoch:
+            self.batch_index = 0
+            self.epoch += 1
+
+    # -- the loop --------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        self.t0 = time.perf_counter()
+        zeros = lambda dtype: torch.zeros((), dtype=dtype, device=self.device)  # noqa: E731
+        self.streak, self.max_streak, self.bad_count = zeros(torch.int64), zeros(torch.int64), zeros(torch.int64)
+        self.loss_sum = zeros(torch.float32)
+        steps_in_window, window_t, train_loss = 0, time.perf_counter(), math.nan
+        self.report("start", {"step": self.step, "total_steps": self.total_steps()})
+        reason, signum = None, None
+        while True:
+            reason = stop_reason(self.step, self.epoch_float, self.elapsed, cfg)
+            if reason:
+                break
+            signum = self.should_stop()
+            if signum is not None:
+                reason = "signal"
+                break
+            progress = budget_progress(self.step, self.elapsed, cfg, self.feeder.batches_per_epoch)
+            lr = self.lr = lr_at(self.step, progress, cfg)
+            self.train_step(lr)
+            self.advance()
+            steps_in_window += 1
+            if self.step % cfg.log_every == 0:
+                train_loss = self._log(lr, steps_in_window, time.perf_counter() - window_t)
+                steps_in_window, window_t = 0, time.perf_counter()
+            if self.step % cfg.eval_every == 0:
+                self._evaluate_and_save(train_loss)
+        if steps_in_window:
+            train_loss = self._log(self.lr, steps_in_window, time.perf_counter() - window_t)
+        if reason == "signal":
+            self.save(train_loss, is_best=False)  # no evaluation: get out within seconds
+        elif self.step % cfg.eval_every != 0 or self.step == 0:
+            self._evaluate_and_save(train_loss)
+        best = self.run_dir.best_path if self.run_dir.best_path.exists() else self.run_dir.last_path
+        return TrainResult(self.run_dir.path, best, self.run_dir.last_path, self.step, self.best_val, reason, signum)
+
+    def _log(self, lr: float, steps: int, seconds: float) -> float:
+        """The only per-window host sync: read the loss sum and the divergence counters."""
+        bad_in_window = int(self.bad_count.item())
+        good = steps - bad_in_window
+        train_loss = self.loss_sum.item() / good if good else math.nan
+        self.skipped += bad_in_window
+        if int(self.max_streak.item()) >= self.cfg.max_skips:
+            raise DivergedError(
+                f"diverged at step {self.step}: {self.cfg.max_skips} consecutive steps had a non-finite loss or "
+                f"gradient (skipped without updating the weights); the last good checkpoint in {self.run_dir.path} "
+                "is kept; try a lower --lr or a smaller --grad-clip."
+            )
+        self.loss_sum.zero_(), self.bad_count.zero_(), self.max_streak.copy_(self.streak)
+        chars_per_sec = steps * self.cfg.batch_size * self.cfg.seq_len / seconds if seconds > 0 else 0.0
+        total = self.total_steps()
+        eta = None
+        if total:
+            eta = (total - self.step) * seconds / steps
+        if self.cfg.max_time:
+            eta = min(eta if eta is not None else math.inf, max(0.0, self.cfg.max_time - self.elapsed))
+        self.last_log = {"step": self.step, "epoch": self.epoch_float, "train_loss": train_loss, "lr": lr,
+                         "chars_per_sec": chars_per_sec, "elapsed_s": self.elapsed, "eta_s": eta,
+                         "skipped": self.skipped, "total_steps": total}
+        self.report("log", self.last_log)
+        return train_loss
+
+    def _evaluate_and_save(self, train_loss: float) -> None:
+        cfg = self.cfg
+        val = evaluate(self.model, self.val_ids, cfg.eval_streams, max(cfg.seq_len, 256), self.device,
+                       self.amp, cfg.eval_chars)
+        self.last_val = val
+        is_best = math.isfinite(val) and val < self.best_val  # a NaN validation loss never becomes best
+        if is_best:
+            self.best_val, self.best_step = val, self.step
+        record = {"step": self.step, "epoch": round(self.epoch_float, 4), "train_loss": train_loss,
+                  "val_loss": val, "val_bpc": val / math.log(2),
+                  "lr": lr_at(self.step, budget_progress(self.step, self.elapsed, cfg, self.feeder.batches_per_epoch), cfg),
+                  "chars_per_sec": getattr(self, "last_log", {}).get("chars_per_sec", 0.0),
+                  "elapsed_s": round(self.elapsed, 3)}
+        self.save(train_loss, is_best)
+        append_metrics(self.run_dir.metrics_path, record)
+        self.report("eval", {**record, "is_best": is_best})
+
+
+def train(corpus: Corpus, model_config: ModelConfig | None, cfg: TrainConfig, run_dir: RunDir,
+          report: Reporter = lambda event, info: None, should_stop: Callable[[], int | None] = lambda: None,
+          resume: bool = False, init_from: Path | None = None) -> TrainResult:
+    """Train (or resume) a run; raises CharRNNError subclasses for problems the user can fix."""
+    if resume and init_from is not None:
+        raise UsageError("--resume and --init-from cannot be combined: resume continues a run, init-from starts one.")
+    trainer = Trainer(corpus, model_config, cfg, run_dir, report, should_stop, resume, init_from)
+    try:
+        return trainer.run()
+    finally:
+        report("end", {"step": trainer.step})
