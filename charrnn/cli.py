@@ -27,7 +27,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     help="Character-level LSTM/GRU/RNN language models: train on any text, then stream new text in its style.",
 )
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)  # log lines never wrap mid-line in files
 
 DATA, MODEL, OPTIM, STOP, OUTPUT, RUNTIME = "Data", "Model", "Optimization", "Stopping", "Output", "Runtime"
 

@@ -34,7 +34,7 @@ class Reporter:
     """Turns training events into stderr output; never writes to stdout."""
 
     def __init__(self, quiet: bool = False, console: Console | None = None):
-        self.console = console or Console(stderr=True, highlight=False)
+        self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)
         self.quiet = quiet
         self.interactive = self.console.is_terminal and not quiet
         self._progress: Progress | None = None

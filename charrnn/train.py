@@ -327,7 +327,7 @@ class Trainer:
             "best_step": self.best_step,
             "skipped_steps": self.skipped,
             "device": str(self.device),
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),  # TorchVersion is a str subclass weights_only refuses
             "charrnn_version": __version__,
             "saved_at": time.time(),
         }
