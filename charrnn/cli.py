@@ -146,7 +146,7 @@ def train(
     from charrnn.corpus import load_corpus
     from charrnn.model import ModelConfig
     from charrnn.report import Reporter
-    from charrnn.train import TrainConfig, train as run_training
+    from charrnn.train import TrainConfig, check_corpus_size, train as run_training
 
     reporter = Reporter(quiet=quiet, console=err)
     with user_errors():
@@ -162,6 +162,8 @@ def train(
                           seed=seed, device=device, threads=threads, amp=amp)
         cfg.validate()
         data = load_corpus(corpus, show_progress=not quiet)
+        if not resume:
+            check_corpus_size(len(data.ids), cfg)  # fail before any progress output
         reporter.info(f"corpus {data.name}: {len(data.ids):,} characters, {len(data.vocab)} distinct")
         if not resume:
             reporter.info(f"seed {seed}")

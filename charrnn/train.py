@@ -275,8 +275,7 @@ class Trainer:
             return ids, vocab, cfg
         if model_config is None:
             raise UsageError("a model config is needed for a new run.")
-        model_config.vocab_size = len(corpus.vocab)
-        return corpus.ids, corpus.vocab, model_config
+        return corpus.ids, corpus.vocab, replace(model_config, vocab_size=len(corpus.vocab))
 
     def _init_weights(self, path: Path) -> None:
         load_weights(self.model, self.init_ckpt["model"], Path(path))
