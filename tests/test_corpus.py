@@ -1,0 +1,371 @@
+"""corpus.py contracts: Vocab round trips, streaming == in-memory encoding, every refusal, the cache."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import sys
+
+import numpy as np
+import pytest
+
+from charrnn import corpus as corpus_mod
+from charrnn.corpus import NAMED_CORPORA, Corpus, Vocab, default_cache_dir, load_corpus
+from charrnn.errors import CorpusError
+
+# Code points from several scripts and widths: 1-byte ASCII, 2-byte Latin/Cyrillic, 3-byte CJK, 4-byte emoji.
+ALPHABET = "ab c\n\r\tZ9é߷ж中文字😀🚀𝄞"
+
+
+def random_text(rng: random.Random, n: int) -> str:
+    return "".join(rng.choice(ALPHABET) for _ in range(n))
+
+
+def code_point_range(start: int, count: int) -> list[str]:
+    return [chr(cp) for cp in range(start, start + count + 2048) if not 0xD800 <= cp <= 0xDFFF][:count]
+
+
+def write(path, data: bytes | str):
+    path.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+    return str(path)
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return tmp_path / "cache"
+
+
+def decoded(corpus: Corpus) -> str:
+    return corpus.vocab.decode(corpus.ids)
+
+
+# ---- Vocab ---------------------------------------------------------------------------------------------------
+
+
+def test_vocab_round_trips_any_unicode_and_sorts_by_code_point():
+    text = "Hello, 世界! Ünïcödé 😀🚀 𝄞 tab\there\r\n" + "".join(code_point_range(0x4E00, 50))
+    vocab = Vocab(text)
+    assert vocab.chars == sorted(set(text), key=ord)
+    ids = vocab.encode(text)
+    assert ids.dtype == np.int64 and ids.shape == (len(text),)
+    assert vocab.decode(ids) == text
+    assert vocab.decode(ids.tolist()) == text
+
+
+def test_vocab_to_dict_from_dict_is_plain_and_lossless():
+    vocab = Vocab("zyx 中😀\n")
+    d = vocab.to_dict()
+    assert d == {"chars": ["\n", " ", "x", "y", "z", "中", "😀"]}
+    assert all(type(c) is str for c in d["chars"])
+    assert Vocab.from_dict(d) == vocab
+    assert Vocab.from_dict(d).encode("x中").tolist() == vocab.encode("x中").tolist()
+
+
+@pytest.mark.parametrize("bad", [{"chars": ["b", "a"]}, {"chars": ["a", "a"]}, {"chars": ["ab"]}, {"chars": "ab"}, {}])
+def test_vocab_from_dict_refuses_unsorted_or_malformed(bad):
+    with pytest.raises(CorpusError):
+        Vocab.from_dict(bad)
+
+
+@pytest.mark.parametrize(("size", "dtype"), [(2, np.uint8), (256, np.uint8), (257, np.uint16), (300, np.uint16),
+                                             (65536, np.uint16), (70_000, np.uint32)])  # fmt: skip
+def test_vocab_dtype_is_the_smallest_that_holds_the_ids(size, dtype):
+    assert Vocab(code_point_range(0x20, size)).dtype == np.dtype(dtype)
+
+
+def test_vocab_unknown_and_encode_errors_list_the_characters():
+    vocab = Vocab("abc")
+    assert vocab.unknown("abxcyx😀") == ["x", "y", "😀"]
+    assert vocab.unknown("cab") == []
+    with pytest.raises(CorpusError, match=r"'x', 'y', '😀'"):
+        vocab.encode("abxcyx😀")
+    with pytest.raises(CorpusError):
+        vocab.decode([0, 3])
+    with pytest.raises(CorpusError):
+        vocab.decode([-1])
+
+
+# ---- streaming encoding ----------------------------------------------------------------------------------------
+
+
+def test_streaming_encoder_matches_in_memory_encoding_at_every_chunk_size(tmp_path):
+    text = random_text(random.Random(0), 300)
+    path = write(tmp_path / "mixed.txt", text)
+    expected = Vocab(text).encode(text)
+    for chunk_bytes in range(1, 8):  # splits 2-, 3- and 4-byte characters at every offset
+        corpus = load_corpus([path], cache_dir=tmp_path / f"cache{chunk_bytes}", chunk_bytes=chunk_bytes)
+        assert corpus.vocab == Vocab(text)
+        np.testing.assert_array_equal(corpus.ids, expected)
+        assert corpus.sha256 == corpus_mod.hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def test_ids_are_a_read_only_memmap_of_the_vocab_dtype(tmp_path, cache):
+    chars = code_point_range(0x100, 300)  # 300 distinct -> uint16
+    text = "".join(chars) * 3
+    corpus = load_corpus([write(tmp_path / "wide.txt", text)], cache_dir=cache)
+    assert isinstance(corpus.ids, np.memmap) and corpus.ids.dtype == np.uint16 and corpus.ids.ndim == 1
+    assert not corpus.ids.flags.writeable
+    assert decoded(corpus) == text
+    assert corpus.name == "wide" and corpus.sources == [str(tmp_path / "wide.txt")]
+
+
+def test_more_than_65536_distinct_characters_encode_as_uint32(tmp_path, cache):
+    text = "".join(code_point_range(0x4E00, 70_000))  # CJK onwards, surrogates skipped
+    corpus = load_corpus([write(tmp_path / "huge_vocab.txt", text)], cache_dir=cache, chunk_bytes=4096)
+    assert corpus.ids.dtype == np.uint32 and len(corpus.vocab) == 70_000
+    assert decoded(corpus) == text
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 2, 3, 5, 4096])
+def test_invalid_utf8_names_the_file_and_the_absolute_byte_offset(tmp_path, cache, chunk_bytes):
+    good = ("abc 中文 😀 " * 40).encode("utf-8")
+    path = write(tmp_path / "latin1.txt", good + b"\xe9t\xe9")  # a Latin-1 'é' after a long valid prefix
+    with pytest.raises(CorpusError, match=rf"latin1\.txt is not valid UTF-8 at byte {len(good)} .*iconv"):
+        load_corpus([path], cache_dir=cache, chunk_bytes=chunk_bytes)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 2, 4096])
+def test_truncated_multibyte_character_at_the_end_is_reported_where_it_starts(tmp_path, cache, chunk_bytes):
+    data = "ab中".encode("utf-8")[:-1]  # the last character lacks its final byte
+    path = write(tmp_path / "cut.txt", data)
+    with pytest.raises(CorpusError, match="cut.txt is not valid UTF-8 at byte 2 "):
+        load_corpus([path], cache_dir=cache, chunk_bytes=chunk_bytes)
+
+
+def test_invalid_utf8_offset_counts_a_stripped_bom(tmp_path, cache):
+    path = write(tmp_path / "bom_bad.txt", b"\xef\xbb\xbfabcd\xff")
+    with pytest.raises(CorpusError, match="at byte 7 "):
+        load_corpus([path], cache_dir=cache, chunk_bytes=2)
+
+
+def test_bom_is_stripped_and_crlf_kept(tmp_path, cache):
+    path = write(tmp_path / "win.txt", b"\xef\xbb\xbfline one\r\nline two\r\n")
+    corpus = load_corpus([path], cache_dir=cache, chunk_bytes=2)  # the BOM spans chunks
+    assert decoded(corpus) == "line one\r\nline two\r\n"
+    assert "\ufeff" not in corpus.vocab.chars and "\r" in corpus.vocab.chars
+    assert corpus.sha256 == corpus_mod.hashlib.sha256(b"line one\r\nline two\r\n").hexdigest()
+
+
+def test_sources_concatenate_in_order_with_each_bom_stripped(tmp_path, cache):
+    a = write(tmp_path / "a.txt", b"\xef\xbb\xbfhello ")
+    b = write(tmp_path / "b.txt", b"\xef\xbb\xbfworld")
+    corpus = load_corpus([b, a], cache_dir=cache)
+    assert decoded(corpus) == "worldhello "
+    assert corpus.name == "b+a" and corpus.sources == [b, a]
+
+
+# ---- refusals ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"", "is empty"), (b"\xef\xbb\xbf", "is empty"), (b" \n\t\r\n  ", "only whitespace"),
+     (b"aaaaaaaa", "single distinct character")],
+)  # fmt: skip
+def test_unlearnable_corpora_are_refused(tmp_path, cache, content, message):
+    with pytest.raises(CorpusError, match=message):
+        load_corpus([write(tmp_path / "x.txt", content)], cache_dir=cache)
+
+
+def test_binary_file_given_explicitly_is_refused(tmp_path, cache):
+    path = write(tmp_path / "image.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    with pytest.raises(CorpusError, match=r"image\.png looks like a binary file"):
+        load_corpus([path], cache_dir=cache)
+
+
+def test_missing_file_lists_the_named_corpora(tmp_path, cache):
+    with pytest.raises(CorpusError, match="nope.txt.*pydocs") as info:
+        load_corpus([str(tmp_path / "nope.txt")], cache_dir=cache)
+    assert "\n" not in str(info.value)
+
+
+def test_directory_without_text_files_is_refused(tmp_path, cache):
+    (tmp_path / "d").mkdir()
+    with pytest.raises(CorpusError, match="contains no text files"):
+        load_corpus([str(tmp_path / "d")], cache_dir=cache)
+    write(tmp_path / "d" / ".hidden.txt", "hidden text")
+    write(tmp_path / "d" / "blob.bin", b"ab\x00cd")
+    with pytest.raises(CorpusError, match="contains no text files"):
+        load_corpus([str(tmp_path / "d")], cache_dir=cache)
+
+
+def test_directory_reads_text_files_in_sorted_order_skipping_hidden_and_binary(tmp_path, cache):
+    root = tmp_path / "books"
+    (root / "b_part").mkdir(parents=True)
+    (root / ".git").mkdir()
+    write(root / "c.txt", "C")
+    write(root / "a.txt", "A")
+    write(root / "b_part" / "2.md", "B2")
+    write(root / "b_part" / "1.md", "B1")
+    write(root / ".git" / "config", "SECRET")
+    write(root / ".notes.txt", "HIDDEN")
+    write(root / "blob.dat", b"xx\x00yy")
+    write(root / "latin1.txt", b"caf\xe9")
+    corpus = load_corpus([str(root)], cache_dir=cache)
+    assert decoded(corpus) == "AB1B2C"
+    assert corpus.name == "books" and corpus.sources == [str(root.resolve())]
+
+
+# ---- standard input ----------------------------------------------------------------------------------------------
+
+
+def fake_stdin(monkeypatch, data: bytes) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
+
+
+def test_stdin_is_read_as_a_stream_and_spooled_away(monkeypatch, cache):
+    text = "from a pipe: 中文 😀\n" * 20
+    fake_stdin(monkeypatch, b"\xef\xbb\xbf" + text.encode("utf-8"))
+    corpus = load_corpus(["-"], cache_dir=cache, chunk_bytes=5)
+    assert decoded(corpus) == text and corpus.name == "stdin" and corpus.sources == ["-"]
+    assert list((cache / "tmp").iterdir()) == []  # the spool is gone
+
+
+def test_empty_stdin_is_refused(monkeypatch, cache):
+    fake_stdin(monkeypatch, b"")
+    with pytest.raises(CorpusError, match="standard input is empty"):
+        load_corpus(["-"], cache_dir=cache)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_path_is_read_as_a_stream(tmp_path, cache):
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    text = "through a named pipe\n" * 50
+
+    def feed() -> None:
+        with open(fifo, "wb") as f:
+            f.write(text.encode("utf-8"))
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    corpus = load_corpus([str(fifo)], cache_dir=cache, chunk_bytes=64)
+    writer.join(timeout=10)
+    assert decoded(corpus) == text
+
+
+# ---- the cache ---------------------------------------------------------------------------------------------------
+
+
+def forbid_reading(monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("the corpus was read again instead of coming from the cache")
+
+    monkeypatch.setattr(corpus_mod, "_scan_pass", refuse)
+    monkeypatch.setattr(corpus_mod, "_encode_pass", refuse)
+
+
+def test_second_load_comes_from_the_cache(tmp_path, cache, monkeypatch):
+    path = write(tmp_path / "book.txt", "to be or not to be\n")
+    first = load_corpus([path], cache_dir=cache)
+    forbid_reading(monkeypatch)
+    second = load_corpus([path], cache_dir=cache)
+    assert second.sha256 == first.sha256 and second.vocab == first.vocab
+    np.testing.assert_array_equal(second.ids, first.ids)
+
+
+def test_an_edited_file_is_re_encoded_with_a_new_sha(tmp_path, cache, monkeypatch):
+    path = tmp_path / "book.txt"
+    write(path, "to be or not to be\n")
+    first = load_corpus([str(path)], cache_dir=cache)
+    write(path, "TO BE OR NOT TO BE\n")  # same size: only the stat change reveals the edit
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    encodes = []
+    real_encode = corpus_mod._encode_pass
+    monkeypatch.setattr(corpus_mod, "_encode_pass", lambda *args: encodes.append(1) or real_encode(*args))
+    second = load_corpus([str(path)], cache_dir=cache)
+    assert encodes == [1]
+    assert second.sha256 != first.sha256 and decoded(second) == "TO BE OR NOT TO BE\n"
+
+
+def test_touched_but_unchanged_file_is_rehashed_but_not_re_encoded(tmp_path, cache, monkeypatch):
+    path = tmp_path / "book.txt"
+    write(path, "to be or not to be\n")
+    first = load_corpus([str(path)], cache_dir=cache)
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    monkeypatch.setattr(corpus_mod, "_encode_pass", lambda *a: pytest.fail("re-encoded unchanged content"))
+    assert load_corpus([str(path)], cache_dir=cache).sha256 == first.sha256
+
+
+DAMAGES = ["truncate_bin", "extend_bin", "delete_bin", "garble_json", "delete_json", "garble_index"]
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_damaged_cache_entries_are_rebuilt_not_trusted(tmp_path, cache, damage):
+    text = "some text worth caching\n" * 10
+    path = write(tmp_path / "book.txt", text)
+    first = load_corpus([path], cache_dir=cache)
+    entry = cache / "encoded" / first.sha256
+    bin_path, json_path = entry.with_suffix(".bin"), entry.with_suffix(".json")
+    del first  # release the memmap before damaging its file
+    if damage == "truncate_bin":
+        bin_path.write_bytes(bin_path.read_bytes()[:-1])
+    elif damage == "extend_bin":
+        bin_path.write_bytes(bin_path.read_bytes() + b"\x01")
+    elif damage == "delete_bin":
+        bin_path.unlink()
+    elif damage == "garble_json":
+        json_path.write_text("{not json")
+    elif damage == "delete_json":
+        json_path.unlink()
+    else:
+        (cache / "encoded" / "index.json").write_text("[]")
+    again = load_corpus([path], cache_dir=cache)
+    assert decoded(again) == text
+    assert bin_path.stat().st_size == len(text)
+
+
+def test_no_temp_files_are_left_after_encoding_or_a_failure(tmp_path, cache):
+    load_corpus([write(tmp_path / "ok.txt", "fine text\n")], cache_dir=cache)
+    with pytest.raises(CorpusError):
+        load_corpus([write(tmp_path / "bad.txt", b"fine\xff")], cache_dir=cache)
+    assert [p.name for p in (cache / "encoded").iterdir() if p.name.startswith(".")] == []
+
+
+def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("CHARRNN_CACHE_DIR", str(tmp_path / "explicit"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "explicit"
+    monkeypatch.delenv("CHARRNN_CACHE_DIR")
+    assert default_cache_dir() == tmp_path / "xdg" / "charrnn"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "charrnn"
+
+
+# ---- named corpora ------------------------------------------------------------------------------------------------
+
+
+def test_pydocs_is_built_once_into_the_cache_and_loads(cache, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # no file called "pydocs" here
+    assert "pydocs" in NAMED_CORPORA
+    corpus = load_corpus(["pydocs"], cache_dir=cache)
+    assert len(corpus.ids) > 100_000 and len(corpus.vocab) > 50
+    assert corpus.name == "pydocs" and corpus.sources == ["pydocs"]
+    assert (cache / "corpora" / "pydocs.txt").is_file()
+    from pydoc_data.topics import topics
+
+    assert decoded(corpus) == "\n\n".join(topics[key] for key in sorted(topics))
+    forbid_reading(monkeypatch)
+    assert load_corpus(["pydocs"], cache_dir=cache).sha256 == corpus.sha256
+
+
+def test_a_file_named_like_a_corpus_wins(tmp_path, cache, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "pydocs", "my own pydocs file\n")
+    assert decoded(load_corpus(["pydocs"], cache_dir=cache)) == "my own pydocs file\n"
+
+
+def test_progress_goes_to_stderr_only_when_asked(tmp_path, cache, capsys, monkeypatch):
+    monkeypatch.setattr(corpus_mod, "_PROGRESS_MIN_BYTES", 0)  # every corpus counts as large
+    path = write(tmp_path / "book.txt", "some text\n" * 100)
+    load_corpus([path], cache_dir=cache / "quiet")
+    assert capsys.readouterr() == ("", "")
+    load_corpus([path], cache_dir=cache / "loud", show_progress=True)
+    out, err = capsys.readouterr()
+    assert out == "" and "encoding book" in err

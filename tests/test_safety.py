@@ -1,0 +1,19 @@
+import subprocess
+import sys
+
+import pytest
+
+from charrnn import _torch_is_safe
+
+
+@pytest.mark.parametrize("version,ok", [("2.5.1", False), ("2.4.0+cu121", False), ("1.13.1", False),
+                                        ("2.6.0", True), ("2.13.0+cpu", True), ("3.0.0", True)])
+def test_torch_version_gate(version, ok):
+    assert _torch_is_safe(version) is ok
+
+
+def test_import_refuses_old_torch():
+    """torch < 2.6 could run code from a checkpoint despite weights_only=True (CVE-2025-32434)."""
+    code = "import torch; torch.__version__ = '2.5.1'; import charrnn"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "CVE-2025-32434" in proc.stderr

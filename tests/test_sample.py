@@ -1,0 +1,285 @@
+"""Contracts of charrnn.sample: the Stepper computes what the model computes, sampling is seeded per stream,
+and temperature / top-k / top-p mean what they say."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from charrnn.errors import UsageError
+from charrnn.model import CharRNN, ModelConfig
+from charrnn.sample import SampleConfig, Stepper, _Sampler, generate
+
+CPU = torch.device("cpu")
+V = 13
+
+
+def make_model(kind: str = "lstm", num_layers: int = 2, hidden_size: int = 32, seed: int = 0, **kw) -> CharRNN:
+    torch.manual_seed(seed)
+    model = CharRNN(ModelConfig(vocab_size=V, model=kind, hidden_size=hidden_size, num_layers=num_layers, **kw))
+    with torch.no_grad():
+        # Larger head weights give peaked, varied distributions, so filtering actually excludes ids.
+        model.head.weight.mul_(8.0)
+    return model.eval()
+
+
+def run(model: CharRNN, prime: list[int] = (1, 2, 3), **cfg) -> torch.Tensor:
+    """All generated ids as one (B, length) tensor."""
+    chunks = list(generate(model, list(prime), SampleConfig(**cfg), CPU))
+    return torch.cat(chunks, dim=1) if chunks else torch.empty(cfg.get("num_samples", 1), 0, dtype=torch.int64)
+
+
+def teacher_forced_logits(model: CharRNN, prime: list[int], ids: torch.Tensor) -> torch.Tensor:
+    """Model logits (B, n, V) that predicted each of the n generated ids, from the model's own nn.RNN."""
+    B = ids.shape[0]
+    x = torch.cat([torch.tensor([prime]).expand(B, -1), ids[:, :-1]], dim=1)  # (B, T)
+    with torch.no_grad():
+        logits, _ = model.eval()(x)
+    return logits[:, len(prime) - 1 :]
+
+
+def greedy_reference(model: CharRNN, prime: list[int], length: int) -> list[int]:
+    """argmax decoding by calling the model itself one character at a time with carried state."""
+    with torch.no_grad():
+        logits, state = model(torch.tensor([prime]))
+        out = []
+        for _ in range(length):
+            tok = int(logits[0, -1].argmax())
+            out.append(tok)
+            logits, state = model(torch.tensor([[tok]]), state)
+    return out
+
+
+# ---- Stepper == model ----
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_stepper_matches_model_logits_and_state(kind, num_layers, batch_size):
+    model = make_model(kind, num_layers, hidden_size=48, embed_size=24)
+    gen = torch.Generator().manual_seed(1)
+    H = 48
+    state = tuple(torch.randn(num_layers, batch_size, H, generator=gen) * 0.5 for _ in range(2 if kind == "lstm" else 1))
+    stepper = Stepper(model, batch_size, CPU)
+    stepper.set_state(state)
+    for _ in range(20):
+        tokens = torch.randint(0, V, (batch_size,), generator=gen)
+        with torch.no_grad():
+            logits, state = model(tokens[:, None], state)  # (B, 1, V)
+        ours = stepper.step(tokens)
+        assert ours.shape == (batch_size, V)
+        assert (ours - logits[:, 0]).abs().max().item() <= 1e-5
+        got = stepper.get_state()
+        assert len(got) == len(state)
+        for a, b in zip(got, state):
+            assert a.shape == (num_layers, batch_size, H)
+            assert (a - b).abs().max().item() <= 1e-5
+
+
+def test_stepper_with_tied_weights_matches_model():
+    model = make_model("lstm", 2, hidden_size=32, tie_weights=True)
+    stepper = Stepper(model, 2, CPU)
+    state = model.init_state(2)
+    for tok in ([1, 2], [3, 4], [5, 6]):
+        tokens = torch.tensor(tok)
+        with torch.no_grad():
+            logits, state = model(tokens[:, None], state)
+        assert torch.allclose(stepper.step(tokens), logits[:, 0], atol=1e-5)
+
+
+def test_stepper_copies_weights_so_later_training_does_not_change_it():
+    model = make_model("gru", 1)
+    stepper = Stepper(model, 1, CPU)
+    before = stepper.step(torch.tensor([3])).clone()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    stepper.set_state(model.init_state(1))
+    assert torch.equal(stepper.step(torch.tensor([3])), before)
+
+
+# ---- generate: determinism and streams ----
+
+
+def test_generate_yields_one_id_per_stream_per_chunk_on_cpu():
+    chunks = list(generate(make_model(), [1], SampleConfig(length=7, num_samples=3), CPU))
+    assert len(chunks) == 7
+    for c in chunks:
+        assert c.shape == (3, 1) and c.dtype == torch.int64 and c.device.type == "cpu"
+        assert ((c >= 0) & (c < V)).all()
+
+
+def test_generate_is_deterministic_under_a_seed():
+    model = make_model()
+    a = run(model, length=60, num_samples=2, seed=7)
+    b = run(model, length=60, num_samples=2, seed=7)
+    c = run(model, length=60, num_samples=2, seed=8)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_stream_i_of_a_batch_equals_a_single_run_with_seed_plus_i(kind):
+    # length > 256 crosses a uniform-block refill.
+    model = make_model(kind)
+    batch = run(model, length=300, num_samples=4, seed=11, top_k=8, temperature=1.0)
+    for i in range(4):
+        alone = run(model, length=300, num_samples=1, seed=11 + i, top_k=8, temperature=1.0)
+        assert torch.equal(batch[i], alone[0])
+    assert len({tuple(row.tolist()) for row in batch}) == 4  # streams really are independent
+
+
+def test_generate_does_not_mutate_the_model_and_samples_in_eval_mode():
+    model = make_model(dropout=0.5)
+    model.train()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = run(model, length=30, temperature=0.0)
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
+    # With dropout active the greedy text would be perturbed; it must equal eval-mode greedy decoding.
+    assert ids[0].tolist() == greedy_reference(make_model(dropout=0.5), [1, 2, 3], 30)
+
+
+def test_generate_leaves_no_inference_mode_behind_between_yields():
+    it = generate(make_model(), [1], SampleConfig(length=3), CPU)
+    next(it)
+    assert not torch.is_inference_mode_enabled()
+    assert torch.is_grad_enabled()
+
+
+# ---- greedy equivalences ----
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_temperature_zero_is_greedy_argmax_of_the_model(kind):
+    model = make_model(kind)
+    ids = run(model, length=40, temperature=0.0, num_samples=2)
+    expected = greedy_reference(model, [1, 2, 3], 40)
+    assert ids[0].tolist() == expected and ids[1].tolist() == expected
+
+
+@pytest.mark.parametrize("filters", [{"top_k": 1}, {"top_p": 1e-9}, {"top_k": 1, "top_p": 0.5}])
+def test_top_k_one_and_tiny_top_p_are_greedy(filters):
+    model = make_model()
+    ids = run(model, length=40, temperature=1.5, num_samples=3, seed=3, **filters)
+    expected = greedy_reference(model, [1, 2, 3], 40)
+    for row in ids:
+        assert row.tolist() == expected
+
+
+# ---- top-k / top-p exclusion ----
+
+
+def test_top_k_never_emits_an_id_outside_the_k_most_likely():
+    model = make_model()
+    prime, k, T = [1, 2, 3], 3, 2.0
+    ids = run(model, list(prime), length=150, num_samples=8, seed=0, top_k=k, temperature=T)
+    logits = teacher_forced_logits(model, prime, ids)  # (B, n, V)
+    kth = logits.topk(k, dim=-1).values[..., -1]  # (B, n)
+    chosen = logits.gather(-1, ids[..., None])[..., 0]
+    assert (chosen >= kth - 1e-5).all()
+    # The filter must bite: with T=2 unfiltered sampling would leave the top 3 often.
+    unfiltered = run(model, list(prime), length=150, num_samples=8, seed=0, temperature=T)
+    u_logits = teacher_forced_logits(model, prime, unfiltered)
+    assert (u_logits.gather(-1, unfiltered[..., None])[..., 0] < u_logits.topk(k, dim=-1).values[..., -1] - 1e-5).any()
+
+
+def nucleus_min_prob(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Smallest kept probability of the nucleus (smallest prefix with cumulative prob >= top_p), (...,)."""
+    sp = probs.sort(dim=-1, descending=True).values
+    before = sp.cumsum(-1) - sp
+    count = (before < top_p).sum(-1, keepdim=True)
+    return sp.gather(-1, count - 1)[..., 0]
+
+
+def test_top_p_never_emits_an_id_outside_the_nucleus():
+    model = make_model()
+    prime, p, T = [4, 5], 0.6, 1.2
+    ids = run(model, list(prime), length=150, num_samples=8, seed=1, top_p=p, temperature=T)
+    probs = torch.softmax(teacher_forced_logits(model, prime, ids).double() / T, dim=-1)  # (B, n, V)
+    floor = nucleus_min_prob(probs, p)
+    chosen = probs.gather(-1, ids[..., None])[..., 0]
+    assert (chosen >= floor * (1 - 1e-4)).all()
+    assert (probs < floor[..., None] * (1 - 1e-4)).any(-1).float().mean() > 0.5  # most steps exclude something
+
+
+def test_sampler_frequencies_follow_the_filtered_softmax():
+    """Inverse-CDF sampling over many uniforms reproduces softmax(logits / T) restricted by top-k and top-p."""
+    n, T = 20000, 0.9
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0, 1.5])
+    W = logits.numel()
+    u = torch.rand(n, 1, generator=torch.Generator().manual_seed(0))
+    for cfg, keep in [
+        (SampleConfig(temperature=T), [0, 1, 2, 3, 4, 5, 6]),
+        (SampleConfig(temperature=T, top_k=3), [0, 6, 1]),
+        (SampleConfig(temperature=T, top_p=0.75), None),
+    ]:
+        probs = torch.softmax(logits.double() / T, dim=0)
+        if keep is None:  # nucleus computed independently
+            floor = nucleus_min_prob(probs, 0.75)
+            keep = [i for i in range(W) if probs[i] >= floor]
+            assert 1 < len(keep) < W
+        target = torch.zeros(W, dtype=torch.float64)
+        target[keep] = probs[keep] / probs[keep].sum()
+        out = torch.empty(n, 1, dtype=torch.int64)
+        _Sampler(cfg, n, W, CPU)(logits.expand(n, -1).contiguous(), u, out)
+        freq = torch.bincount(out[:, 0], minlength=W).double() / n
+        assert (freq - target).abs().max().item() < 0.015
+        assert (freq[target == 0] == 0).all()
+
+
+@pytest.mark.parametrize("row", [[0.0, 5.0, -200.0], [-200.0, 0.0, 5.0]])
+def test_sampler_never_picks_a_zero_probability_id_even_at_the_extreme_uniforms(row):
+    logits = torch.tensor([row])  # the -200 id underflows to probability 0 at T=0.5
+    zero_id = row.index(-200.0)
+    out = torch.empty(1, 1, dtype=torch.int64)
+    for u in (0.0, 1.0 - 2**-24, 1.0):
+        _Sampler(SampleConfig(temperature=0.5), 1, 3, CPU)(logits, torch.tensor([[u]]), out)
+        assert 0 <= out.item() < 3 and out.item() != zero_id
+
+
+# ---- config and edge cases ----
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"temperature": -0.1},
+        {"temperature": math.nan},
+        {"temperature": math.inf},
+        {"top_k": 0},
+        {"top_p": 0.0},
+        {"top_p": 1.5},
+        {"top_p": -0.2},
+        {"length": -1},
+        {"num_samples": 0},
+    ],
+)
+def test_validate_rejects_bad_values(bad):
+    with pytest.raises(UsageError):
+        SampleConfig(**bad).validate()
+    with pytest.raises(UsageError):
+        generate(make_model(), [1], SampleConfig(**bad), CPU)  # raised at the call, not at first next()
+
+
+def test_validate_accepts_edge_values():
+    SampleConfig(temperature=0.0, top_k=1, top_p=1.0, length=0, num_samples=1).validate()
+
+
+def test_top_k_larger_than_vocab_is_clamped():
+    model = make_model()
+    assert torch.equal(run(model, length=30, seed=2, top_k=10_000), run(model, length=30, seed=2))
+
+
+def test_empty_prime_and_out_of_vocab_prime_are_usage_errors():
+    with pytest.raises(UsageError):
+        generate(make_model(), [], SampleConfig(length=5), CPU)
+    with pytest.raises(UsageError):
+        generate(make_model(), [V], SampleConfig(length=5), CPU)
+
+
+def test_length_zero_yields_nothing():
+    assert list(generate(make_model(), [1], SampleConfig(length=0, num_samples=3), CPU)) == []
