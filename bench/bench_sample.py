@@ -1,0 +1,103 @@
+"""Benchmark step-by-step sampling: the plain nn.LSTM-per-character baseline vs charrnn.sample.generate.
+
+    .venv/bin/python bench/bench_sample.py [--hidden-size 512 --num-layers 2 --length 300]
+
+Prints one JSON object per line: the baseline (nn.LSTM called one character at a time with carried state,
+softmax + multinomial, batch 1), generate() at batch 1, and generate() at --num-samples streams (total
+chars/s). Repetitions are interleaved (baseline, ours, baseline, ours, ...) and the best of --repeats is
+kept, since the machine may be shared. Never asserts; numbers are only comparable within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from charrnn.model import CharRNN, ModelConfig  # noqa: E402
+from charrnn.sample import SampleConfig, generate  # noqa: E402
+
+VOCAB_SIZE = 65  # tiny-shakespeare's character set
+
+
+def baseline(model: CharRNN, length: int, temperature: float = 0.8) -> float:
+    """Seconds to sample `length` chars at batch 1 with the model's own nn.LSTM, one char per call."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        tok = torch.zeros(1, 1, dtype=torch.int64)  # (B, T)
+        state = None
+        start = time.perf_counter()
+        for _ in range(length):
+            logits, state = model(tok, state)  # (1, 1, V)
+            probs = torch.softmax(logits[:, -1] / temperature, dim=-1)
+            tok = torch.multinomial(probs, 1, generator=gen)
+        return time.perf_counter() - start
+
+
+def ours(model: CharRNN, length: int, num_samples: int, temperature: float = 0.8) -> float:
+    """Seconds for generate() to produce `length` chars per stream (prime and setup included)."""
+    cfg = SampleConfig(temperature=temperature, length=length, num_samples=num_samples, seed=0)
+    start = time.perf_counter()
+    for _ in generate(model, [0], cfg, torch.device("cpu")):
+        pass
+    return time.perf_counter() - start
+
+
+def machine() -> dict:
+    return {
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),  # other processes on the cores make every number noisy
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hidden-size", type=int, default=512)
+    parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--model", default="lstm", choices=["lstm", "gru", "rnn"])
+    parser.add_argument("--length", type=int, default=300)
+    parser.add_argument("--num-samples", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=VOCAB_SIZE, model=args.model, hidden_size=args.hidden_size, num_layers=args.num_layers)
+    model = CharRNN(config).eval()
+    n = args.length
+    ours(model, 20, 1)  # warm-up: first calls pay one-off allocation and thread start-up
+    baseline(model, 20)
+
+    best = {"baseline": float("inf"), "batch1": float("inf"), "batched": float("inf")}
+    for _ in range(args.repeats):
+        best["baseline"] = min(best["baseline"], baseline(model, n))
+        best["batch1"] = min(best["batch1"], ours(model, n, 1))
+        best["baseline"] = min(best["baseline"], baseline(model, n))
+        best["batched"] = min(best["batched"], ours(model, n, args.num_samples))
+
+    base_cps = n / best["baseline"]
+    rows = [
+        ("baseline_nn_lstm_step", 1, base_cps),
+        ("generate", 1, n / best["batch1"]),
+        ("generate", args.num_samples, args.num_samples * n / best["batched"]),
+    ]
+    common = {"model": args.model, "hidden_size": args.hidden_size, "num_layers": args.num_layers,
+              "vocab_size": VOCAB_SIZE, "length": n, "repeats": args.repeats, "machine": machine()}
+    for name, streams, cps in rows:
+        row = {"bench": name, "num_samples": streams, "chars_per_sec": round(cps, 1),
+               "ratio_vs_baseline": round(cps / base_cps, 2)}
+        if streams > 1:
+            row["ratio_vs_generate_batch1"] = round(cps / rows[1][2], 2)
+        print(json.dumps({**row, **common}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
