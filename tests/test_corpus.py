@@ -369,3 +369,9 @@ def test_progress_goes_to_stderr_only_when_asked(tmp_path, cache, capsys, monkey
     load_corpus([path], cache_dir=cache / "loud", show_progress=True)
     out, err = capsys.readouterr()
     assert out == "" and "encoding book" in err
+
+
+def test_invalid_utf8_on_stdin_gives_the_offset_in_the_stream(monkeypatch, cache):
+    fake_stdin(monkeypatch, b"\xef\xbb\xbfok so far \xff")
+    with pytest.raises(CorpusError, match=r"standard input is not valid UTF-8 at byte 13 .*iconv"):
+        load_corpus(["-"], cache_dir=cache, chunk_bytes=4)
