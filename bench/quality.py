@@ -65,7 +65,7 @@ def main() -> None:
         "train_args": args.train_args, "auto_size": chosen[0] if chosen else None,
         "model": ckpt["model_config"], "steps": ckpt["step"], "epochs": round(ckpt["epoch"], 2),
         "val_loss_one_stream": round(val, 4), "val_bpc_one_stream": round(val / math.log(2), 4),
-        "val_loss_during_training": round(best["val_loss"], 4), "train_chars_per_sec": metrics[-1]["chars_per_sec"],
+        "val_loss_during_training": round(best["val_loss"], 4), "train_loss_at_best": round(best["train_loss"], 4), "train_chars_per_sec": metrics[-1]["chars_per_sec"],
         "wall_s": round(wall, 1), "load_avg_1m_before": load_before, "machine": machine(),
     }), flush=True)
 

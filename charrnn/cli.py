@@ -117,9 +117,9 @@ def train(
     embed_size: Annotated[int, typer.Option(help="Embedding size (0: same as --hidden-size).", rich_help_panel=MODEL)] = 0,
     dropout: Annotated[Optional[float], typer.Option(help="Dropout between layers and before the head \\[default: 0.1, or auto].", show_default=False, rich_help_panel=MODEL)] = None,
     tie_weights: Annotated[bool, typer.Option(help="Share the embedding matrix with the output layer.", rich_help_panel=MODEL)] = False,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).", rich_help_panel=OPTIM)] = 2e-3,
-    min_lr_frac: Annotated[float, typer.Option(help="Cosine decay ends at lr * this.", rich_help_panel=OPTIM)] = 0.1,
-    warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.", rich_help_panel=OPTIM)] = 100,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).", rich_help_panel=OPTIM)] = 3e-3,
+    min_lr_frac: Annotated[float, typer.Option(help="Cosine decay ends at lr * this.", rich_help_panel=OPTIM)] = 0.02,
+    warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.", rich_help_panel=OPTIM)] = 20,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on weight matrices.", rich_help_panel=OPTIM)] = 0.1,
     grad_clip: Annotated[float, typer.Option(help="Clip the global gradient norm to this.", rich_help_panel=OPTIM)] = 1.0,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps.", show_default=False, rich_help_panel=STOP)] = None,
@@ -148,7 +148,8 @@ def train(
     from charrnn.report import Reporter
     from charrnn.train import TrainConfig, check_corpus_size, train as run_training
 
-    reporter = Reporter(quiet=quiet, console=err)
+    dist = runtime.dist_from_env()
+    reporter = Reporter(quiet=quiet or not dist.is_main, console=err)  # under torchrun only rank 0 reports
     with user_errors():
         if seed is None:
             seed = runtime.draw_seed()
@@ -170,7 +171,9 @@ def train(
         model_cfg = None
         if not resume and init_from is None:
             sized = {"hidden_size": hidden_size, "num_layers": num_layers, "dropout": dropout}
-            if max_time_s is not None and hidden_size is None and num_layers is None:
+            if max_time_s is not None and hidden_size is None and num_layers is None and dist.enabled:
+                reporter.info("auto-sizing is off under torchrun (ranks would time it apart); using 2x512")
+            elif max_time_s is not None and hidden_size is None and num_layers is None:
                 sized = choose_model_size(len(data.ids), max_time_s, runtime.select_device(device), cfg,
                                           model, dropout, report=reporter.info)
             model_cfg = ModelConfig(vocab_size=len(data.vocab), model=model,
@@ -185,9 +188,12 @@ def train(
                                   resume=resume, init_from=init_from)
     reporter.close()
     if result.signal is not None:
-        err.print(f"stopped by {signal.Signals(result.signal).name} at step {result.step}; checkpoint saved in "
+        who = f"rank {dist.rank}: " if dist.enabled else ""
+        err.print(f"{who}stopped by {signal.Signals(result.signal).name} at step {result.step}; checkpoint saved in "
                   f"{escape(str(result.run_dir))}; continue with --resume --run-dir {escape(str(result.run_dir))}")
         raise typer.Exit(128 + result.signal)
+    if not dist.is_main:
+        return
     if math.isfinite(result.best_val_loss):
         err.print(f"best val loss {result.best_val_loss:.4f} nats ({result.best_val_loss / math.log(2):.4f} bpc)")
     write_out(f"{result.best_path}\n")

@@ -65,11 +65,16 @@ class StreamBatcher:
     def chars_per_epoch(self) -> int:
         return self.batches_per_epoch * self.batch_size * self.seq_len
 
-    def batch(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch j of an epoch as views into the reused buffer: valid until the next call."""
+    def fill(self, j: int) -> torch.Tensor:
+        """Characters j*T .. j*T+T of every stream into the reused (B, T+1) int64 buffer."""
         start = j * self.seq_len
         np.copyto(self._np_buf, self._rows[:, start : start + self.seq_len + 1], casting="unsafe")
-        return self._buf[:, :-1], self._buf[:, 1:]  # (B, T), (B, T)
+        return self._buf
+
+    def batch(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch j of an epoch as views into the reused buffer: valid until the next call."""
+        buf = self.fill(j)
+        return buf[:, :-1], buf[:, 1:]  # (B, T), (B, T)
 
 
 class DeviceFeeder:
@@ -97,10 +102,13 @@ class DeviceFeeder:
         k = self._turn
         self._turn = 1 - k
         if self._events[k] is not None:
-            self._events[k].synchronize()  # waits for this buffer's previous copy only, not the whole step
-        x, y = self._batchers[k].batch(j)
-        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            # The event was recorded after this buffer's copy two batches ago, so waiting on it keeps the host
+            # at most two steps ahead of the GPU without a per-step device sync.
+            self._events[k].synchronize()
+        # Copy the whole contiguous (B, T+1) pinned buffer and slice on the device: a strided view would be
+        # staged through pageable memory and lose the asynchronous copy.
+        on_device = self._batchers[k].fill(j).to(self.device, non_blocking=True)
         event = torch.cuda.Event()
         event.record()
         self._events[k] = event
-        return x, y
+        return on_device[:, :-1], on_device[:, 1:]

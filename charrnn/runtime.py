@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 import os
 import random
 
@@ -115,3 +116,54 @@ def autocast(device: torch.device, enabled: bool):
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
     return contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------------------------------------------
+# data parallelism under torchrun
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a torchrun job (rank 0 of 1 when not launched by torchrun)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_from_env() -> Dist:
+    """torchrun sets RANK, LOCAL_RANK and WORLD_SIZE for every worker."""
+    try:
+        return Dist(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
+                    int(os.environ.get("WORLD_SIZE", 1)))
+    except ValueError:
+        raise UsageError("RANK, LOCAL_RANK and WORLD_SIZE must be integers (they are set by torchrun).") from None
+
+
+def init_distributed(info: Dist, device: torch.device) -> torch.device:
+    """Join the process group (NCCL on CUDA, gloo on CPU); on CUDA each rank takes GPU `local_rank`."""
+    if not info.enabled:
+        return device
+    import torch.distributed as tdist
+
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    if not tdist.is_initialized():
+        tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def close_distributed() -> None:
+    import torch.distributed as tdist
+
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.destroy_process_group()

@@ -39,9 +39,9 @@ class TrainConfig:
     batch_size: int = 64
     val_frac: float = 0.1
     # optimisation
-    lr: float = 2e-3
-    min_lr_frac: float = 0.1  # cosine decays the lr to lr * min_lr_frac by the end of the budget
-    warmup_steps: int = 100
+    lr: float = 3e-3
+    min_lr_frac: float = 0.02  # cosine decays the lr to lr * min_lr_frac by the end of the budget
+    warmup_steps: int = 20  # Adam on an LSTM needs little warm-up; a long one wastes a short budget
     weight_decay: float = 0.1  # on weight matrices only, not biases
     grad_clip: float = 1.0
     # when to stop (whichever comes first); None means no limit from that side
@@ -214,7 +214,8 @@ class Trainer:
         self.cfg = self._merge_resume_config(cfg, ckpt) if ckpt else cfg
         self.cfg.validate()
         cfg = self.cfg
-        self.device = runtime.select_device(cfg.device)
+        self.dist = runtime.dist_from_env()
+        self.device = runtime.init_distributed(self.dist, runtime.select_device(cfg.device))
         runtime.set_threads(cfg.threads)
         runtime.configure_backends(self.device)
         self.amp = cfg.amp and self.device.type == "cuda"
@@ -222,13 +223,21 @@ class Trainer:
         ids, self.vocab, model_config = self._resolve_vocab(corpus, model_config, ckpt, init_from)
         check_corpus_size(len(ids), cfg)
         self.train_ids, self.val_ids = split(ids, cfg.val_frac)
-        self.feeder = DeviceFeeder(self.train_ids, cfg.batch_size, cfg.seq_len, self.device)
+        # Under torchrun each rank trains its own batch_size streams out of batch_size * world_size.
+        self.feeder = DeviceFeeder(self.train_ids, cfg.batch_size, cfg.seq_len, self.device,
+                                   self.dist.rank, self.dist.world_size)
 
         runtime.seed_everything(cfg.seed)
         self.model = CharRNN(model_config).to(self.device)
         if init_from is not None:
             self._init_weights(init_from)
         self.optimizer = make_optimizer(self.model, cfg, self.device)
+        self.net = self.model  # what the step calls: the model itself, or its DDP wrapper
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            runtime.seed_everything(cfg.seed + 1_000_003 * self.dist.rank)  # distinct dropout masks per rank
         self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
 
         self.step, self.epoch, self.batch_index = 0, 0, 0
@@ -238,7 +247,8 @@ class Trainer:
         self.state: State = self.model.init_state(cfg.batch_size, self.device)
         if ckpt:
             self._restore(ckpt)
-        self.run_dir.prepare()
+        if self.dist.is_main:
+            self.run_dir.prepare()
 
     # -- set-up ----------------------------------------------------------------------------------
     def _load_resume(self, cfg: TrainConfig) -> dict:
@@ -293,14 +303,32 @@ class Trainer:
         self.best_step = int(ckpt.get("best_step", -1))
         self.last_val = float(ckpt.get("val_loss", math.nan))
         self.skipped = int(ckpt.get("skipped_steps", 0))
-        hidden = ckpt.get("hidden")
+        hidden, rng = ckpt.get("hidden"), ckpt["rng"]
+        saved_world = int(ckpt.get("world_size", 1))
+        if saved_world == self.dist.world_size and self.dist.enabled:
+            hidden, rng = ckpt["hidden_ranks"][self.dist.rank], ckpt["rng_ranks"][self.dist.rank]
+        elif saved_world != self.dist.world_size:
+            self.report("warning", {"text": f"the run was saved with {saved_world} process(es) and resumes with "
+                                            f"{self.dist.world_size}: streams are re-sharded, so this resume is not bit-exact"})
+            hidden = None
+            rng = dict(rng, cuda=[])
         if hidden and self.batch_index != 0:
             self.state = tuple(h.to(self.device) for h in hidden)
         # RNG last: anything that draws random numbers after this would break bit-exact resume.
-        runtime.set_rng_state(ckpt["rng"])
+        runtime.set_rng_state(rng)
 
     # -- checkpoints -----------------------------------------------------------------------------
     def checkpoint_state(self, train_loss: float) -> dict:
+        """Everything to sample from and to resume exactly. Under torchrun every rank calls this (it gathers
+        each rank's RNG and carried state); only rank 0 writes the result."""
+        hidden, rng = [s.detach().cpu() for s in self.state], runtime.rng_state()
+        per_rank = {}
+        if self.dist.enabled:
+            import torch.distributed as tdist
+
+            gathered: list = [None] * self.dist.world_size
+            tdist.all_gather_object(gathered, (hidden, rng))
+            per_rank = {"hidden_ranks": [g[0] for g in gathered], "rng_ranks": [g[1] for g in gathered]}
         return {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -314,10 +342,12 @@ class Trainer:
             "epoch": self.epoch_float,
             "data": {"epoch": self.epoch, "batch_index": self.batch_index,
                      "batches_per_epoch": self.feeder.batches_per_epoch},
-            "hidden": [s.detach().cpu() for s in self.state],
+            "hidden": hidden,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "rng": runtime.rng_state(),
+            "rng": rng,
+            "world_size": self.dist.world_size,
+            **per_rank,
             "elapsed_s": self.elapsed,
             "train_loss": train_loss,
             "val_loss": self.last_val,
@@ -335,7 +365,28 @@ class Trainer:
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
             raise DivergedError(f"diverged at step {self.step}: the weights are no longer finite; the last good "
                                 f"checkpoint in {self.run_dir.path} is kept; try a lower --lr.")
-        self.run_dir.save(self.checkpoint_state(train_loss), self.step, is_best)
+        state = self.checkpoint_state(train_loss)
+        if self.dist.is_main:
+            self.run_dir.save(state, self.step, is_best)
+        self._barrier()
+
+    def _barrier(self) -> None:
+        if self.dist.enabled:
+            import torch.distributed as tdist
+
+            tdist.barrier()
+
+    def _agree(self, elapsed: float, signum: int | None) -> tuple[float, int | None]:
+        """Under torchrun, all ranks take the largest elapsed time and any rank's signal, so they stop at the
+        same step and follow the same lr schedule. One tiny all-reduce per step; nothing when single-process."""
+        if not self.dist.enabled:
+            return elapsed, signum
+        import torch.distributed as tdist
+
+        flags = torch.tensor([elapsed, float(signum or 0)], dtype=torch.float64, device=self.device)
+        tdist.all_reduce(flags, op=tdist.ReduceOp.MAX)
+        elapsed, sig = flags.tolist()
+        return elapsed, int(sig) or None
 
     # -- progress --------------------------------------------------------------------------------
     @property
@@ -364,7 +415,7 @@ class Trainer:
                 s.zero_()
         x, y = self.feeder.batch(self.batch_index)  # (B, T), (B, T)
         with runtime.autocast(self.device, self.amp):
-            logits, state = self.model(x, self.state)  # (B, T, V)
+            logits, state = self.net(x, self.state)  # (B, T, V)
             loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
@@ -407,14 +458,14 @@ class Trainer:
         self.report("start", {"step": self.step, "total_steps": self.total_steps()})
         reason, signum = None, None
         while True:
-            reason = stop_reason(self.step, self.epoch_float, self.elapsed, cfg)
+            elapsed, signum = self._agree(self.elapsed, self.should_stop())
+            reason = stop_reason(self.step, self.epoch_float, elapsed, cfg)
             if reason:
                 break
-            signum = self.should_stop()
             if signum is not None:
                 reason = "signal"
                 break
-            progress = budget_progress(self.step, self.elapsed, cfg, self.feeder.batches_per_epoch)
+            progress = budget_progress(self.step, elapsed, cfg, self.feeder.batches_per_epoch)
             lr = self.lr = lr_at(self.step, progress, cfg)
             self.train_step(lr)
             self.advance()
@@ -461,8 +512,10 @@ class Trainer:
 
     def _evaluate_and_save(self, train_loss: float) -> None:
         cfg = self.cfg
-        val = evaluate(self.model, self.val_ids, cfg.eval_streams, max(cfg.seq_len, 256), self.device,
-                       self.amp, cfg.eval_chars)
+        val = math.nan  # other ranks wait at the save's barrier while rank 0 scores the validation text
+        if self.dist.is_main:
+            val = evaluate(self.model, self.val_ids, cfg.eval_streams, max(cfg.seq_len, 256), self.device,
+                           self.amp, cfg.eval_chars)
         self.last_val = val
         is_best = math.isfinite(val) and val < self.best_val  # a NaN validation loss never becomes best
         if is_best:
@@ -473,8 +526,9 @@ class Trainer:
                   "chars_per_sec": getattr(self, "last_log", {}).get("chars_per_sec", 0.0),
                   "elapsed_s": round(self.elapsed, 3)}
         self.save(train_loss, is_best)
-        append_metrics(self.run_dir.metrics_path, record)
-        self.report("eval", {**record, "is_best": is_best})
+        if self.dist.is_main:
+            append_metrics(self.run_dir.metrics_path, record)
+            self.report("eval", {**record, "is_best": is_best})
 
 
 def train(corpus: Corpus, model_config: ModelConfig | None, cfg: TrainConfig, run_dir: RunDir,
@@ -488,3 +542,4 @@ def train(corpus: Corpus, model_config: ModelConfig | None, cfg: TrainConfig, ru
         return trainer.run()
     finally:
         report("end", {"step": trainer.step})
+        runtime.close_distributed()

@@ -58,3 +58,15 @@ def test_too_short_says_minimum():
     n = min_corpus_chars(4, 16, 0.1)
     train, _ = split(np.arange(n), 0.1)
     StreamBatcher(train, batch_size=4, seq_len=16)  # the stated minimum really is enough
+
+
+def test_memory_mapped_corpus_gives_the_same_batches_as_in_memory(tmp_path):
+    ids = np.random.default_rng(0).integers(0, 300, 50_000).astype(np.uint16)
+    path = tmp_path / "ids.bin"
+    ids.tofile(path)
+    mapped = np.memmap(path, dtype=np.uint16, mode="r")
+    a, b = StreamBatcher(ids, 8, 32), StreamBatcher(mapped, 8, 32)
+    assert a.batches_per_epoch == b.batches_per_epoch
+    for j in range(a.batches_per_epoch):
+        (xa, ya), (xb, yb) = a.batch(j), b.batch(j)
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
