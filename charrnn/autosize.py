@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from charrnn import runtime
 from charrnn.model import CharRNN, ModelConfig
 
 # (hidden_size, num_layers), smallest first. Char-level models on ~1 MB of text saturate around 2x512.
@@ -22,21 +23,31 @@ TARGET_EPOCHS = 5.0
 CALIBRATION_FRACTION = 0.03
 
 
-def measure_chars_per_sec(config: ModelConfig, batch_size: int, seq_len: int, device: torch.device,
-                          steps: int = 3) -> float:
-    """Forward + backward + AdamW steps per second of a fresh model, times the characters per step."""
+def measure_chars_per_sec(config: ModelConfig, cfg, device: torch.device, steps: int = 3) -> float:
+    """Forward + backward + optimizer steps per second of a fresh model, times the characters per step, with
+    training's own optimizer and precision (fused AdamW; fp16 autocast and a GradScaler on CUDA)."""
+    from charrnn.train import make_optimizer
+
     model = CharRNN(config).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x = torch.randint(0, config.vocab_size, (batch_size, seq_len + 1), device=device)
+    opt = make_optimizer(model, cfg, device)
+    amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if amp else None
+    x = torch.randint(0, config.vocab_size, (cfg.batch_size, cfg.seq_len + 1), device=device)
     state = None
 
     def one_step():
         nonlocal state
-        logits, state = model(x[:, :-1], state)
-        loss = F.cross_entropy(logits.reshape(-1, config.vocab_size), x[:, 1:].reshape(-1))
+        with runtime.autocast(device, amp):
+            logits, state = model(x[:, :-1], state)
+            loss = F.cross_entropy(logits.float().reshape(-1, config.vocab_size), x[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
         state = tuple(s.detach() for s in state)
         return loss
 
@@ -47,14 +58,16 @@ def measure_chars_per_sec(config: ModelConfig, batch_size: int, seq_len: int, de
     for _ in range(steps):
         loss = one_step()
     loss.item()  # wait for the device
-    return steps * batch_size * seq_len / (time.perf_counter() - t)
+    return steps * cfg.batch_size * cfg.seq_len / (time.perf_counter() - t)
 
 
 def dropout_for(epochs: float) -> float:
-    # Few passes cannot overfit, so dropout only slows learning; many passes over small text need it.
-    if epochs < 4:
+    # Few passes cannot overfit, so dropout only slows learning (and costs CPU time): at ~6 passes of 2x384 on
+    # tiny-shakespeare, dropout 0 / 0.1 / 0.2 scored 1.475 / 1.495 / 1.513 (bench/README.md). Many passes over
+    # small text do overfit and need it.
+    if epochs < 8:
         return 0.0
-    if epochs < 12:
+    if epochs < 16:
         return 0.1
     return 0.2
 
@@ -65,11 +78,13 @@ def choose_model_size(num_chars: int, max_time: float, device: torch.device, cfg
     """Largest candidate whose measured throughput allows TARGET_EPOCHS passes within max_time."""
     train_chars = num_chars * (1.0 - cfg.val_frac)
     budget = CALIBRATION_FRACTION * max_time
+    runtime.set_threads(cfg.threads)  # time it the way training will run
+    runtime.configure_backends(device)
     started = time.perf_counter()
     chosen, chosen_rate = CANDIDATES[0], None
     for hidden, layers in CANDIDATES:
         config = ModelConfig(vocab_size=vocab_size, model=model_type, hidden_size=hidden, num_layers=layers)
-        rate = measure_chars_per_sec(config, cfg.batch_size, cfg.seq_len, device)
+        rate = measure_chars_per_sec(config, cfg, device)
         epochs = rate * max_time / train_chars
         if epochs < TARGET_EPOCHS and chosen_rate is not None:
             break

@@ -44,6 +44,18 @@ def user_errors() -> Iterator[None]:
     except CharRNNError as e:
         err.print(f"[red]Error:[/red] {escape(str(e))}")
         raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt as e:  # Ctrl-C outside the training loop, or a second signal inside it
+        signum = getattr(e, "signum", signal.SIGINT)
+        err.print(f"{signal.Signals(signum).name}: stopped; checkpoints already written are intact")
+        raise typer.Exit(128 + signum) from None
+
+
+class Aborted(KeyboardInterrupt):
+    """A second SIGINT/SIGTERM while stopping: leave at once (writes are atomic), exiting 128 + signum."""
+
+    def __init__(self, signum: int):
+        super().__init__()
+        self.signum = signum
 
 
 class StopFlag:
@@ -58,7 +70,7 @@ class StopFlag:
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:
-            raise KeyboardInterrupt
+            raise Aborted(signum)
         self.signum = signum
         err.print(f"\n{signal.Signals(signum).name}: finishing this step and saving a checkpoint "
                   "(signal again to abort without saving)")
@@ -115,7 +127,7 @@ def train(
     hidden_size: Annotated[Optional[int], typer.Option(help="Hidden units per layer \\[default: auto-sized under --max-time, else 512].", show_default=False, rich_help_panel=MODEL)] = None,
     num_layers: Annotated[Optional[int], typer.Option(help="Stacked recurrent layers \\[default: 2].", show_default=False, rich_help_panel=MODEL)] = None,
     embed_size: Annotated[int, typer.Option(help="Embedding size (0: same as --hidden-size).", rich_help_panel=MODEL)] = 0,
-    dropout: Annotated[Optional[float], typer.Option(help="Dropout between layers and before the head \\[default: 0.1, or auto].", show_default=False, rich_help_panel=MODEL)] = None,
+    dropout: Annotated[Optional[float], typer.Option(help="Dropout on the embeddings, between layers and before the head \\[default: 0.1, or auto].", show_default=False, rich_help_panel=MODEL)] = None,
     tie_weights: Annotated[bool, typer.Option(help="Share the embedding matrix with the output layer.", rich_help_panel=MODEL)] = False,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).", rich_help_panel=OPTIM)] = 3e-3,
     min_lr_frac: Annotated[float, typer.Option(help="Cosine decay ends at lr * this.", rich_help_panel=OPTIM)] = 0.02,
@@ -149,7 +161,7 @@ def train(
     from charrnn.train import TrainConfig, check_corpus_size, train as run_training
 
     dist = runtime.dist_from_env()
-    reporter = Reporter(quiet=quiet or not dist.is_main, console=err)  # under torchrun only rank 0 reports
+    reporter = Reporter(quiet=quiet, console=err, silent=not dist.is_main)  # under torchrun only rank 0 reports
     with user_errors():
         if seed is None:
             seed = runtime.draw_seed()
@@ -162,7 +174,7 @@ def train(
                           eval_streams=eval_streams, log_every=log_every, keep=keep, max_skips=max_skips,
                           seed=seed, device=device, threads=threads, amp=amp)
         cfg.validate()
-        data = load_corpus(corpus, show_progress=not quiet)
+        data = load_corpus(corpus, show_progress=not quiet and dist.is_main)
         if not resume:
             check_corpus_size(len(data.ids), cfg)  # fail before any progress output
         reporter.info(f"corpus {data.name}: {len(data.ids):,} characters, {len(data.vocab)} distinct")
@@ -175,7 +187,7 @@ def train(
                 reporter.info("auto-sizing is off under torchrun (ranks would time it apart); using 2x512")
             elif max_time_s is not None and hidden_size is None and num_layers is None:
                 sized = choose_model_size(len(data.ids), max_time_s, runtime.select_device(device), cfg,
-                                          model, dropout, report=reporter.info)
+                                          model, dropout, report=reporter.info, vocab_size=len(data.vocab))
             model_cfg = ModelConfig(vocab_size=len(data.vocab), model=model,
                                     hidden_size=sized["hidden_size"] or 512, num_layers=sized["num_layers"] or 2,
                                     embed_size=embed_size, dropout=0.1 if sized["dropout"] is None else sized["dropout"],

@@ -27,8 +27,6 @@ def min_train_chars(batch_size: int, seq_len: int) -> int:
 def min_corpus_chars(batch_size: int, seq_len: int, val_frac: float) -> int:
     """Smallest corpus that yields one training batch and a validation split of at least two characters."""
     need_train = min_train_chars(batch_size, seq_len)
-    if val_frac <= 0:
-        return need_train
     n = max(need_train, int(np.ceil(2 / val_frac)))
     while int(n * (1.0 - val_frac)) < need_train or n - int(n * (1.0 - val_frac)) < 2:
         n += 1
@@ -94,7 +92,6 @@ class DeviceFeeder:
         self._events = [None] * n
         self._turn = 0
         self.batches_per_epoch = self._batchers[0].batches_per_epoch
-        self.chars_per_epoch = self._batchers[0].chars_per_epoch
 
     def batch(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.device.type != "cuda":

@@ -33,6 +33,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.model not in RNN_TYPES:
             raise UsageError(f"--model must be one of {', '.join(RNN_TYPES)}, not {self.model!r}.")
+        if self.embed_size < 0:
+            raise UsageError(f"--embed-size must be at least 0 (0: same as --hidden-size), not {self.embed_size}.")
         if self.embed_size == 0:
             self.embed_size = self.hidden_size
         if self.hidden_size < 1 or self.num_layers < 1 or self.vocab_size < 2:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-import time
 from pathlib import Path
 
 from rich.console import Console
@@ -17,9 +15,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 
 def append_metrics(path: Path, record: dict) -> None:
-    """One JSON object per evaluation; appended and flushed so a crash loses at most the line being written."""
+    """One JSON object per evaluation; appended and flushed so a crash loses at most the line being written.
+    Non-finite numbers become null: NaN and Infinity are not JSON, and jq and friends reject them."""
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, allow_nan=True) + "\n")
+        f.write(json.dumps(clean, allow_nan=False) + "\n")
         f.flush()
 
 
@@ -33,9 +33,11 @@ def format_duration(seconds: float) -> str:
 class Reporter:
     """Turns training events into stderr output; never writes to stdout."""
 
-    def __init__(self, quiet: bool = False, console: Console | None = None):
+    def __init__(self, quiet: bool = False, console: Console | None = None, silent: bool = False):
+        """quiet: no progress or info, warnings still shown; silent: nothing at all (torchrun ranks > 0)."""
         self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)
-        self.quiet = quiet
+        self.quiet = quiet or silent
+        self.silent = silent
         self.interactive = self.console.is_terminal and not quiet
         self._progress: Progress | None = None
         self._task = None
@@ -47,7 +49,8 @@ class Reporter:
             self.console.print(escape(message))
 
     def warn(self, message: str) -> None:
-        self.console.print(f"[yellow]warning:[/yellow] {escape(message)}")
+        if not self.silent:
+            self.console.print(f"[yellow]warning:[/yellow] {escape(message)}")
 
     # -- training events ------------------------------------------------------------------------
     def __call__(self, event: str, info: dict) -> None:
@@ -107,25 +110,3 @@ class Reporter:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-
-
-class Throughput:
-    """chars/sec between two log points, measured on the host clock (the caller syncs at log points only)."""
-
-    def __init__(self):
-        self._t = time.perf_counter()
-        self._chars = 0
-
-    def add(self, chars: int) -> None:
-        self._chars += chars
-
-    def rate(self) -> float:
-        now = time.perf_counter()
-        dt = now - self._t
-        rate = self._chars / dt if dt > 0 else 0.0
-        self._t, self._chars = now, 0
-        return rate
-
-
-def stderr_is_terminal() -> bool:
-    return sys.stderr.isatty()

@@ -34,7 +34,9 @@ def select_device(name: str = "auto") -> torch.device:
         device = torch.device(name)
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible.")
-        return device
+        # Make it the current device: events, streams and graph capture otherwise land on cuda:0.
+        torch.cuda.set_device(device)
+        return torch.device("cuda", torch.cuda.current_device())
     raise UsageError(f"--device must be auto, cpu, cuda, cuda:N or mps, not {name!r}.")
 
 

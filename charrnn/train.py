@@ -73,6 +73,8 @@ class TrainConfig:
             raise UsageError(f"--lr must be a positive number, not {self.lr}.")
         if self.weight_decay < 0 or self.grad_clip <= 0 or self.warmup_steps < 0 or self.keep < 0:
             raise UsageError("--weight-decay, --warmup-steps and --keep must be >= 0 and --grad-clip > 0.")
+        if not 0.0 <= self.min_lr_frac <= 1.0:
+            raise UsageError(f"--min-lr-frac must be between 0 and 1, not {self.min_lr_frac}.")
         for name in LIMITS:
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -103,13 +105,14 @@ class TrainResult:
 
 
 def budget_progress(step: int, elapsed: float, cfg: TrainConfig, batches_per_epoch: int) -> float:
-    """Fraction of the training budget used: the largest of steps, epochs and time fractions, in [0, 1]."""
+    """Fraction of the training budget used, in [0, 1]: of steps or epochs (the larger) when either bounds the
+    run, so the schedule is deterministic and resume exact; of wall-clock time under --max-time alone."""
     fracs = []
     if cfg.max_steps:
         fracs.append(step / cfg.max_steps)
     if cfg.max_epochs:
         fracs.append(step / (cfg.max_epochs * batches_per_epoch))
-    if cfg.max_time:
+    if not fracs and cfg.max_time:
         fracs.append(elapsed / cfg.max_time)
     return min(1.0, max(fracs)) if fracs else 0.0
 
@@ -117,8 +120,9 @@ def budget_progress(step: int, elapsed: float, cfg: TrainConfig, batches_per_epo
 def lr_at(step: int, progress: float, cfg: TrainConfig) -> float:
     """Linear warm-up over `warmup_steps`, times a cosine from 1 to `min_lr_frac` over the budget.
 
-    The budget is steps or epochs when those bound the run (fully deterministic, so resume is exact); under
-    --max-time alone it is the wall-clock fraction used, so the decay ends when the time does.
+    The budget is steps or epochs when those bound the run (deterministic, so resume is exact; a --max-time
+    given as well may then stop the run before the decay ends); under --max-time alone it is the wall-clock
+    fraction used, so the decay ends when the time does.
     """
     warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
     decay = cfg.min_lr_frac + (1.0 - cfg.min_lr_frac) * 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -232,6 +236,7 @@ class Trainer:
         if init_from is not None:
             self._init_weights(init_from)
         self.optimizer = make_optimizer(self.model, cfg, self.device)
+        self.fused = bool(self.optimizer.defaults.get("fused"))
         self.net = self.model  # what the step calls: the model itself, or its DDP wrapper
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -311,17 +316,23 @@ class Trainer:
             self.report("warning", {"text": f"the run was saved with {saved_world} process(es) and resumes with "
                                             f"{self.dist.world_size}: streams are re-sharded, so this resume is not bit-exact"})
             hidden = None
-            rng = dict(rng, cuda=[])
+            # Same fraction of the epoch: batches per epoch scale with 1 / world size.
+            saved_bpe = int(ckpt["data"].get("batches_per_epoch", self.feeder.batches_per_epoch))
+            self.batch_index = min(self.batch_index * self.feeder.batches_per_epoch // max(saved_bpe, 1),
+                                   self.feeder.batches_per_epoch - 1)
         if hidden and self.batch_index != 0:
-            self.state = tuple(h.to(self.device) for h in hidden)
+            # float32: an AMP run carries fp16 state, which a CPU resume could not feed to its LSTM.
+            self.state = tuple(h.to(self.device, torch.float32) for h in hidden)
         # RNG last: anything that draws random numbers after this would break bit-exact resume.
-        runtime.set_rng_state(rng)
+        runtime.set_rng_state(rng if saved_world == self.dist.world_size else dict(rng, cuda=[]))
+        if saved_world != self.dist.world_size and self.dist.enabled:
+            runtime.seed_everything(self.cfg.seed + 1_000_003 * self.dist.rank + self.step)  # distinct masks per rank
 
     # -- checkpoints -----------------------------------------------------------------------------
     def checkpoint_state(self, train_loss: float) -> dict:
         """Everything to sample from and to resume exactly. Under torchrun every rank calls this (it gathers
         each rank's RNG and carried state); only rank 0 writes the result."""
-        hidden, rng = [s.detach().cpu() for s in self.state], runtime.rng_state()
+        hidden, rng = [s.detach().float().cpu() for s in self.state], runtime.rng_state()
         per_rank = {}
         if self.dist.enabled:
             import torch.distributed as tdist
@@ -329,6 +340,8 @@ class Trainer:
             gathered: list = [None] * self.dist.world_size
             tdist.all_gather_object(gathered, (hidden, rng))
             per_rank = {"hidden_ranks": [g[0] for g in gathered], "rng_ranks": [g[1] for g in gathered]}
+        if not self.dist.is_main:
+            return {}  # only rank 0 writes, so the others skip copying the model and optimizer
         return {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -425,13 +438,20 @@ class Trainer:
             loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip, foreach=True)
         bad = ~torch.isfinite(loss)
+        if self.scaler is None:
+            bad = bad | ~torch.isfinite(norm)
+        if self.dist.enabled:  # one rank's bad loss must make every rank skip, or their weights drift apart
+            flag = bad.to(torch.float32)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            bad = flag > 0
         if self.scaler is not None:
             # GradScaler skips steps whose fp16 gradients overflowed; those are not divergence.
             self.scaler.step(self.optimizer)
             self.scaler.update()
-        else:
-            bad = bad | ~torch.isfinite(norm)
+        elif self.fused:
             self.optimizer.found_inf = bad.float()  # fused AdamW leaves weights and moments untouched when 1
+            self.optimizer.step()
+        elif not bad.item():  # foreach AdamW (MPS) has no found_inf: a host check, on a device we do not tune for
             self.optimizer.step()
         self.state = tuple(s.masked_fill_(bad, 0.0) for s in detach_state(state))
         self.streak = (self.streak + 1) * bad
@@ -512,7 +532,7 @@ class Trainer:
 
     def _evaluate_and_save(self, train_loss: float) -> None:
         cfg = self.cfg
-        val = math.nan  # other ranks wait at the save's barrier while rank 0 scores the validation text
+        val = math.nan  # other ranks wait in the save's gather while rank 0 scores the validation text
         if self.dist.is_main:
             val = evaluate(self.model, self.val_ids, cfg.eval_streams, max(cfg.seq_len, 256), self.device,
                            self.amp, cfg.eval_chars)
@@ -537,9 +557,9 @@ def train(corpus: Corpus, model_config: ModelConfig | None, cfg: TrainConfig, ru
     """Train (or resume) a run; raises CharRNNError subclasses for problems the user can fix."""
     if resume and init_from is not None:
         raise UsageError("--resume and --init-from cannot be combined: resume continues a run, init-from starts one.")
-    trainer = Trainer(corpus, model_config, cfg, run_dir, report, should_stop, resume, init_from)
     try:
+        trainer = Trainer(corpus, model_config, cfg, run_dir, report, should_stop, resume, init_from)
         return trainer.run()
     finally:
-        report("end", {"step": trainer.step})
+        report("end", {})
         runtime.close_distributed()

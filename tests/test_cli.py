@@ -196,6 +196,8 @@ def test_train_empty_stdin(tmp_path):
     (["--seq-len", "0"], "seq-len"),
     (["--lr", "-1"], "lr"),
     (["--model", "transformer"], "model"),
+    (["--min-lr-frac", "1.5"], "min-lr-frac"),
+    (["--embed-size", "-3"], "embed-size"),
 ])
 def test_train_bad_options_are_usage_errors(args, needle, tmp_path, small_corpus):
     if "cuda" in args and torch.cuda.is_available():

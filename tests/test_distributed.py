@@ -49,6 +49,14 @@ def test_two_ranks_train_and_only_rank_0_writes(setup, tmp_path):
     metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 2  # evaluations at steps 6 and 12, written once
 
+    # resuming the two-rank run in one process re-shards the streams, says so, and carries on
+    single = subprocess.run([sys.executable, "-m", "charrnn", "train", str(corpus), "--run-dir", str(tmp_path / "run"),
+                             "--resume", "--max-steps", "16", "--device", "cpu"], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert "re-sharded" in single.stderr
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 16
+
 
 def _worker_pids(agent_pid: int) -> dict[int, int]:
     """rank -> pid of torchrun's worker processes (read from their environment)."""

@@ -16,7 +16,7 @@ import torch
 
 import charrnn.train as train_mod
 from charrnn.checkpoint import RunDir, load_checkpoint, save_checkpoint
-from charrnn.cli import StopFlag
+from charrnn.cli import Aborted, StopFlag
 from charrnn.corpus import load_corpus
 from charrnn.errors import CorpusError, DivergedError
 from charrnn.model import ModelConfig
@@ -185,6 +185,22 @@ def test_nan_loss_is_skipped_without_touching_weights(corpus, tmp_path, monkeypa
     assert all(torch.isfinite(t).all() for t in ck["model"].values())
 
 
+def test_nan_step_is_skipped_with_a_non_fused_optimizer(corpus, tmp_path, monkeypatch):
+    """The foreach AdamW path (used on MPS, which has no found_inf) skips a bad step with a host check."""
+    real = train_mod.make_optimizer
+    monkeypatch.setattr(train_mod, "make_optimizer",
+                        lambda m, c, d: torch.optim.AdamW(real(m, c, d).param_groups, fused=False, foreach=True))
+    monkeypatch.setattr(train_mod.F, "cross_entropy", NaNAt({3}))
+    snapshots = []
+    trainer = Trainer(corpus, model_cfg(corpus), cfg(max_steps=5), RunDir(tmp_path / "r"),
+                      report=lambda e, i: snapshots.append([p.detach().clone() for p in trainer.model.parameters()])
+                      if e == "log" else None, should_stop=lambda: None, resume=False, init_from=None)
+    assert not trainer.fused
+    trainer.run()
+    assert all(torch.equal(a, b) for a, b in zip(snapshots[1], snapshots[2]))
+    assert not all(torch.equal(a, b) for a, b in zip(snapshots[2], snapshots[3]))
+
+
 def test_persistent_nan_stops_as_diverged_and_keeps_the_last_good_checkpoint(corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(train_mod.F, "cross_entropy", NaNAt({"always_after"}))
     with pytest.raises(DivergedError, match="diverged at step"):
@@ -201,6 +217,10 @@ def test_nan_validation_loss_never_becomes_best(corpus, tmp_path, monkeypatch):
     best = load_checkpoint(tmp_path / "r" / "best.pt")
     assert best["step"] == 6 and best["best_val_loss"] == 1.5 and result.best_val_loss == 1.5
     assert math.isnan(load_checkpoint(tmp_path / "r" / "last.pt")["val_loss"])
+    import json
+
+    vals = [json.loads(line)["val_loss"] for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert vals == [2.0, None, 1.5, None]  # strict JSON: NaN is written as null
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -213,6 +233,18 @@ def test_second_signal_aborts_at_once():
     assert flag() == signal.SIGINT
     with pytest.raises(KeyboardInterrupt):
         flag._handle(signal.SIGINT, None)
+
+
+@pytest.mark.parametrize("exc,code", [(KeyboardInterrupt(), 130), (Aborted(signal.SIGTERM), 143)])
+def test_interrupts_outside_the_loop_exit_with_the_signal_code(exc, code):
+    import typer
+
+    from charrnn.cli import user_errors
+
+    with pytest.raises(typer.Exit) as info:
+        with user_errors():
+            raise exc
+    assert info.value.exit_code == code
 
 
 def _train_cmd(corpus_path: Path, run_dir: Path, *extra) -> list[str]:
@@ -283,7 +315,7 @@ def test_double_sigint_exits_without_corrupting(tmp_path):
     proc.send_signal(signal.SIGINT)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode != 0
+    assert proc.returncode == 130
     assert "Traceback" not in err
     assert load_checkpoint(tmp_path / "C" / "last.pt")["step"] >= 10  # whatever happened, a good checkpoint loads
     assert not list((tmp_path / "C").glob("*.tmp"))

@@ -45,6 +45,9 @@ def test_lr_schedule_warms_up_then_decays():
     # under --max-time alone, the decay follows the wall clock
     timed = quick_cfg(max_steps=None, max_time=60.0)
     assert budget_progress(5, 30.0, timed, 1000) == pytest.approx(0.5)
+    # a step bound makes the schedule deterministic even when a time limit is also given
+    both = quick_cfg(max_steps=100, max_time=60.0)
+    assert budget_progress(10, 59.0, both, 1000) == pytest.approx(0.1)
 
 
 def test_stops_at_max_epochs_and_writes_metrics(tmp_path, small_corpus):
