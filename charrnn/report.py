@@ -82,7 +82,8 @@ class Reporter:
         if self.quiet:
             return
         if self._progress is not None:
-            stats = (f"epoch {info['epoch']:.2f}  loss {info['train_loss']:.3f}  val {self._last_val:.3f}  "
+            val = f"{self._last_val:.3f}" if math.isfinite(self._last_val) else "–"  # no evaluation yet
+            stats = (f"epoch {info['epoch']:.2f}  loss {info['train_loss']:.3f}  val {val}  "
                      f"{info['chars_per_sec']:,.0f} char/s")
             self._progress.update(self._task, completed=info["step"], total=info.get("total_steps"), stats=stats)
             return
