@@ -13,7 +13,6 @@ import argparse
 import io
 import statistics
 import json
-import os
 import sys
 import tempfile
 import time

@@ -173,8 +173,9 @@ def evaluate(model: CharRNN, ids: np.ndarray, num_streams: int, seq_len: int, de
 
 
 def make_optimizer(model: CharRNN, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("embed")]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and not n.startswith("embed"))]
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():  # weight matrices decay; biases and the embedding table do not
+        (decay if p.dim() >= 2 and not name.startswith("embed") else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # fused: one kernel for the whole update, and it honours `found_inf`, which lets us skip a bad step on
     # the device without a host sync. CPU and CUDA support it; MPS falls back to foreach.

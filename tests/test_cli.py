@@ -16,7 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 from charrnn.cli import app, parse_duration
-from tests.conftest import TINY_TRAIN, word_text
+from tests.conftest import TINY_TRAIN
 
 runner = CliRunner()
 

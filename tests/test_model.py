@@ -5,10 +5,14 @@ from charrnn.errors import UsageError
 from charrnn.model import CharRNN, ModelConfig
 
 
+def small_model(kind: str, vocab_size: int, hidden_size: int) -> CharRNN:
+    torch.manual_seed(0)
+    return CharRNN(ModelConfig(vocab_size=vocab_size, model=kind, hidden_size=hidden_size, num_layers=2)).eval()
+
+
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 def test_shapes_and_state(kind):
-    torch.manual_seed(0)
-    m = CharRNN(ModelConfig(vocab_size=11, model=kind, hidden_size=16, num_layers=2)).eval()
+    m = small_model(kind, 11, 16)
     x = torch.randint(0, 11, (3, 7))
     logits, state = m(x)
     assert logits.shape == (3, 7, 11)
@@ -18,8 +22,7 @@ def test_shapes_and_state(kind):
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 def test_state_carry_equals_one_long_sequence(kind):
-    torch.manual_seed(0)
-    m = CharRNN(ModelConfig(vocab_size=9, model=kind, hidden_size=12, num_layers=2)).eval()
+    m = small_model(kind, 9, 12)
     x = torch.randint(0, 9, (2, 10))
     whole, _ = m(x)
     first, state = m(x[:, :6])
