@@ -2,8 +2,10 @@
 
 Runs, one after another (never in parallel: they would slow each other down):
   1. training throughput, charrnn train() vs the plain loop, 2x512 and 2x128 LSTM at B=50, T=50
-  2. sampling, 2x512 and 2x256 LSTM: the plain nn.LSTM-per-char sampler vs ours at batch 1, and 64 streams
+  2. sampling, 2x512 and 2x256 LSTM: the plain nn.LSTM-per-char sampler vs ours at batch 1, and 64 streams,
+     in fp32 and bf16
   3. the streaming corpus encoder on a generated 1 GB corpus (MB/s, peak RSS, cached second run)
+  4. bf16 sampling on a model trained for 3 minutes: its validation-loss cost and its speed
 Each prints JSON lines; this runner forwards them to stdout unchanged. Run it on an idle machine.
 """
 
@@ -23,12 +25,15 @@ def main() -> None:
     if args.quick:
         jobs = [[py, HERE / "bench_train.py", "--sizes", "2x64", "--steps", "2", "--reps", "1"],
                 [py, HERE / "bench_sample.py", "--hidden-size", "64", "--length", "50", "--repeats", "1"],
-                [py, HERE / "bench_corpus.py", "--size-mb", "8"]]
+                [py, HERE / "bench_corpus.py", "--size-mb", "8"],
+                [py, HERE / "bench_precision.py", "--max-time", "10s", "--val-chars", "300", "--length", "30",
+                 "--repeats", "1"]]
     else:
         jobs = [[py, HERE / "bench_train.py", "--sizes", "2x512,2x128"],
                 [py, HERE / "bench_sample.py", "--hidden-size", "512"],
                 [py, HERE / "bench_sample.py", "--hidden-size", "256"],
-                [py, HERE / "bench_corpus.py", "--size-mb", "1024"]]
+                [py, HERE / "bench_corpus.py", "--size-mb", "1024"],
+                [py, HERE / "bench_precision.py", "--max-time", "3m"]]
     for job in jobs:
         subprocess.run([str(a) for a in job], check=True)
 

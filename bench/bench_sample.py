@@ -3,8 +3,8 @@
     .venv/bin/python bench/bench_sample.py [--hidden-size 512 --num-layers 2 --length 300]
 
 Prints one JSON object per line: the baseline (nn.LSTM called one character at a time with carried state,
-softmax + multinomial, batch 1), generate() at batch 1, and generate() at --num-samples streams (total
-chars/s). Repetitions are interleaved (baseline, ours, baseline, ours, ...) and the best of --repeats is
+softmax + multinomial, batch 1), then generate() at batch 1 and at --num-samples streams (total chars/s) in
+each of --precisions (fp32 is the default sampler; bf16 is `charrnn sample --precision bf16`). Repetitions are interleaved (baseline, ours, baseline, ours, ...) and the best of --repeats is
 kept, since the machine may be shared. Never asserts; numbers are only comparable within one run.
 """
 
@@ -41,9 +41,9 @@ def baseline(model: CharRNN, length: int, temperature: float = 0.8) -> float:
         return time.perf_counter() - start
 
 
-def ours(model: CharRNN, length: int, num_samples: int, temperature: float = 0.8) -> float:
+def ours(model: CharRNN, length: int, num_samples: int, precision: str = "fp32", temperature: float = 0.8) -> float:
     """Seconds for generate() to produce `length` chars per stream (prime and setup included)."""
-    cfg = SampleConfig(temperature=temperature, length=length, num_samples=num_samples, seed=0)
+    cfg = SampleConfig(temperature=temperature, length=length, num_samples=num_samples, seed=0, precision=precision)
     start = time.perf_counter()
     for _ in generate(model, [0], cfg, torch.device("cpu")):
         pass
@@ -67,35 +67,37 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=300)
     parser.add_argument("--num-samples", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated sampler precisions")
     args = parser.parse_args()
 
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=VOCAB_SIZE, model=args.model, hidden_size=args.hidden_size, num_layers=args.num_layers)
     model = CharRNN(config).eval()
-    n = args.length
-    ours(model, 20, 1)  # warm-up: first calls pay one-off allocation and thread start-up
-    baseline(model, 20)
+    n, precisions = args.length, args.precisions.split(",")
+    runs = [(p, b) for p in precisions for b in (1, args.num_samples)]
+    baseline(model, 20)  # warm-up: first calls pay one-off allocation and thread start-up
+    for p, b in runs:
+        ours(model, 20, b, p)
 
-    best = {"baseline": float("inf"), "batch1": float("inf"), "batched": float("inf")}
-    for _ in range(args.repeats):
-        best["baseline"] = min(best["baseline"], baseline(model, n))
-        best["batch1"] = min(best["batch1"], ours(model, n, 1))
-        best["baseline"] = min(best["baseline"], baseline(model, n))
-        best["batched"] = min(best["batched"], ours(model, n, args.num_samples))
+    base, best = float("inf"), {r: float("inf") for r in runs}
+    for _ in range(args.repeats):  # interleaved, so drift on a shared machine hits every row alike
+        for r in runs:
+            base = min(base, baseline(model, n))
+            best[r] = min(best[r], ours(model, n, r[1], r[0]))
 
-    base_cps = n / best["baseline"]
-    rows = [
-        ("baseline_nn_lstm_step", 1, base_cps),
-        ("generate", 1, n / best["batch1"]),
-        ("generate", args.num_samples, args.num_samples * n / best["batched"]),
-    ]
+    base_cps = n / base
+    cps = {(p, b): b * n / best[(p, b)] for p, b in runs}
     common = {"model": args.model, "hidden_size": args.hidden_size, "num_layers": args.num_layers,
               "vocab_size": VOCAB_SIZE, "length": n, "repeats": args.repeats, "machine": machine()}
-    for name, streams, cps in rows:
-        row = {"bench": name, "num_samples": streams, "chars_per_sec": round(cps, 1),
-               "ratio_vs_baseline": round(cps / base_cps, 2)}
-        if streams > 1:
-            row["ratio_vs_generate_batch1"] = round(cps / rows[1][2], 2)
+    print(json.dumps({"bench": "baseline_nn_lstm_step", "num_samples": 1, "chars_per_sec": round(base_cps, 1),
+                      "ratio_vs_baseline": 1.0, **common}), flush=True)
+    for p, b in runs:
+        row = {"bench": "generate", "precision": p, "num_samples": b, "chars_per_sec": round(cps[(p, b)], 1),
+               "ratio_vs_baseline": round(cps[(p, b)] / base_cps, 2)}
+        if b > 1:
+            row["ratio_vs_generate_batch1"] = round(cps[(p, b)] / cps[(p, 1)], 2)  # same precision
+        if p != "fp32" and ("fp32", 1) in cps:
+            row["ratio_vs_fp32_generate_batch1"] = round(cps[(p, b)] / cps[("fp32", 1)], 2)
         print(json.dumps({**row, **common}), flush=True)
 
 

@@ -101,6 +101,15 @@ def test_num_samples_are_separated_by_a_blank_line(trained_run):
     assert len(parts) >= 3
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_sampling_streams_text_and_warns_where_it_is_emulated(native, trained_run, monkeypatch):
+    monkeypatch.setattr("charrnn.sample.bf16_is_native", lambda device: native)
+    r = run(["sample", trained_run / "best.pt", "-n", "60", "--seed", "2", "--num-samples", "2", "--precision", "bf16"])
+    assert r.exit_code == 0, r.stderr
+    assert len(r.stdout) >= 2 * 60
+    assert ("slower than fp32" in r.stderr) == (not native)
+
+
 def test_prime_from_stdin(trained_run):
     r = run(["sample", trained_run / "best.pt", "-n", "10", "--seed", "1", "--prime", "-"], input="the cat ")
     assert r.exit_code == 0 and r.stdout.startswith("the cat ")
@@ -219,6 +228,7 @@ def test_train_bad_options_are_usage_errors(args, needle, tmp_path, small_corpus
     (["--top-k", "0"], "top-k"),
     (["--length", "-1"], "length"),
     (["--num-samples", "0"], "num-samples"),
+    (["--precision", "fp16"], "precision"),
 ])
 def test_sample_out_of_range_options(args, needle, trained_run):
     r = run(["sample", trained_run / "best.pt", "--seed", "1", *args])

@@ -10,7 +10,7 @@ import torch
 
 from charrnn.errors import UsageError
 from charrnn.model import CharRNN, ModelConfig
-from charrnn.sample import SampleConfig, Stepper, _Sampler, generate
+from charrnn.sample import SIGMOID_ONLY_MIN_ELEMS, SampleConfig, Stepper, _Sampler, generate
 
 CPU = torch.device("cpu")
 V = 13
@@ -77,6 +77,62 @@ def test_stepper_matches_model_logits_and_state(kind, num_layers, batch_size):
         for a, b in zip(got, state):
             assert a.shape == (num_layers, batch_size, H)
             assert (a - b).abs().max().item() <= 1e-5
+
+
+def _max_gap_to_model(model: CharRNN, stepper: Stepper, batch_size: int, steps: int = 20) -> float:
+    """Largest |logit| difference between the stepper and the model over `steps` random tokens from a random state."""
+    gen = torch.Generator().manual_seed(2)
+    L, H = model.config.num_layers, model.config.hidden_size
+    state = tuple(torch.randn(L, batch_size, H, generator=gen) * 0.5 for _ in range(2 if model.config.model == "lstm" else 1))
+    stepper.set_state(state)
+    gap = 0.0
+    for _ in range(steps):
+        tokens = torch.randint(0, V, (batch_size,), generator=gen)
+        with torch.no_grad():
+            logits, state = model(tokens[:, None], state)
+        gap = max(gap, (stepper.step(tokens) - logits[:, 0]).abs().max().item())
+    return gap
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_one_sigmoid_lstm_cell_matches_model(num_layers, batch_size):
+    # The large-batch cell (tanh as 2 sigmoid(2x) - 1, g weights doubled) computes the same function.
+    model = make_model("lstm", num_layers, hidden_size=48, embed_size=24)
+    stepper = Stepper(model, batch_size, CPU, sigmoid_only=True)
+    assert stepper.sigmoid_only
+    assert _max_gap_to_model(model, stepper, batch_size) <= 1e-5
+
+
+def test_cell_formulation_is_chosen_by_batch_size():
+    model = make_model("lstm", 1, hidden_size=32)
+    assert not Stepper(model, 1, CPU).sigmoid_only
+    assert Stepper(model, SIGMOID_ONLY_MIN_ELEMS // 32, CPU).sigmoid_only
+    assert not Stepper(make_model("gru", 1, hidden_size=32), SIGMOID_ONLY_MIN_ELEMS // 32, CPU).sigmoid_only
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("sigmoid_only", [False, True])
+def test_bf16_stepper_tracks_the_model_closely_but_not_exactly(kind, sigmoid_only):
+    model = make_model(kind, 2, hidden_size=48, embed_size=24)
+    gap = _max_gap_to_model(model, Stepper(model, 4, CPU, precision="bf16", sigmoid_only=sigmoid_only), 4)
+    # bfloat16 keeps 8 significant bits: logits of this size (|x| up to ~10) move by 1e-4..1e-2, never more.
+    assert 0 < gap <= 0.05
+
+
+def test_bf16_generate_is_seeded_and_valid():
+    model = make_model()
+    a = run(model, length=40, num_samples=3, seed=4, precision="bf16")
+    b = run(model, length=40, num_samples=3, seed=4, precision="bf16")
+    assert torch.equal(a, b) and a.shape == (3, 40)
+    assert ((a >= 0) & (a < V)).all()
+
+
+def test_bad_precision_and_bf16_off_cpu_and_cuda_are_usage_errors():
+    with pytest.raises(UsageError, match="precision"):
+        SampleConfig(precision="fp16").validate()
+    with pytest.raises(UsageError, match="bf16"):
+        generate(make_model(), [1], SampleConfig(precision="bf16"), torch.device("meta"))
 
 
 def test_stepper_with_tied_weights_matches_model():
