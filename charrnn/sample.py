@@ -8,14 +8,17 @@ allocated once. Layer 0's input projection is a row gather from a precomputed (V
 embedding is a lookup. On CUDA the step plus sampling is captured in a CUDA graph and replayed per character.
 
 With many streams the step is bound by its matrix products, and then by tanh: PyTorch's CPU tanh costs about four
-times a sigmoid per element and runs on one thread below 32k elements. So for large batches the LSTM cell uses
+times a sigmoid per element and runs on one thread below 32k elements. So for large batches on CPU the LSTM cell uses
 tanh(x) = 2 sigmoid(2x) - 1, with the g-gate weights pre-scaled by 2: one sigmoid covers all four gates.
 `precision="bf16"` stores the recurrent weights in bfloat16 and rounds each layer's input to bfloat16 before its
-product (accumulated in float32 by the kernel; the cell math, state and output layer stay float32). On CPUs with
-AVX512-BF16 or AMX that product runs about 2.4x faster than float32 at 64 streams, for a small loss of accuracy.
+product; the kernel accumulates in float32 but stores the product in bfloat16 (CPU matmul has no float32 output
+for bfloat16 inputs), and it is then added to float32 gates. The cell math, state and output layer stay float32.
+On CPUs with AVX512-BF16 or AMX those products run about 2.4x faster than float32 at 64 streams, for a loss of
+accuracy measured below 0.0001 bits/char (bench/bench_precision.py).
 
 Sampling is inverse-CDF with one seeded torch.Generator per stream (seed + i), so stream i of a batch
-writes the same text as a single-sample run with seed + i.
+writes the same text as a single-sample run with seed + i. In fp32 the batch and the single run differ only by
+float rounding (~1e-7 in a logit), which changes a character only if a uniform lands that close to a CDF step.
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ class _Product:
     """out <- x @ W (+ bias), or out += x @ W when bias is None; out is float32 (B, N).
 
     fp32: one addmm. bf16: x is rounded into a staging buffer and multiplied by a (N, K)-laid-out bfloat16 W
-    (the layout oneDNN runs fastest at batch 1 and 64); the product is added to out in float32."""
+    (the layout oneDNN runs fastest at batch 1 and 64); the product, stored in bfloat16, is added to out."""
 
     def __init__(self, w: torch.Tensor, bias: torch.Tensor | None, batch_size: int, precision: str,
                  staging_out: torch.Tensor | None) -> None:
@@ -124,8 +127,10 @@ class Stepper:
         self._relu = self.kind == "rnn" and rnn.nonlinearity == "relu"
         gates = {"lstm": 4, "gru": 3, "rnn": 1}[self.kind]
         G = gates * H
-        if sigmoid_only is None:
-            sigmoid_only = B * H >= SIGMOID_ONLY_MIN_ELEMS
+        if precision not in PRECISIONS:
+            raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}.")
+        if sigmoid_only is None:  # on CUDA tanh is as cheap as sigmoid, so the extra element-wise ops would only cost
+            sigmoid_only = device.type == "cpu" and B * H >= SIGMOID_ONLY_MIN_ELEMS
         self.sigmoid_only = sigmoid_only and self.kind == "lstm"
 
         def own(t: torch.Tensor) -> torch.Tensor:
@@ -371,7 +376,7 @@ def bf16_is_native(device: torch.device) -> bool:
     """Whether bfloat16 products run in hardware here (else --precision bf16 is emulated and slower)."""
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.get_device_capability(device) >= (8, 0)  # Ampere+; is_bf16_supported() counts emulation
     if device.type != "cpu":
         return False
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
@@ -400,8 +405,8 @@ def generate(model: CharRNN, prime_ids: list[int], cfg: SampleConfig, device: to
     device = torch.device(device)
     if cfg.precision == "bf16" and device.type not in ("cpu", "cuda"):
         raise UsageError(f"--precision bf16 runs on cpu and cuda, not {device.type}; use --precision fp32 there.")
-    if cfg.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UsageError("this GPU has no bfloat16 support; use --precision fp32.")
+    if cfg.precision == "bf16" and device.type == "cuda" and not bf16_is_native(device):
+        raise UsageError("this GPU has no bfloat16 matrix units (it needs compute capability 8.0+); use --precision fp32.")
     return _generate(model, list(prime_ids), cfg, device)
 
 

@@ -104,11 +104,26 @@ def test_one_sigmoid_lstm_cell_matches_model(num_layers, batch_size):
     assert _max_gap_to_model(model, stepper, batch_size) <= 1e-5
 
 
-def test_cell_formulation_is_chosen_by_batch_size():
+def test_cell_formulation_is_chosen_by_batch_size_on_cpu_only():
     model = make_model("lstm", 1, hidden_size=32)
+    big = SIGMOID_ONLY_MIN_ELEMS // 32
     assert not Stepper(model, 1, CPU).sigmoid_only
-    assert Stepper(model, SIGMOID_ONLY_MIN_ELEMS // 32, CPU).sigmoid_only
-    assert not Stepper(make_model("gru", 1, hidden_size=32), SIGMOID_ONLY_MIN_ELEMS // 32, CPU).sigmoid_only
+    assert Stepper(model, big, CPU).sigmoid_only
+    assert not Stepper(make_model("gru", 1, hidden_size=32), big, CPU).sigmoid_only
+    assert not Stepper(model, big, torch.device("meta")).sigmoid_only  # off the CPU tanh is not the bottleneck
+
+
+def test_streams_of_a_large_batch_equal_single_runs():
+    # 512 streams x 32 hidden switches the batch to the one-sigmoid cell; single runs use sigmoid + tanh.
+    model = make_model("lstm", 2, hidden_size=32)
+    batch = run(model, length=60, num_samples=SIGMOID_ONLY_MIN_ELEMS // 32, seed=3, temperature=1.0)
+    for i in (0, 1, 511):
+        assert torch.equal(batch[i], run(model, length=60, num_samples=1, seed=3 + i, temperature=1.0)[0])
+
+
+def test_stepper_refuses_an_unknown_precision():
+    with pytest.raises(UsageError, match="precision"):
+        Stepper(make_model(), 1, CPU, precision="fp16")
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
