@@ -7,13 +7,15 @@ whose candidate gate needs the hidden projection on its own), in-place gate nonl
 allocated once. Layer 0's input projection is a row gather from a precomputed (V, G) table, since the
 embedding is a lookup. On CUDA the step plus sampling is captured in a CUDA graph and replayed per character.
 
-With many streams the step is bound by its matrix products, and then by tanh: PyTorch's CPU tanh costs about four
+On CPU the products use MKL's addmm at one stream and oneDNN's linear on prepacked weights from two streams up
+(MKL's small-batch GEMM is several times slower there; see _Product). With many streams the step is bound by
+its matrix products, and then by tanh: PyTorch's CPU tanh costs about four
 times a sigmoid per element and runs on one thread below 32k elements. So for large batches on CPU the LSTM cell uses
 tanh(x) = 2 sigmoid(2x) - 1, with the g-gate weights pre-scaled by 2: one sigmoid covers all four gates.
 `precision="bf16"` stores the recurrent weights in bfloat16 and rounds each layer's input to bfloat16 before its
 product; the kernel accumulates in float32 but stores the product in bfloat16 (CPU matmul has no float32 output
 for bfloat16 inputs), and it is then added to float32 gates. The cell math, state and output layer stay float32.
-On CPUs with AVX512-BF16 or AMX those products run about 2.4x faster than float32 at 64 streams, for a loss of
+On CPUs with AVX512-BF16 or AMX those products run about twice as fast as float32 at 64 streams, for a loss of
 accuracy measured below 0.0001 bits/char (bench/bench_precision.py).
 
 Sampling is inverse-CDF with one seeded torch.Generator per stream (seed + i), so stream i of a batch
@@ -23,6 +25,7 @@ float rounding (~1e-7 in a logit), which changes a character only if a uniform l
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +36,7 @@ from charrnn.errors import UsageError
 from charrnn.model import CharRNN, State
 
 PRECISIONS = ("fp32", "bf16")
+ONEDNN_MIN_BATCH = 2  # streams from which fp32 products use oneDNN's prepacked linear, not MKL (timed on CPU)
 SIGMOID_ONLY_MIN_ELEMS = 16384  # B*H from which the one-sigmoid LSTM cell beats sigmoid + tanh (timed on CPU)
 UNIFORM_BLOCK = 256  # uniforms drawn per stream at a time, so the Python loop over generators is amortised
 CUDA_YIELD_BLOCK = 32  # ids per host transfer on CUDA (divides UNIFORM_BLOCK)
@@ -69,37 +73,79 @@ class SampleConfig:
 # --------------------------------------------------------------------------------------------------
 
 
+@functools.cache
+def onednn_linear_available() -> bool:
+    """Whether oneDNN's prepacked fp32 linear (the op Inductor's CPU path uses) works in this torch build."""
+    try:
+        mkldnn = torch.ops.mkldnn
+        w = mkldnn._reorder_linear_weight(torch.ones(3, 2), 2)  # (N, K) packed for batch 2
+        y = mkldnn._linear_pointwise(torch.ones(2, 2), w, None, "none", [], "")
+        return torch.backends.mkldnn.is_available() and bool((y == 2).all())
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
 class _Product:
     """out <- x @ W (+ bias), or out += x @ W when bias is None; out is float32 (B, N).
 
-    fp32: one addmm. bf16: x is rounded into a staging buffer and multiplied by a (N, K)-laid-out bfloat16 W
-    (the layout oneDNN runs fastest at batch 1 and 64); the product, stored in bfloat16, is added to out."""
+    Three kernels, chosen once per Stepper:
+    - "addmm": MKL's sgemm. Best at one stream, and the only one off the CPU.
+    - "onednn": oneDNN's fp32 linear on weights prepacked for this batch size. MKL's small-M GEMM is slow on
+      this class of CPU (4 streams cost 4x one stream at 2x512); oneDNN runs 2-16 streams at 2-4x MKL's speed and
+      64 at about 1.5x. Its op has no out= form, so each call allocates its (B, N) result.
+    - "bf16": x is rounded into a staging buffer and multiplied by bfloat16 weights: oneDNN's prepacked linear
+      on CPU (2x torch.mm's speed at 1-4 streams), else torch.mm on an (N, K)-laid-out W. The product, stored
+      in bfloat16, is added to out."""
 
     def __init__(self, w: torch.Tensor, bias: torch.Tensor | None, batch_size: int, precision: str,
                  staging_out: torch.Tensor | None) -> None:
         K, N = w.shape  # w arrives float32 (K, N)
         self.bias = bias
-        self.bf16 = precision == "bf16"
-        if self.bf16:
-            self.w = w.t().to(torch.bfloat16).contiguous().t()  # (K, N) view of an (N, K) buffer
+        on_cpu = w.device.type == "cpu"
+        if precision == "bf16":
+            self.kernel = "bf16"
             self.xs = torch.empty(batch_size, K, device=w.device, dtype=torch.bfloat16)  # (B, K)
-            self.ys = staging_out  # (B, N) bfloat16, shared by every product of this width
+            w_nk = w.t().to(torch.bfloat16).contiguous()  # (N, K)
+            self.packed = on_cpu and onednn_linear_available()
+            if self.packed:
+                self.w = torch.ops.mkldnn._reorder_linear_weight(w_nk, batch_size)  # opaque (N, K)
+            else:
+                self.w = w_nk.t()  # (K, N) view: the layout cuBLAS / oneDNN mm run fastest
+                self.ys = staging_out  # (B, N) bfloat16, shared by every product of this width
+        elif on_cpu and batch_size >= ONEDNN_MIN_BATCH and onednn_linear_available():
+            self.kernel = "onednn"
+            self.w = torch.ops.mkldnn._reorder_linear_weight(w.t().contiguous(), batch_size)  # opaque (N, K)
         else:
+            self.kernel = "addmm"
             self.w = w
+        self._call = getattr(self, f"_{self.kernel}")
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor) -> None:
-        if not self.bf16:
-            if self.bias is None:
-                out.addmm_(x, self.w)
-            else:
-                torch.addmm(self.bias, x, self.w, out=out)
-            return
-        self.xs.copy_(x)
-        torch.mm(self.xs, self.w, out=self.ys)
+        self._call(x, out)
+
+    def _addmm(self, x: torch.Tensor, out: torch.Tensor) -> None:
         if self.bias is None:
-            out.add_(self.ys)
+            out.addmm_(x, self.w)
         else:
-            torch.add(self.bias, self.ys, out=out)
+            torch.addmm(self.bias, x, self.w, out=out)
+
+    def _onednn(self, x: torch.Tensor, out: torch.Tensor) -> None:
+        y = torch.ops.mkldnn._linear_pointwise(x, self.w, self.bias, "none", [], "")  # (B, N)
+        if self.bias is None:
+            out.add_(y)
+        else:
+            out.copy_(y)
+
+    def _bf16(self, x: torch.Tensor, out: torch.Tensor) -> None:
+        self.xs.copy_(x)
+        if self.packed:
+            y = torch.ops.mkldnn._linear_pointwise(self.xs, self.w, None, "none", [], "")  # (B, N) bfloat16
+        else:
+            y = torch.mm(self.xs, self.w, out=self.ys)
+        if self.bias is None:
+            out.add_(y)
+        else:
+            torch.add(self.bias, y, out=out)
 
 
 class Stepper:

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+import charrnn.sample as sample_module
 from charrnn.errors import UsageError
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.sample import SIGMOID_ONLY_MIN_ELEMS, SampleConfig, Stepper, _Sampler, generate
@@ -119,6 +120,28 @@ def test_streams_of_a_large_batch_equal_single_runs():
     batch = run(model, length=60, num_samples=SIGMOID_ONLY_MIN_ELEMS // 32, seed=3, temperature=1.0)
     for i in (0, 1, 511):
         assert torch.equal(batch[i], run(model, length=60, num_samples=1, seed=3 + i, temperature=1.0)[0])
+
+
+def _kernels(stepper: Stepper) -> set[str]:
+    return {stepper._hh0.kernel} | {p.kernel for p in stepper._up}
+
+
+def test_product_kernels_are_chosen_by_batch_size_and_precision():
+    model = make_model("lstm", 2, hidden_size=32)
+    assert _kernels(Stepper(model, 1, CPU)) == {"addmm"}  # MKL's mat-vec is best at one stream
+    many = {"onednn"} if sample_module.onednn_linear_available() else {"addmm"}
+    assert _kernels(Stepper(model, 4, CPU)) == many
+    assert _kernels(Stepper(model, 4, CPU, precision="bf16")) == {"bf16"}
+    assert _kernels(Stepper(model, 4, torch.device("meta"))) == {"addmm"}  # oneDNN packing is CPU-only
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_every_kernel_matches_the_model_with_and_without_onednn(kind, monkeypatch):
+    model = make_model(kind, 2, hidden_size=48, embed_size=24)
+    for available in {sample_module.onednn_linear_available(), False}:  # never claim oneDNN where it is missing
+        monkeypatch.setattr(sample_module, "onednn_linear_available", lambda: available)
+        assert _max_gap_to_model(model, Stepper(model, 4, CPU), 4) <= 1e-5
+        assert 0 < _max_gap_to_model(model, Stepper(model, 4, CPU, precision="bf16"), 4) <= 0.05
 
 
 def test_stepper_refuses_an_unknown_precision():
