@@ -74,12 +74,13 @@ class SampleConfig:
 
 
 @functools.cache
-def onednn_linear_available() -> bool:
-    """Whether oneDNN's prepacked fp32 linear (the op Inductor's CPU path uses) works in this torch build."""
+def onednn_linear_available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether oneDNN's prepacked linear (the op Inductor's CPU path uses) works for `dtype` in this torch build
+    on this CPU; it is a private op, so it is probed once rather than assumed."""
     try:
         mkldnn = torch.ops.mkldnn
-        w = mkldnn._reorder_linear_weight(torch.ones(3, 2), 2)  # (N, K) packed for batch 2
-        y = mkldnn._linear_pointwise(torch.ones(2, 2), w, None, "none", [], "")
+        w = mkldnn._reorder_linear_weight(torch.ones(3, 2, dtype=dtype), 2)  # (N, K) packed for batch 2
+        y = mkldnn._linear_pointwise(torch.ones(2, 2, dtype=dtype), w, None, "none", [], "")
         return torch.backends.mkldnn.is_available() and bool((y == 2).all())
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
@@ -106,7 +107,7 @@ class _Product:
             self.kernel = "bf16"
             self.xs = torch.empty(batch_size, K, device=w.device, dtype=torch.bfloat16)  # (B, K)
             w_nk = w.t().to(torch.bfloat16).contiguous()  # (N, K)
-            self.packed = on_cpu and onednn_linear_available()
+            self.packed = on_cpu and onednn_linear_available(torch.bfloat16)
             if self.packed:
                 self.w = torch.ops.mkldnn._reorder_linear_weight(w_nk, batch_size)  # opaque (N, K)
             else:
