@@ -17,17 +17,17 @@ import math
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.bench_sample import ours  # noqa: E402
 from bench.common import bench_corpus_path, machine  # noqa: E402
 from charrnn.corpus import load_corpus  # noqa: E402
 from charrnn.data import split  # noqa: E402
 from charrnn.model import CharRNN, load_model  # noqa: E402
-from charrnn.sample import SampleConfig, Stepper, bf16_is_native, generate  # noqa: E402
+from charrnn.sample import Stepper, bf16_is_native  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -42,14 +42,6 @@ def score_with_stepper(model: CharRNN, ids: torch.Tensor, precision: str, sigmoi
         for t in range(n):
             logits[t] = stepper.step(ids[t : t + 1])[0]
         return torch.nn.functional.cross_entropy(logits, ids[1:]).item()
-
-
-def sample_seconds(model: CharRNN, length: int, num_samples: int, precision: str) -> float:
-    cfg = SampleConfig(length=length, num_samples=num_samples, seed=0, precision=precision)
-    start = time.perf_counter()
-    for _ in generate(model, [0], cfg, torch.device("cpu")):
-        pass
-    return time.perf_counter() - start
 
 
 def train_checkpoint(corpus_path: str, max_time: str, out_dir: Path) -> Path:
@@ -94,11 +86,11 @@ def main() -> None:
 
     runs = [(p, b) for p in PRECISIONS for b in (1, args.num_samples)]
     for p, b in runs:  # warm-up: one-off allocations and thread start-up
-        sample_seconds(model, 20, b, p)
+        ours(model, 20, b, p)
     best = {r: math.inf for r in runs}
     for _ in range(args.repeats):
         for r in runs:
-            best[r] = min(best[r], sample_seconds(model, args.length, r[1], r[0]))
+            best[r] = min(best[r], ours(model, args.length, r[1], r[0]))
     cps = {(p, b): b * args.length / best[(p, b)] for p, b in runs}
     for p, b in runs:
         print(json.dumps({"bench": "sample_precision", "precision": p, "num_samples": b,

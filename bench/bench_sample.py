@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import machine  # noqa: E402
 from charrnn.model import CharRNN, ModelConfig  # noqa: E402
 from charrnn.sample import SampleConfig, generate  # noqa: E402
 
@@ -48,15 +48,6 @@ def ours(model: CharRNN, length: int, num_samples: int, precision: str = "fp32",
     for _ in generate(model, [0], cfg, torch.device("cpu")):
         pass
     return time.perf_counter() - start
-
-
-def machine() -> dict:
-    return {
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "load_avg_1m": round(os.getloadavg()[0], 2),  # other processes on the cores make every number noisy
-    }
 
 
 def main() -> None:
