@@ -9,9 +9,9 @@ embedding is a lookup. On CUDA the step plus sampling is captured in a CUDA grap
 
 On CPU the products use MKL's addmm at one stream and oneDNN's linear on prepacked weights from two streams up
 (MKL's small-batch GEMM is several times slower there; see _Product). With many streams the step is bound by
-its matrix products, and then by tanh: PyTorch's CPU tanh costs about four
-times a sigmoid per element and runs on one thread below 32k elements. So for large batches on CPU the LSTM cell uses
-tanh(x) = 2 sigmoid(2x) - 1, with the g-gate weights pre-scaled by 2: one sigmoid covers all four gates.
+its matrix products, and then by tanh: PyTorch's CPU tanh costs about four times a sigmoid per element and runs
+on one thread below 32k elements. So for large batches on CPU the LSTM cell uses tanh(x) = 2 sigmoid(2x) - 1,
+with the g-gate weights pre-scaled by 2: one sigmoid covers all four gates.
 `precision="bf16"` stores the recurrent weights in bfloat16 and rounds each layer's input to bfloat16 before its
 product; the kernel accumulates in float32 but stores the product in bfloat16 (CPU matmul has no float32 output
 for bfloat16 inputs), and it is then added to float32 gates. The cell math, state and output layer stay float32.
@@ -64,8 +64,12 @@ class SampleConfig:
             raise UsageError(f"--length must be at least 0, not {self.length}.")
         if self.num_samples < 1:
             raise UsageError(f"--num-samples must be at least 1, not {self.num_samples}.")
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}.")
+        check_precision(self.precision)
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}.")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -100,7 +104,7 @@ class _Product:
 
     def __init__(self, w: torch.Tensor, bias: torch.Tensor | None, batch_size: int, precision: str,
                  staging_out: torch.Tensor | None) -> None:
-        K, N = w.shape  # w arrives float32 (K, N)
+        K = w.shape[0]  # w arrives float32 (K, N)
         self.bias = bias
         on_cpu = w.device.type == "cpu"
         if precision == "bf16":
@@ -169,13 +173,11 @@ class Stepper:
         self.hidden_size = H = c.hidden_size
         self.vocab_size = V = c.vocab_size
         self.device = device = torch.device(device)
-        self.precision = precision
         rnn = model.rnn
         self._relu = self.kind == "rnn" and rnn.nonlinearity == "relu"
         gates = {"lstm": 4, "gru": 3, "rnn": 1}[self.kind]
         G = gates * H
-        if precision not in PRECISIONS:
-            raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}.")
+        check_precision(precision)
         if sigmoid_only is None:  # on CUDA tanh is as cheap as sigmoid, so the extra element-wise ops would only cost
             sigmoid_only = device.type == "cpu" and B * H >= SIGMOID_ONLY_MIN_ELEMS
         self.sigmoid_only = sigmoid_only and self.kind == "lstm"
