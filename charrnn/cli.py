@@ -1,7 +1,9 @@
 """The Typer app: flags -> config dataclasses -> one library call. The only module that prints or exits.
 
-stdout carries data only (generated text; `train` prints the best checkpoint's path); everything else goes
-to stderr.
+stdout carries data only (generated text; `train` prints the best checkpoint's path; `info` the description);
+everything else goes to stderr. A stderr that cannot be written (a closed pipe, a full disk) goes quiet rather
+than stopping the work; a stdout that cannot be written is one sentence and exit 1, except a reader that went
+away (`| head`), which ends the command quietly with exit 0.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import re
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
 
@@ -19,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from charrnn.errors import CharRNNError
+from charrnn.errors import CharRNNError, UsageError
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -27,13 +30,96 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     help="Character-level LSTM/GRU/RNN language models: train on any text, then stream new text in its style.",
 )
-err = Console(stderr=True, highlight=False, soft_wrap=True)  # log lines never wrap mid-line in files
-
 DATA, MODEL, OPTIM, STOP, OUTPUT, RUNTIME = "Data", "Model", "Optimization", "Stopping", "Output", "Runtime"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: the terminal or SSH session closed
+
+
+class QuietStream:
+    """stderr that turns itself off when a write fails, so progress output can never stop training.
+
+    It looks up sys.__stderr__-or-current lazily, so test runners that swap sys.stderr still capture it."""
+
+    def __init__(self, get_stream) -> None:
+        self._get = get_stream
+        self.broken = False
+
+    def write(self, text: str) -> int:
+        stream = self._get()
+        if not self.broken and stream is not None:
+            try:
+                stream.write(text)
+            except (OSError, ValueError):  # EPIPE, ENOSPC, EIO, or a closed file object
+                self.broken = True
+        return len(text)
+
+    def flush(self) -> None:
+        stream = self._get()
+        if not self.broken and stream is not None:
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                self.broken = True
+
+    def isatty(self) -> bool:
+        stream = self._get()
+        try:
+            return not self.broken and stream is not None and stream.isatty()
+        except (OSError, ValueError):
+            return False
+
+    def fileno(self) -> int:
+        stream = self._get()
+        if stream is None:
+            raise OSError("stderr is closed")
+        return stream.fileno()
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self._get(), "encoding", None) or "utf-8"
+
+
+_stderr = QuietStream(lambda: sys.stderr if not isinstance(sys.stderr, QuietStream) else sys.__stderr__)
+err = Console(file=_stderr, highlight=False, soft_wrap=True)  # log lines never wrap mid-line in files
+
+
+def say(message: str) -> None:
+    """A plain line on stderr (never Rich markup: paths and user text pass through as they are)."""
+    err.print(escape(message))
 
 
 # ---------------------------------------------------------------------------------------------------
-# errors and signals
+# help: Click-style types (TEXT, INTEGER, PATH) and nothing on flags
+
+
+def _click_style_help_types() -> None:
+    """Typer 0.2x prints <int>, <bool>, <list[str]> in help; show what Typer apps normally show instead."""
+    try:
+        from typer.core import TyperArgument, TyperOption
+    except ImportError:
+        return
+    names = {"int": "INTEGER", "float": "FLOAT", "str": "TEXT", "Path": "PATH", "list[str]": "TEXT"}
+    for cls in (TyperOption, TyperArgument):
+        original = getattr(cls, "display_type_rich", None)
+        if original is None or getattr(original, "_charrnn", False):
+            continue
+
+        def display(self, ctx, _original=original):
+            if getattr(self, "is_flag", False) or getattr(self, "param_type_name", "") == "argument":
+                return None  # a flag takes no value; an argument's name column already says what it is
+            if self.metavar is not None:
+                return self.metavar
+            text = _original(self, ctx)
+            return names.get(text[1:-1], text[1:-1].upper()) if text and text.startswith("<") else text
+
+        display._charrnn = True
+        cls.display_type_rich = display
+
+
+_click_style_help_types()
+
+
+# ---------------------------------------------------------------------------------------------------
+# errors, output and signals
 
 
 @contextlib.contextmanager
@@ -44,45 +130,116 @@ def user_errors() -> Iterator[None]:
     except CharRNNError as e:
         err.print(f"[red]Error:[/red] {escape(str(e))}")
         raise typer.Exit(e.exit_code) from None
-    except KeyboardInterrupt as e:  # Ctrl-C outside the training loop, or a second signal inside it
+    except KeyboardInterrupt as e:  # Ctrl-C outside the training loop
         signum = getattr(e, "signum", signal.SIGINT)
-        err.print(f"{signal.Signals(signum).name}: stopped; checkpoints already written are intact")
+        say(f"{signal.Signals(signum).name}: stopped; checkpoints already written are intact")
         raise typer.Exit(128 + signum) from None
 
 
-class Aborted(KeyboardInterrupt):
-    """A second SIGINT/SIGTERM while stopping: leave at once (writes are atomic), exiting 128 + signum."""
+class OutputError(CharRNNError):
+    """stdout cannot be written (closed, or its disk is full)."""
 
-    def __init__(self, signum: int):
-        super().__init__()
-        self.signum = signum
+
+def write_out(text: str) -> None:
+    """Data to stdout, flushed; a failure other than a closed pipe becomes OutputError (exit 1)."""
+    out = sys.stdout
+    if out is None:
+        raise OutputError("standard output is closed, so there is nowhere to write; run the command with stdout "
+                          "open (redirect it to a file if you do not want to see it).")
+    try:
+        out.write(text)
+        out.flush()
+    except BrokenPipeError:
+        raise
+    except (OSError, ValueError) as e:
+        _silence_stdout()  # or the interpreter's final flush fails again, with a traceback
+        reason = getattr(e, "strerror", None) or str(e)
+        raise OutputError(f"cannot write to standard output ({reason}); free some space or redirect it elsewhere.") from None
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so what is still buffered goes nowhere instead of failing at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+@contextlib.contextmanager
+def reader_may_leave() -> Iterator[None]:
+    """The reader went away (`| head`): that ends the command quietly with exit 0, like any Unix filter."""
+    try:
+        yield
+    except BrokenPipeError:
+        _silence_stdout()
 
 
 class StopFlag:
-    """SIGINT/SIGTERM set a flag the training loop polls once per step; a second signal aborts at once
-    (checkpoint writes are atomic, so aborting mid-save leaves the previous checkpoint intact)."""
+    """SIGINT, SIGTERM or SIGHUP asks the training loop (which polls this once per step) to save and stop;
+    a second one exits at once, within milliseconds, even in the middle of a long step.
 
-    def __init__(self) -> None:
+    Python runs signal handlers only between bytecodes, so a handler cannot interrupt a 10-second LSTM
+    backward, and two signals that arrive during one are merged. The C-level handler does write every
+    signal's number to the wakeup fd at once, so a watcher thread counts them there and, at the second,
+    leaves with os._exit: checkpoint writes are atomic (temp file + rename), so no file is ever half-written.
+    """
+
+    def __init__(self, on_abort=lambda: None) -> None:
         self.signum: int | None = None
+        self._count = 0
+        self._on_abort = on_abort  # e.g. remove the temp file of a checkpoint write cut short
 
     def __call__(self) -> int | None:
         return self.signum
 
-    def _handle(self, signum, frame) -> None:
-        if self.signum is not None:
-            raise Aborted(signum)
-        self.signum = signum
-        err.print(f"\n{signal.Signals(signum).name}: finishing this step and saving a checkpoint "
-                  "(signal again to abort without saving)")
+    def _watch(self, fd: int) -> None:
+        while True:
+            try:
+                data = os.read(fd, 64)
+            except OSError:
+                return
+            if not data:
+                return  # uninstalled: the write end was closed
+            for signum in data:
+                if signum in STOP_SIGNALS:
+                    self._on_signal(signum)
+
+    def _on_signal(self, signum: int) -> None:
+        self._count += 1
+        name = signal.Signals(signum).name
+        if self._count == 1:
+            self.signum = signum
+            say(f"\n{name}: finishing this step and saving a checkpoint (signal again to stop at once without saving)")
+            return
+        say(f"{name} again: stopped at once; checkpoints already written are intact")
+        try:
+            self._on_abort()
+        finally:
+            _stderr.flush()
+            os._exit(128 + signum)
 
     @contextlib.contextmanager
     def installed(self) -> Iterator["StopFlag"]:
-        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signals are delivered to the main thread only
+            return
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        previous_handlers = {s: signal.signal(s, lambda signum, frame: None) for s in STOP_SIGNALS}
+        previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        watcher = threading.Thread(target=self._watch, args=(read_fd,), name="charrnn-signals", daemon=True)
+        watcher.start()
         try:
             yield self
         finally:
-            for s, handler in previous.items():
+            signal.set_wakeup_fd(previous_fd)
+            for s, handler in previous_handlers.items():
                 signal.signal(s, handler)
+            os.close(write_fd)
+            watcher.join(timeout=1.0)
+            os.close(read_fd)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -98,53 +255,78 @@ def parse_duration(text: str | None) -> float | None:
         return float(s)
     parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", s)
     if not parts or "".join(n + u for n, u in parts) != s.replace(" ", ""):
-        raise typer.BadParameter(f"{text!r} is not a duration; use e.g. 90s, 10m, 2h or 1h30m.")
+        raise typer.BadParameter(f"{text!r} is not a duration; use e.g. 90s, 10m, 2h or 1h30m (a bare number is seconds).")
     return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
 
 
-def write_out(text: str) -> None:
-    sys.stdout.write(text)
-    sys.stdout.flush()
+def given(ctx: typer.Context, name: str) -> bool:
+    """Whether the user gave option `name` on the command line (not its default)."""
+    source = ctx.get_parameter_source(name)  # Click's (or Typer's vendored Click's) ParameterSource enum
+    return source is not None and getattr(source, "name", "") not in ("DEFAULT", "DEFAULT_MAP")
 
 
-def quiet_broken_pipe() -> None:
-    # The reader went away (`| head`): point stdout at devnull so the interpreter's final flush is silent.
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
+def resolve_checkpoint(path: Path | None) -> Path:
+    """A checkpoint file, or a run directory (its best.pt, else last.pt), or the newest run's."""
+    from charrnn.checkpoint import find_latest_run
+
+    if path is None:
+        return find_latest_run()
+    if path.is_dir() and not path.suffix == ".pt":
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise CharRNNError(f"{path} is a directory with no best.pt or last.pt; pass a checkpoint file or a run directory.")
+    return path
 
 
 # ---------------------------------------------------------------------------------------------------
 # train
 
+TRAIN_EPILOG = """Examples:\n
+  charrnn train notes.txt                  (10 passes; checkpoints/notes)\n
+  charrnn train pydocs --max-time 10m      (the model is sized to fit 10 min)\n
+  charrnn train --resume --run-dir checkpoints/notes --max-steps 5000\n
+A run directory that holds a run is never reused silently: a new run goes to
+checkpoints/<name>-2, -3, ...; a --run-dir that holds a run needs --resume
+(continue it) or --overwrite (replace it)."""
 
-@app.command()
+# TrainConfig fields that are also `train` options under the same name (flags map one-to-one onto the config).
+TRAIN_FIELDS = ("seq_len", "batch_size", "val_frac", "lr", "min_lr_frac", "warmup_steps", "weight_decay", "grad_clip",
+                "max_steps", "max_epochs", "max_time", "eval_every", "eval_streams", "log_every", "keep",
+                "max_skips", "seed", "device", "threads", "amp")
+
+
+@app.command(epilog=TRAIN_EPILOG)
 def train(
-    corpus: Annotated[list[str], typer.Argument(help="Text file(s), a directory, '-' for stdin, or a named corpus (pydocs).", show_default=False)],
+    ctx: typer.Context,
+    corpus: Annotated[Optional[list[str]], typer.Argument(metavar="CORPUS", help="Text file(s), a directory, '-' for stdin, or a named corpus (pydocs). Not needed with --resume.", show_default=False)] = None,
     val_frac: Annotated[float, typer.Option(help="Last fraction of the text held out for validation.", rich_help_panel=DATA)] = 0.1,
     seq_len: Annotated[int, typer.Option(help="Characters per stream per step (truncated BPTT length).", rich_help_panel=DATA)] = 100,
     batch_size: Annotated[int, typer.Option(help="Parallel contiguous streams per step.", rich_help_panel=DATA)] = 64,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List the files a directory corpus skipped, and why.", rich_help_panel=DATA)] = False,
     model: Annotated[str, typer.Option(help="lstm, gru or rnn.", rich_help_panel=MODEL)] = "lstm",
     hidden_size: Annotated[Optional[int], typer.Option(help="Hidden units per layer \\[default: auto-sized under --max-time, else 512].", show_default=False, rich_help_panel=MODEL)] = None,
     num_layers: Annotated[Optional[int], typer.Option(help="Stacked recurrent layers \\[default: 2].", show_default=False, rich_help_panel=MODEL)] = None,
     embed_size: Annotated[int, typer.Option(help="Embedding size (0: same as --hidden-size).", rich_help_panel=MODEL)] = 0,
     dropout: Annotated[Optional[float], typer.Option(help="Dropout on the embeddings, between layers and before the head \\[default: 0.1, or auto].", show_default=False, rich_help_panel=MODEL)] = None,
-    tie_weights: Annotated[bool, typer.Option(help="Share the embedding matrix with the output layer.", rich_help_panel=MODEL)] = False,
+    tie_weights: Annotated[bool, typer.Option("--tie-weights", help="Share the embedding matrix with the output layer.", rich_help_panel=MODEL)] = False,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).", rich_help_panel=OPTIM)] = 3e-3,
     min_lr_frac: Annotated[float, typer.Option(help="Cosine decay ends at lr * this.", rich_help_panel=OPTIM)] = 0.02,
     warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.", rich_help_panel=OPTIM)] = 20,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on weight matrices.", rich_help_panel=OPTIM)] = 0.1,
     grad_clip: Annotated[float, typer.Option(help="Clip the global gradient norm to this.", rich_help_panel=OPTIM)] = 1.0,
+    max_skips: Annotated[int, typer.Option(help="Stop as diverged after this many consecutive non-finite steps.", rich_help_panel=OPTIM)] = 5,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps.", show_default=False, rich_help_panel=STOP)] = None,
     max_epochs: Annotated[Optional[float], typer.Option(help="Stop after this many passes over the training text \\[default: 10 when no limit is given].", show_default=False, rich_help_panel=STOP)] = None,
-    max_time: Annotated[Optional[str], typer.Option(help="Stop after this long, e.g. 90s, 10m, 2h.", show_default=False, rich_help_panel=STOP)] = None,
+    max_time: Annotated[Optional[str], typer.Option(help="Stop after this long: 90s, 10m, 2h, 1h30m; a bare number is seconds.", show_default=False, rich_help_panel=STOP)] = None,
     eval_every: Annotated[int, typer.Option(help="Evaluate and checkpoint every N steps.", rich_help_panel=OUTPUT)] = 200,
     eval_streams: Annotated[int, typer.Option(help="Validation text is scored as this many carried streams.", rich_help_panel=OUTPUT)] = 8,
     log_every: Annotated[int, typer.Option(help="Report progress every N steps.", rich_help_panel=OUTPUT)] = 20,
-    run_dir: Annotated[Optional[Path], typer.Option(help="Run directory \\[default: checkpoints/<corpus name>].", show_default=False, rich_help_panel=OUTPUT)] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --run-dir from its last good checkpoint.", rich_help_panel=OUTPUT)] = False,
+    run_dir: Annotated[Optional[Path], typer.Option(help="Run directory \\[default: checkpoints/<corpus name>, or <name>-2, -3, ... when that holds a run].", show_default=False, rich_help_panel=OUTPUT)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --run-dir from its last good checkpoint (the corpus is found from the checkpoint).", rich_help_panel=OUTPUT)] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run in --run-dir: its checkpoints and metrics are deleted.", rich_help_panel=OUTPUT)] = False,
     init_from: Annotated[Optional[Path], typer.Option(help="Start a new run from this checkpoint's weights (fine-tuning).", show_default=False, rich_help_panel=OUTPUT)] = None,
     keep: Annotated[int, typer.Option(help="Older numbered checkpoints to keep besides best.pt and last.pt.", rich_help_panel=OUTPUT)] = 3,
-    max_skips: Annotated[int, typer.Option(help="Stop as diverged after this many consecutive non-finite steps.", rich_help_panel=OPTIM)] = 5,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=RUNTIME)] = "auto",
     seed: Annotated[Optional[int], typer.Option(help="Random seed \\[default: drawn and printed].", show_default=False, rich_help_panel=RUNTIME)] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads \\[default: torch's].", show_default=False, rich_help_panel=RUNTIME)] = None,
@@ -153,71 +335,186 @@ def train(
 ) -> None:
     """Train a character-level model on CORPUS and print the path of its best checkpoint."""
     from charrnn import runtime
-    from charrnn.autosize import choose_model_size
-    from charrnn.checkpoint import RunDir
-    from charrnn.corpus import load_corpus
-    from charrnn.model import ModelConfig
     from charrnn.report import Reporter
-    from charrnn.train import TrainConfig, check_corpus_size, train as run_training
 
     dist = runtime.dist_from_env()
     reporter = Reporter(quiet=quiet, console=err, silent=not dist.is_main)  # under torchrun only rank 0 reports
-    with user_errors():
-        if seed is None:
-            seed = runtime.draw_seed()
+    with user_errors(), reader_may_leave():
+        # Every option is checked before the corpus is touched, and nothing is printed before an error.
+        if resume and (init_from is not None or overwrite):
+            raise UsageError("--resume continues a run, so it cannot be combined with --init-from or --overwrite.")
+        if not corpus and not resume:
+            raise UsageError("give a corpus to train on (a file, a directory, '-' or pydocs), or --resume --run-dir DIR "
+                             "to continue a run.")
+        if resume and not corpus and run_dir is None:
+            raise UsageError("--resume without a corpus needs --run-dir: the run directory to continue.")
         max_time_s = parse_duration(max_time)
+        seed_drawn = seed is None
+        if seed_drawn:
+            seed = runtime.draw_seed()
         if not resume and max_steps is None and max_epochs is None and max_time_s is None:
             max_epochs = 10.0
-        cfg = TrainConfig(seq_len=seq_len, batch_size=batch_size, val_frac=val_frac, lr=lr, min_lr_frac=min_lr_frac,
-                          warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip,
-                          max_steps=max_steps, max_epochs=max_epochs, max_time=max_time_s, eval_every=eval_every,
-                          eval_streams=eval_streams, log_every=log_every, keep=keep, max_skips=max_skips,
-                          seed=seed, device=device, threads=threads, amp=amp)
+        cfg = _train_config(locals(), max_time_s)
         cfg.validate()
-        data = load_corpus(corpus, show_progress=not quiet and dist.is_main)
+        runtime.select_device(device)
+        model_cfg = None
         if not resume:
-            check_corpus_size(len(data.ids), cfg)  # fail before any progress output
-        reporter.info(f"corpus {data.name}: {len(data.ids):,} characters, {len(data.vocab)} distinct")
-        if not resume:
-            reporter.info(f"seed {seed}")
+            model_cfg = _model_options(model, hidden_size, num_layers, embed_size, dropout, tie_weights,
+                                       fine_tune=init_from is not None)
+        given_fields = {name for name in TRAIN_FIELDS if given(ctx, name)}
+
+        data = _load_training_corpus(corpus, run_dir, resume, quiet, dist, reporter)
+        result = _train_claimed(data, cfg, model_cfg, run_dir, resume, overwrite, init_from, given_fields,
+                                max_time_s, verbose, seed_drawn, dist, reporter)
+        reporter.close()
+        if result.signal is not None:
+            who = f"rank {dist.rank}: " if dist.enabled else ""
+            again = ("charrnn train --resume --run-dir " + _shell_quote(result.run_dir) if "-" not in data.sources
+                     else "the same text piped to charrnn train - --resume --run-dir " + _shell_quote(result.run_dir))
+            say(f"{who}stopped by {signal.Signals(result.signal).name} at step {result.step}; checkpoint saved in "
+                f"{result.run_dir}; continue with: {again}")
+            raise typer.Exit(128 + result.signal)
+        if not dist.is_main:
+            return
+        if math.isfinite(result.best_val_loss):
+            say(f"best val loss {result.best_val_loss:.4f} nats ({result.best_val_loss / math.log(2):.4f} bpc)")
+        write_out(f"{result.best_path}\n")
+
+
+def _shell_quote(path: Path) -> str:
+    import shlex
+
+    return shlex.quote(str(path))
+
+
+def _train_config(options: dict, max_time_s: float | None):
+    from charrnn.train import TrainConfig
+
+    values = {name: options[name] for name in TRAIN_FIELDS if name != "max_time"}
+    return TrainConfig(**values, max_time=max_time_s)
+
+
+def _model_options(model, hidden_size, num_layers, embed_size, dropout, tie_weights, fine_tune: bool) -> dict:
+    """The model flags, checked now by building a ModelConfig from them; sizes left None stay None (auto-sized
+    under --max-time, else 2x512). When fine-tuning only dropout may change: the checkpoint fixes the rest."""
+    from charrnn.model import ModelConfig
+
+    ModelConfig(vocab_size=2, model=model, hidden_size=512 if hidden_size is None else hidden_size,
+                num_layers=2 if num_layers is None else num_layers, embed_size=embed_size,
+                dropout=0.1 if dropout is None else dropout, tie_weights=tie_weights)
+    if fine_tune:
+        return {"dropout": dropout}
+    return {"model": model, "hidden_size": hidden_size, "num_layers": num_layers, "embed_size": embed_size,
+            "dropout": dropout, "tie_weights": tie_weights}
+
+
+def _load_training_corpus(corpus, run_dir, resume: bool, quiet: bool, dist, reporter):
+    from charrnn.corpus import load_corpus
+
+    if resume and not corpus:
+        corpus = _resume_sources(run_dir)
+    exclude = [Path("checkpoints").resolve()] + ([run_dir.resolve()] if run_dir is not None else [])
+    return load_corpus(corpus, show_progress=not quiet and dist.is_main, warn=reporter.warn, exclude=exclude)
+
+
+def _resume_sources(run_dir: Path) -> list[str]:
+    """The corpus sources recorded in the run's newest checkpoint, so --resume needs no corpus argument."""
+    from charrnn.checkpoint import RunDir
+
+    ckpt, path, _ = RunDir(run_dir).load_latest()
+    sources = ckpt.get("corpus", {}).get("sources") if isinstance(ckpt.get("corpus"), dict) else None
+    if not isinstance(sources, list) or not sources or not all(isinstance(s, str) for s in sources):
+        raise CharRNNError(f"{path} does not record its corpus; give the corpus again: charrnn train CORPUS --resume "
+                           f"--run-dir {run_dir}.")
+    if "-" in sources:
+        raise UsageError(f"the run in {run_dir} was trained on standard input; pipe the same text in again: "
+                         f"... | charrnn train - --resume --run-dir {run_dir}.")
+    return sources
+
+
+def _train_claimed(data, cfg, model_opts, run_dir, resume, overwrite, init_from, given_fields, max_time_s,
+                   verbose, seed_drawn, dist, reporter):
+    """Lock the run directory, report what the run is about to do, size the model, and train."""
+    from charrnn.checkpoint import RunDir
+    from charrnn.model import ModelConfig
+    from charrnn.rundir import claim_run_dir
+    from charrnn.train import check_corpus_size, train as run_training
+
+    vocab_size = len(data.vocab)
+    if not resume:
+        check_corpus_size(len(data.ids), cfg, vocab_size)  # before the run directory is created
+    default_dir = Path("checkpoints") / data.name
+    path = run_dir or default_dir
+    lock = None
+    if dist.is_main:
+        # Under torchrun every rank must write to the same place, so no rank may pick a -2 on its own.
+        lock, path, note = claim_run_dir(path, explicit=run_dir is not None or dist.enabled, resume=resume,
+                                         overwrite=overwrite)
+        if note:
+            reporter.warn(note)
+    try:
+        reporter.info(f"corpus {data.name}: {len(data.ids):,} characters, {vocab_size} distinct")
+        _report_skipped(data, verbose, reporter)
+        if not resume and seed_drawn:
+            reporter.info(f"seed {cfg.seed}")
         model_cfg = None
         if not resume and init_from is None:
-            sized = {"hidden_size": hidden_size, "num_layers": num_layers, "dropout": dropout}
-            if max_time_s is not None and hidden_size is None and num_layers is None and dist.enabled:
-                reporter.info("auto-sizing is off under torchrun (ranks would time it apart); using 2x512")
-            elif max_time_s is not None and hidden_size is None and num_layers is None:
-                sized = choose_model_size(len(data.ids), max_time_s, runtime.select_device(device), cfg,
-                                          model, dropout, report=reporter.info, vocab_size=len(data.vocab))
-            model_cfg = ModelConfig(vocab_size=len(data.vocab), model=model,
-                                    hidden_size=sized["hidden_size"] or 512, num_layers=sized["num_layers"] or 2,
-                                    embed_size=embed_size, dropout=0.1 if sized["dropout"] is None else sized["dropout"],
-                                    tie_weights=tie_weights)
-        elif init_from is not None and dropout is not None:
-            model_cfg = ModelConfig(vocab_size=len(data.vocab), dropout=dropout)
-        out_dir = RunDir(run_dir or Path("checkpoints") / data.name, keep=keep)
-        with StopFlag().installed() as stop:
-            result = run_training(data, model_cfg, cfg, out_dir, report=reporter, should_stop=stop,
-                                  resume=resume, init_from=init_from)
-    reporter.close()
-    if result.signal is not None:
-        who = f"rank {dist.rank}: " if dist.enabled else ""
-        err.print(f"{who}stopped by {signal.Signals(result.signal).name} at step {result.step}; checkpoint saved in "
-                  f"{escape(str(result.run_dir))}; continue with --resume --run-dir {escape(str(result.run_dir))}")
-        raise typer.Exit(128 + result.signal)
-    if not dist.is_main:
+            model_cfg = _new_model_config(model_opts, data, cfg, max_time_s, dist, reporter)
+        elif init_from is not None and model_opts.get("dropout") is not None:
+            model_cfg = ModelConfig(vocab_size=vocab_size, dropout=model_opts["dropout"])
+        from charrnn.rundir import remove_temps
+
+        with StopFlag(on_abort=lambda: remove_temps(path)).installed() as stop:
+            return run_training(data, model_cfg, cfg, RunDir(path, keep=cfg.keep), report=reporter,
+                                should_stop=stop, resume=resume, init_from=init_from, given=given_fields)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _new_model_config(opts: dict, data, cfg, max_time_s, dist, reporter):
+    """The flags' model, with sizes the user left out auto-sized under --max-time (else 2x512, dropout 0.1)."""
+    from charrnn import runtime
+    from charrnn.autosize import choose_model_size
+    from charrnn.model import ModelConfig
+
+    sized = {"hidden_size": opts["hidden_size"], "num_layers": opts["num_layers"], "dropout": opts["dropout"]}
+    if max_time_s is not None and sized["hidden_size"] is None and sized["num_layers"] is None:
+        if dist.enabled:
+            reporter.info("auto-sizing is off under torchrun (ranks would time it apart); using 2x512")
+        else:
+            sized = choose_model_size(len(data.ids), max_time_s, runtime.select_device(cfg.device), cfg,
+                                      opts["model"], opts["dropout"], report=reporter.info, vocab_size=len(data.vocab))
+    return ModelConfig(vocab_size=len(data.vocab), model=opts["model"],
+                       hidden_size=512 if sized["hidden_size"] is None else sized["hidden_size"],
+                       num_layers=2 if sized["num_layers"] is None else sized["num_layers"],
+                       embed_size=opts["embed_size"], dropout=0.1 if sized["dropout"] is None else sized["dropout"],
+                       tie_weights=opts["tie_weights"])
+
+
+def _report_skipped(data, verbose: bool, reporter) -> None:
+    skipped = getattr(data, "skipped", None) or []
+    if not skipped:
         return
-    if math.isfinite(result.best_val_loss):
-        err.print(f"best val loss {result.best_val_loss:.4f} nats ({result.best_val_loss / math.log(2):.4f} bpc)")
-    write_out(f"{result.best_path}\n")
+    reporter.warn(f"skipped {len(skipped)} file(s) of the corpus directory (binary, not UTF-8, hidden or a run "
+                  f"directory){'' if verbose else '; --verbose lists them'}")
+    if verbose:
+        for where, why in skipped:
+            reporter.warn(f"skipped {where}: {why}")
 
 
 # ---------------------------------------------------------------------------------------------------
 # sample
 
+SAMPLE_EPILOG = """Examples:\n
+  charrnn sample --temp 0.8                (the newest run's best.pt)\n
+  charrnn sample checkpoints/notes --prime "ROMEO:" | head -c 500\n
+  charrnn sample checkpoints/notes -n 300 --num-samples 8 --top-p 0.9"""
 
-@app.command()
+
+@app.command(epilog=SAMPLE_EPILOG)
 def sample(
-    checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint \\[default: best.pt of the newest run under ./checkpoints].", show_default=False)] = None,
+    checkpoint: Annotated[Optional[Path], typer.Argument(metavar="CHECKPOINT", help="A checkpoint, or a run directory (its best.pt) \\[default: the newest run under ./checkpoints].", show_default=False)] = None,
     temp: Annotated[float, typer.Option("--temp", "--temperature", "-t", help="Sampling temperature; 0 is greedy.")] = 0.8,
     top_k: Annotated[Optional[int], typer.Option(help="Sample only from the k most likely characters.", show_default=False)] = None,
     top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling: the smallest set of characters with this much probability.", show_default=False)] = None,
@@ -227,41 +524,53 @@ def sample(
     seed: Annotated[Optional[int], typer.Option(help="Random seed \\[default: drawn and printed to stderr].", show_default=False)] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     precision: Annotated[str, typer.Option(help="fp32, or bf16: faster with many --num-samples on CPUs with AVX512-BF16/AMX and on GPUs, slightly less accurate.")] = "fp32",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Say nothing on stderr but errors (not the checkpoint used, nor the seed).")] = False,
 ) -> None:
     """Stream text from a trained checkpoint to stdout."""
     import torch
 
     from charrnn import runtime
-    from charrnn.checkpoint import find_latest_run
     from charrnn.errors import CorpusError
     from charrnn.model import load_model
     from charrnn.sample import SampleConfig, bf16_is_native, generate
 
-    with user_errors():
-        if seed is None:
+    with user_errors(), reader_may_leave():
+        seed_drawn = seed is None
+        if seed_drawn:
             seed = runtime.draw_seed()
-            err.print(f"seed {seed}")
         cfg = SampleConfig(temperature=temp, top_k=top_k, top_p=top_p, length=length, num_samples=num_samples,
                            seed=seed, precision=precision)
         cfg.validate()
         dev = runtime.select_device(device)
-        if precision == "bf16" and dev.type == "cpu" and not bf16_is_native(dev):
-            err.print("warning: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX), so --precision bf16 will be slower than fp32.")
-        path = checkpoint if checkpoint is not None else find_latest_run()
-        model, vocab, _ = load_model(path, dev)
+        path = resolve_checkpoint(checkpoint)
+        model, vocab, ckpt = load_model(path, dev)
         text = sys.stdin.read() if prime == "-" else (prime or "")
         unknown = vocab.unknown(text)
         if unknown:
             shown = " ".join(repr(c) for c in unknown[:20])
             raise CorpusError(f"--prime has character(s) the model never saw: {shown}; remove them or train on text that has them.")
+        if not quiet:
+            say(f"using {path} ({_progress_line(ckpt, path)})")
+            if seed_drawn:
+                say(f"seed {seed}")
+            if precision == "bf16" and dev.type == "cpu" and not bf16_is_native(dev):
+                say("warning: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX), so --precision bf16 will be slower than fp32.")
         seed_text = text or ("\n" if "\n" in vocab.chars else vocab.chars[0])  # an unprinted start when no prime
         prime_ids = [int(i) for i in vocab.encode(seed_text)]
-        chars = vocab.chars
-        try:
-            with torch.inference_mode():
-                stream_samples(generate(model, prime_ids, cfg, dev), text, chars, num_samples)
-        except BrokenPipeError:
-            quiet_broken_pipe()
+        with torch.inference_mode():
+            stream_samples(generate(model, prime_ids, cfg, dev), text, vocab.chars, num_samples)
+
+
+def _progress_line(ckpt: dict, path: Path) -> str:
+    """'step N, val X nats/char' for the checkpoint a command is about to use."""
+    from charrnn.state import describe_fields
+
+    d = describe_fields(ckpt, path)
+    val = ckpt.get("val_loss")  # this checkpoint's own evaluation; best.pt's is the best one
+    if not (isinstance(val, (int, float)) and not isinstance(val, bool) and math.isfinite(val)):
+        val = d["best_val_loss"]
+    step = "?" if d["step"] is None else d["step"]
+    return f"step {step}, " + (f"val {val:.4f} nats/char" if val is not None else "not evaluated yet")
 
 
 def stream_samples(blocks, prime: str, chars: list[str], num_samples: int) -> None:
@@ -289,30 +598,47 @@ def stream_samples(blocks, prime: str, chars: list[str], num_samples: int) -> No
 # ---------------------------------------------------------------------------------------------------
 # info
 
+INFO_EPILOG = """Examples:\n
+  charrnn info checkpoints/notes/best.pt\n
+  charrnn info checkpoints/notes           (a run directory: its best.pt)"""
 
-@app.command()
-def info(checkpoint: Annotated[Path, typer.Argument(help="A charrnn checkpoint (.pt).", show_default=False)]) -> None:
+
+@app.command(epilog=INFO_EPILOG)
+def info(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="A charrnn checkpoint (.pt), or a run directory (its best.pt).", show_default=False)]) -> None:
     """Describe a checkpoint: model, size, vocabulary, corpus, training progress."""
     from charrnn.model import load_model
+    from charrnn.state import describe_fields
 
-    with user_errors():
-        model, vocab, ckpt = load_model(checkpoint, "cpu")
-    c = model.config
-    best = ckpt.get("best_val_loss", math.nan)
-    corpus = ckpt.get("corpus", {})
-    lines = [
-        f"checkpoint:     {checkpoint}",
-        f"model:          {c.model.upper()}, {c.num_layers} layers x {c.hidden_size} hidden, embed {c.embed_size}, "
-        f"dropout {c.dropout}{', tied weights' if c.tie_weights else ''}",
-        f"parameters:     {model.num_params():,}",
-        f"vocabulary:     {len(vocab)} characters",
-        f"corpus:         {corpus.get('name', '?')} ({corpus.get('num_chars', 0):,} characters)",
-        f"steps:          {ckpt.get('step', '?')} (epoch {ckpt.get('epoch', 0):.2f})",
-        f"best val loss:  {best:.4f} nats/char, {best / math.log(2):.4f} bits/char (step {ckpt.get('best_step', '?')})",
-        f"trained on:     {ckpt.get('device', '?')} with torch {ckpt.get('torch_version', '?')}",
-    ]
-    write_out("\n".join(lines) + "\n")
+    with user_errors(), reader_may_leave():
+        path = resolve_checkpoint(checkpoint)
+        model, vocab, ckpt = load_model(path, "cpu")
+        d = {k: ("?" if v is None else v) for k, v in describe_fields(ckpt, path).items()}
+        c = model.config
+        best = d["best_val_loss"]
+        best_line = (f"{best:.4f} nats/char, {best / math.log(2):.4f} bits/char (step {d['best_step']})"
+                     if best != "?" else "not evaluated yet")
+        corpus = d["corpus_name"] + (f" ({d['corpus_chars']:,} characters)" if d["corpus_chars"] != "?" else "")
+        epoch = f" (epoch {d['epoch']:.2f})" if d["epoch"] != "?" else ""
+        lines = [
+            f"checkpoint:     {path}",
+            f"model:          {c.model.upper()}, {c.num_layers} layer{'s' if c.num_layers != 1 else ''} x "
+            f"{c.hidden_size} hidden, embed {c.embed_size}, dropout {c.dropout}{', tied weights' if c.tie_weights else ''}",
+            f"parameters:     {model.num_params():,}",
+            f"vocabulary:     {len(vocab)} characters",
+            f"corpus:         {corpus}",
+            f"steps:          {d['step']}{epoch}",
+            f"best val loss:  {best_line}",
+            f"trained on:     {d['device']} with torch {d['torch_version']}",
+        ]
+        write_out("\n".join(lines) + "\n")
 
 
 def main() -> None:
-    app()
+    """The console entry point: stderr that can fail quietly, and no traceback from a late Ctrl-C."""
+    sys.stderr = QuietStream(lambda: sys.__stderr__)
+    try:
+        app()
+    finally:
+        # After the command, a Ctrl-C (or a burst of them) just ends the process: Python's default handler would
+        # raise KeyboardInterrupt inside atexit hooks and print a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)

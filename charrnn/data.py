@@ -7,6 +7,8 @@ carried across them. A position is two integers (epoch, batch index): that is al
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -25,10 +27,23 @@ def min_train_chars(batch_size: int, seq_len: int) -> int:
 
 
 def min_corpus_chars(batch_size: int, seq_len: int, val_frac: float) -> int:
-    """Smallest corpus that yields one training batch and a validation split of at least two characters."""
+    """Smallest corpus that yields one training batch and a validation split of at least two characters.
+
+    Solved in closed form, then corrected for float rounding by a few steps either way: counting up one at a
+    time from the lower bound took minutes (or forever) for a --val-frac near 1 or a huge --seq-len."""
     need_train = min_train_chars(batch_size, seq_len)
-    n = max(need_train, int(np.ceil(2 / val_frac)))
-    while int(n * (1.0 - val_frac)) < need_train or n - int(n * (1.0 - val_frac)) < 2:
+
+    def enough(n: int) -> bool:
+        cut = int(n * (1.0 - val_frac))
+        return cut >= need_train and n - cut >= 2
+
+    # Exactly, the split keeps floor(n (1 - f)) characters for training and ceil(n f) for validation, and both
+    # grow with n: the answer is the larger of the two lower bounds, give or take float rounding.
+    n = max(need_train + 2, math.floor(1 / val_frac) + 1, math.ceil(need_train / (1.0 - val_frac))) - 4
+    n = max(n, 1)
+    for _ in range(64):
+        if enough(n):
+            return n
         n += 1
     return n
 

@@ -13,14 +13,33 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from charrnn.errors import CheckpointWriteError
+
 
 def append_metrics(path: Path, record: dict) -> None:
     """One JSON object per evaluation; appended and flushed so a crash loses at most the line being written.
-    Non-finite numbers become null: NaN and Infinity are not JSON, and jq and friends reject them."""
+    Non-finite numbers become null: NaN and Infinity are not JSON, and jq and friends reject them.
+
+    A failed write (disk full, no permission) is a CheckpointWriteError like a failed checkpoint save: the
+    checkpoint of this step was written before the metrics, so everything up to it is kept."""
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(clean, allow_nan=False) + "\n")
-        f.flush()
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(clean, allow_nan=False) + "\n")
+            f.flush()
+    except OSError as exc:
+        raise CheckpointWriteError(f"could not append to {path} ({exc.strerror or exc}); the checkpoints written so "
+                                   "far are kept; free some disk space or fix its permissions, then --resume.") from None
+
+
+def check_metrics_writable(path: Path) -> None:
+    """Fail before the first step, not at the first evaluation, when metrics.jsonl cannot be appended to."""
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise CheckpointWriteError(f"cannot write {path} ({exc.strerror or exc}); fix its permissions or choose "
+                                   "another --run-dir.") from None
 
 
 def format_duration(seconds: float) -> str:

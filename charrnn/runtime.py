@@ -66,6 +66,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes 64 bits; sampling stream i uses seed + i, so keep headroom
+
+
+def check_seed(seed: int, streams: int = 1) -> None:
+    if not 0 <= seed <= MAX_SEED - (streams - 1):
+        raise UsageError(f"--seed must be between 0 and {MAX_SEED - (streams - 1):,}, not {seed}.")
+
+
 def draw_seed() -> int:
     return int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
 

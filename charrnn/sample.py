@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
+from charrnn import runtime
 from charrnn.errors import UsageError
 from charrnn.model import CharRNN, State
 
@@ -41,6 +42,10 @@ SIGMOID_ONLY_MIN_ELEMS = 16384  # B*H from which the one-sigmoid LSTM cell beats
 UNIFORM_BLOCK = 256  # uniforms drawn per stream at a time, so the Python loop over generators is amortised
 CUDA_YIELD_BLOCK = 32  # ids per host transfer on CUDA (divides UNIFORM_BLOCK)
 CUDA_WARMUP_STEPS = 3  # eager steps on a side stream before graph capture, as torch.cuda.graph asks
+MIN_TEMPERATURE = 1e-4  # below this 1/T overflows float32 logits; 0 (greedy) is what such a T means anyway
+MAX_NUM_SAMPLES = 1024  # streams in one batch: each has its own generator and state
+MAX_HELD_CHARS = 50_000_000  # samples 1.. are held in memory until sample 0 has streamed: (N - 1) * length
+PRIME_CHUNK = 4096  # prime characters run through the model at a time, so a long prime needs bounded memory
 
 
 @dataclass
@@ -56,14 +61,22 @@ class SampleConfig:
     def validate(self) -> None:
         if not math.isfinite(self.temperature) or self.temperature < 0:
             raise UsageError(f"--temperature must be a finite number >= 0 (0 means greedy), not {self.temperature}.")
+        if 0 < self.temperature < MIN_TEMPERATURE:
+            raise UsageError(f"--temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, not {self.temperature}.")
         if self.top_k is not None and self.top_k < 1:
             raise UsageError(f"--top-k must be at least 1, not {self.top_k}.")
         if self.top_p is not None and not (0.0 < self.top_p <= 1.0):
             raise UsageError(f"--top-p must be in (0, 1], not {self.top_p}.")
         if self.length < 0:
             raise UsageError(f"--length must be at least 0, not {self.length}.")
-        if self.num_samples < 1:
-            raise UsageError(f"--num-samples must be at least 1, not {self.num_samples}.")
+        if not 1 <= self.num_samples <= MAX_NUM_SAMPLES:
+            raise UsageError(f"--num-samples must be between 1 and {MAX_NUM_SAMPLES}, not {self.num_samples}.")
+        if (self.num_samples - 1) * self.length > MAX_HELD_CHARS:
+            raise UsageError(f"--num-samples {self.num_samples} x --length {self.length} would hold "
+                             f"{(self.num_samples - 1) * self.length:,} characters in memory while sample 0 streams "
+                             f"(the limit is {MAX_HELD_CHARS:,}); ask for fewer or shorter samples, or run several "
+                             "commands with different --seed.")
+        runtime.check_seed(self.seed, self.num_samples)
         check_precision(self.precision)
 
 
@@ -398,7 +411,8 @@ class _Sampler:
             self.cum.sub_(self.sp_k)
             torch.lt(self.cum, self.thr, out=self.keep)
             torch.sum(self.keep, dim=1, keepdim=True, out=self.count)
-            self.count.sub_(1)
+            # A top_p so small that top_p * mass rounds to 0 in float32 keeps nothing: keep entry 0 regardless.
+            self.count.sub_(1).clamp_(min=0)
             torch.gather(self.sp, 1, self.count, out=self.thr)
             threshold = self.thr
         torch.lt(p, threshold, out=self.drop)
@@ -477,17 +491,20 @@ def _generate(model: CharRNN, prime_ids: list[int], cfg: SampleConfig, device: t
 
 def _run_prime(model: CharRNN, prime_ids: list[int], device: torch.device) -> tuple[torch.Tensor, State]:
     """Logits (1, V) after the last prime char and the state (L, 1, H) tensors, in eval mode; the model's
-    training flags are restored afterwards so the caller's model is left as it was."""
+    training flags are restored afterwards so the caller's model is left as it was. The prime runs PRIME_CHUNK
+    characters at a time with the state carried, so a 20 MB prime needs no more memory than a short one."""
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
+    state = None
     try:
-        x = torch.tensor([prime_ids], dtype=torch.int64, device=next(model.parameters()).device)  # (1, T)
-        logits, state = model(x)
+        ids = torch.tensor(prime_ids, dtype=torch.int64, device=next(model.parameters()).device)  # (T,)
+        for chunk in ids.split(PRIME_CHUNK):
+            logits, state = model(chunk[None, :], state)  # (1, t, V)
+            last = logits[:, -1]
     finally:
         for m, training in modes:
             m.training = training
-    last = logits[:, -1].to(device=device, dtype=torch.float32)  # (1, V)
-    return last, tuple(s.to(device=device, dtype=torch.float32) for s in state)
+    return last.to(device=device, dtype=torch.float32), tuple(s.to(device=device, dtype=torch.float32) for s in state)
 
 
 class _Loop:

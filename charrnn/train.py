@@ -23,13 +23,15 @@ from charrnn.corpus import Corpus, Vocab
 from charrnn.data import DeviceFeeder, min_corpus_chars, split
 from charrnn.errors import CheckpointError, CorpusError, DivergedError, UsageError
 from charrnn.model import CharRNN, ModelConfig, State, detach_state, load_weights
-from charrnn.report import append_metrics
+from charrnn.report import append_metrics, check_metrics_writable
 
 Reporter = Callable[[str, dict], None]
 
 # Options that change no arithmetic, so a resumed run may take new values for them.
 RESUME_OVERRIDABLE = ("device", "threads", "keep", "log_every", "eval_every", "max_skips")
 LIMITS = ("max_steps", "max_epochs", "max_time")
+MAX_LOGITS = 1 << 28  # B * T * V values per step; fp32 logits, their softmax and gradient are 3 GiB at the limit
+EVAL_LOGITS = 1 << 24  # evaluation scores at most this many logits at a time (64 MiB), whatever the vocabulary
 
 
 @dataclass
@@ -71,14 +73,22 @@ class TrainConfig:
             raise UsageError(f"--val-frac must be between 0 and 1 (exclusive), not {self.val_frac}.")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UsageError(f"--lr must be a positive number, not {self.lr}.")
-        if self.weight_decay < 0 or self.grad_clip <= 0 or self.warmup_steps < 0 or self.keep < 0:
-            raise UsageError("--weight-decay, --warmup-steps and --keep must be >= 0 and --grad-clip > 0.")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise UsageError(f"--weight-decay must be a number >= 0, not {self.weight_decay}.")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise UsageError(f"--grad-clip must be a positive number, not {self.grad_clip}.")
+        if self.warmup_steps < 0 or self.keep < 0:
+            raise UsageError("--warmup-steps and --keep must be 0 or more.")
         if not 0.0 <= self.min_lr_frac <= 1.0:
             raise UsageError(f"--min-lr-frac must be between 0 and 1, not {self.min_lr_frac}.")
         for name in LIMITS:
             value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise UsageError(f"--{name.replace('_', '-')} must be positive, not {value}.")
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise UsageError(f"--{name.replace('_', '-')} must be a positive finite number, not {value}; "
+                                 "leave it out for no limit from that side.")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be at least 1, not {self.threads}.")
+        runtime.check_seed(self.seed)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -153,6 +163,8 @@ def evaluate(model: CharRNN, ids: np.ndarray, num_streams: int, seq_len: int, de
     num_streams = max(1, min(num_streams, (len(ids) - 1)))
     stream_len = (len(ids) - 1) // num_streams
     starts = np.arange(num_streams, dtype=np.int64)[:, None] * stream_len  # (S, 1)
+    # Bound the (S, T, V) logits: a corpus with a million distinct characters would otherwise ask for 18 GB.
+    seq_len = max(1, min(seq_len, EVAL_LOGITS // (num_streams * model.config.vocab_size)))
     was_training = model.training
     model.eval()
     state: State | None = None
@@ -195,12 +207,21 @@ def resolve_init_vocab(corpus: Corpus, ckpt_vocab: Vocab) -> np.ndarray:
     return lut[np.asarray(corpus.ids)]
 
 
-def check_corpus_size(n: int, cfg: TrainConfig) -> None:
+def check_corpus_size(n: int, cfg: TrainConfig, vocab_size: int | None = None) -> None:
+    """Refuse, before anything is allocated or written, a corpus too short for one batch, or a vocabulary whose
+    (B, T, V) logits would not fit in memory."""
     need = min_corpus_chars(cfg.batch_size, cfg.seq_len, cfg.val_frac)
     if n < need:
         raise CorpusError(
             f"the corpus has {n:,} characters but --batch-size {cfg.batch_size}, --seq-len {cfg.seq_len} and "
             f"--val-frac {cfg.val_frac} need at least {need:,}; use more text or smaller --batch-size/--seq-len."
+        )
+    if vocab_size is not None and cfg.batch_size * cfg.seq_len * vocab_size > MAX_LOGITS:
+        raise CorpusError(
+            f"the corpus has {vocab_size:,} distinct characters, so one step's logits (--batch-size {cfg.batch_size} x "
+            f"--seq-len {cfg.seq_len} x {vocab_size:,}) exceed the limit of {MAX_LOGITS:,} values (about "
+            f"{MAX_LOGITS * 4 >> 30} GiB, and training keeps several such tensors); use a smaller --batch-size or "
+            "--seq-len, or a corpus with fewer distinct characters."
         )
 
 
@@ -212,12 +233,14 @@ class Trainer:
     """State of one training run; `run()` is the loop. Split into small methods so each reads on its own."""
 
     def __init__(self, corpus: Corpus, model_config: ModelConfig | None, cfg: TrainConfig, run_dir: RunDir,
-                 report: Reporter, should_stop: Callable[[], int | None], resume: bool, init_from: Path | None):
+                 report: Reporter, should_stop: Callable[[], int | None], resume: bool, init_from: Path | None,
+                 given: set[str] | None = None):
         self.report, self.should_stop, self.run_dir = report, should_stop, run_dir
         self.corpus = corpus
         ckpt = self._load_resume(cfg) if resume else None
-        self.cfg = self._merge_resume_config(cfg, ckpt) if ckpt else cfg
+        self.cfg = self._merge_resume_config(cfg, ckpt, given) if ckpt else cfg
         self.cfg.validate()
+        self.run_dir.keep = self.cfg.keep  # on resume, the saved --keep unless given again
         cfg = self.cfg
         self.dist = runtime.dist_from_env()
         self.device = runtime.init_distributed(self.dist, runtime.select_device(cfg.device))
@@ -255,6 +278,7 @@ class Trainer:
             self._restore(ckpt)
         if self.dist.is_main:
             self.run_dir.prepare()
+            check_metrics_writable(self.run_dir.metrics_path)
 
     # -- set-up ----------------------------------------------------------------------------------
     def _load_resume(self, cfg: TrainConfig) -> dict:
@@ -271,11 +295,19 @@ class Trainer:
         self.report("message", {"text": f"resuming from {path} at step {ckpt['step']}"})
         return ckpt
 
-    @staticmethod
-    def _merge_resume_config(cfg: TrainConfig, ckpt: dict) -> TrainConfig:
+    def _merge_resume_config(self, cfg: TrainConfig, ckpt: dict, given: set[str] | None) -> TrainConfig:
+        """The saved settings, with the options given on this command line that may change on resume.
+
+        `given` names the options the user typed; None (a library caller) means every resumable setting and
+        every limit set in `cfg`. An option that would change the arithmetic is ignored, and said so."""
         saved = TrainConfig.from_dict(ckpt["train_config"])
-        updates = {k: getattr(cfg, k) for k in RESUME_OVERRIDABLE}
-        updates.update({k: getattr(cfg, k) for k in LIMITS if getattr(cfg, k) is not None})
+        if given is None:
+            given = set(RESUME_OVERRIDABLE) | {k for k in LIMITS if getattr(cfg, k) is not None}
+        updates = {k: getattr(cfg, k) for k in given if k in RESUME_OVERRIDABLE or k in LIMITS}
+        for k in sorted(given - set(updates)):
+            if k in {f.name for f in fields(TrainConfig)} and getattr(cfg, k) != getattr(saved, k):
+                self.report("warning", {"text": f"--{k.replace('_', '-')} is ignored on --resume: the run continues "
+                                                f"with its saved value {getattr(saved, k)!r}"})
         return replace(saved, **updates)
 
     def _resolve_vocab(self, corpus, model_config, ckpt, init_from):
@@ -377,12 +409,18 @@ class Trainer:
 
     def save(self, train_loss: float, is_best: bool) -> None:
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
-            raise DivergedError(f"diverged at step {self.step}: the weights are no longer finite; the last good "
-                                f"checkpoint in {self.run_dir.path} is kept; try a lower --lr.")
+            raise DivergedError(f"diverged at step {self.step}: the weights are no longer finite; "
+                                f"{self._kept_checkpoint()}; try a lower --lr.")
         state = self.checkpoint_state(train_loss)
         if self.dist.is_main:
             self.run_dir.save(state, self.step, is_best)
         self._barrier()
+
+    def _kept_checkpoint(self) -> str:
+        """What a stopped run leaves behind, in words that are true: a run can diverge before its first save."""
+        if self.run_dir.last_path.exists():
+            return f"the last good checkpoint in {self.run_dir.path} is kept"
+        return "no checkpoint had been written yet"
 
     def _barrier(self) -> None:
         if self.dist.enabled:
@@ -514,8 +552,8 @@ class Trainer:
         if int(self.max_streak.item()) >= self.cfg.max_skips:
             raise DivergedError(
                 f"diverged at step {self.step}: {self.cfg.max_skips} consecutive steps had a non-finite loss or "
-                f"gradient (skipped without updating the weights); the last good checkpoint in {self.run_dir.path} "
-                "is kept; try a lower --lr or a smaller --grad-clip."
+                f"gradient (skipped without updating the weights); {self._kept_checkpoint()}; try a lower --lr or "
+                "a smaller --grad-clip."
             )
         self.loss_sum.zero_(), self.bad_count.zero_(), self.max_streak.copy_(self.streak)
         chars_per_sec = steps * self.cfg.batch_size * self.cfg.seq_len / seconds if seconds > 0 else 0.0
@@ -554,12 +592,14 @@ class Trainer:
 
 def train(corpus: Corpus, model_config: ModelConfig | None, cfg: TrainConfig, run_dir: RunDir,
           report: Reporter = lambda event, info: None, should_stop: Callable[[], int | None] = lambda: None,
-          resume: bool = False, init_from: Path | None = None) -> TrainResult:
-    """Train (or resume) a run; raises CharRNNError subclasses for problems the user can fix."""
+          resume: bool = False, init_from: Path | None = None, given: set[str] | None = None) -> TrainResult:
+    """Train (or resume) a run; raises CharRNNError subclasses for problems the user can fix.
+
+    `given`: on resume, the TrainConfig fields the user set explicitly (see Trainer._merge_resume_config)."""
     if resume and init_from is not None:
         raise UsageError("--resume and --init-from cannot be combined: resume continues a run, init-from starts one.")
     try:
-        trainer = Trainer(corpus, model_config, cfg, run_dir, report, should_stop, resume, init_from)
+        trainer = Trainer(corpus, model_config, cfg, run_dir, report, should_stop, resume, init_from, given)
         return trainer.run()
     finally:
         report("end", {})

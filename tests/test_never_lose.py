@@ -1,0 +1,386 @@
+"""Ordinary use never loses a model and never leaves the user guessing (issue: never lose a trained model).
+
+Each test drives the real CLI: in-process through CliRunner where only exit codes and streams matter, and in a
+subprocess where pipes, signals, closed descriptors and a second process are the point.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from charrnn.checkpoint import load_checkpoint
+from tests.conftest import TINY_TRAIN, word_text
+from tests.test_cli import assert_one_error, run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def cli(args, cwd, env=None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "charrnn", *[str(a) for a in args]], cwd=cwd, env=env or _env(cwd),
+                          capture_output=True, text=True, timeout=kw.pop("timeout", 120), **kw)
+
+
+def _env(work: Path) -> dict:
+    return dict(os.environ, CHARRNN_CACHE_DIR=str(Path(work) / "cache"), PYTHONPATH=str(REPO))
+
+
+# ---------------------------------------------------------------------------------------------------
+# 1. a second run never replaces the first
+
+
+def test_a_second_run_goes_to_a_fresh_directory_and_keeps_the_first_best(tmp_path, small_corpus):
+    first = run(["train", small_corpus, *TINY_TRAIN], cwd=tmp_path)
+    assert first.exit_code == 0, first.stderr
+    best = tmp_path / "checkpoints" / "small" / "best.pt"
+    before = digest(best)
+    metrics_before = (tmp_path / "checkpoints" / "small" / "metrics.jsonl").read_text()
+
+    second = run(["train", small_corpus, *TINY_TRAIN[:-6], "--max-steps", "2", "--device", "cpu"], cwd=tmp_path)
+    assert second.exit_code == 0, second.stderr
+    assert digest(best) == before
+    assert (tmp_path / "checkpoints" / "small" / "metrics.jsonl").read_text() == metrics_before
+    assert second.stdout.strip() == str(Path("checkpoints") / "small-2" / "best.pt")
+    assert "checkpoints/small-2" in second.stderr and "--resume" in second.stderr and "--overwrite" in second.stderr
+    steps = {p.name for p in (tmp_path / "checkpoints" / "small").glob("ckpt-*.pt")}
+    assert steps == {"ckpt-000000010.pt", "ckpt-000000020.pt"}  # no file of the second run mixed in
+
+
+def test_an_explicit_run_dir_holding_a_run_is_refused_with_the_three_choices(tmp_path, small_corpus):
+    d = tmp_path / "run"
+    assert run(["train", small_corpus, "--run-dir", d, *TINY_TRAIN]).exit_code == 0
+    before = digest(d / "best.pt")
+    r = run(["train", small_corpus, "--run-dir", d, *TINY_TRAIN])
+    err = assert_one_error(r, 2)
+    assert "--resume" in err and "--overwrite" in err and "--run-dir" in err
+    assert digest(d / "best.pt") == before
+
+
+def test_overwrite_replaces_the_run_and_nothing_of_it_is_left(tmp_path, small_corpus):
+    d = tmp_path / "run"
+    assert run(["train", small_corpus, "--run-dir", d, *TINY_TRAIN]).exit_code == 0
+    r = run(["train", small_corpus, "--run-dir", d, "--overwrite", *TINY_TRAIN[:-6], "--max-steps", "3",
+             "--device", "cpu"])
+    assert r.exit_code == 0, r.stderr
+    assert load_checkpoint(d / "best.pt")["step"] == 3
+    assert [json.loads(line)["step"] for line in (d / "metrics.jsonl").read_text().splitlines()] == [3]
+    assert {p.name for p in d.glob("ckpt-*.pt")} == {"ckpt-000000003.pt"}
+
+
+# ---------------------------------------------------------------------------------------------------
+# 2, 3. stderr that goes away, a second signal
+
+
+def test_a_closed_stderr_does_not_stop_training(tmp_path):
+    corpus = tmp_path / "words.txt"
+    corpus.write_text(word_text())
+    args = " ".join(TINY_TRAIN).replace("--log-every 5", "--log-every 1")
+    cmd = (f"{sys.executable} -m charrnn train {corpus} --run-dir {tmp_path / 'run'} {args} "
+           f"--max-steps 40 2>&1 | head -3")
+    proc = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True,
+                          timeout=120)
+    assert len(proc.stdout.splitlines()) == 3
+    time.sleep(0.2)
+    deadline = time.time() + 60  # the pipeline ends with head; training goes on quietly to its end
+    while time.time() < deadline and not (tmp_path / "run" / "ckpt-000000040.pt").exists():
+        time.sleep(0.2)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 40
+
+
+def _slow_train(tmp_path: Path) -> subprocess.Popen:
+    corpus = tmp_path / "words.txt"
+    corpus.write_text(word_text(4000))
+    # One step of a 2x1024 LSTM over 64 x 256 characters takes seconds on two cores: long enough for a
+    # signal to land in the middle of it.
+    args = ["train", corpus, "--run-dir", tmp_path / "run", "--hidden-size", "1024", "--num-layers", "2",
+            "--batch-size", "64", "--seq-len", "256", "--max-steps", "50", "--log-every", "1", "--eval-every", "1000",
+            "--seed", "1", "--device", "cpu"]
+    return subprocess.Popen([sys.executable, "-m", "charrnn", *map(str, args)], cwd=tmp_path, env=_env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_first_step(proc: subprocess.Popen) -> None:
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        if line.startswith("step"):
+            return
+    pytest.fail("training never logged a step")
+
+
+def test_a_second_sigint_exits_within_a_second_even_mid_step(tmp_path):
+    proc = _slow_train(tmp_path)
+    try:
+        _wait_for_first_step(proc)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)  # inside the next step: the first signal only sets the flag
+        sent = time.time()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        took = time.time() - sent
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert took < 1.0, f"took {took:.2f} s"
+    assert "again" in err and "Traceback" not in err
+    assert not list((tmp_path / "run").glob("*.tmp"))
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGHUP, 129)])
+def test_sighup_saves_and_stops_like_sigterm(sig, code, tmp_path):
+    corpus = tmp_path / "words.txt"
+    corpus.write_text(word_text())
+    proc = subprocess.Popen([sys.executable, "-m", "charrnn", "train", str(corpus), "--run-dir", str(tmp_path / "run"),
+                             *TINY_TRAIN[:-6], "--max-steps", "100000", "--log-every", "1", "--device", "cpu"],
+                            cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_first_step(proc)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert "charrnn train --resume --run-dir" in err
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] >= 1
+
+
+def test_a_burst_of_sigints_never_prints_a_traceback(tmp_path):
+    corpus = tmp_path / "words.txt"
+    corpus.write_text(word_text())
+    proc = subprocess.Popen([sys.executable, "-m", "charrnn", "train", str(corpus), "--run-dir", str(tmp_path / "run"),
+                             *TINY_TRAIN[:-6], "--max-steps", "100000", "--log-every", "1", "--device", "cpu"],
+                            cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_first_step(proc)
+    for _ in range(100):
+        try:
+            proc.send_signal(signal.SIGINT)
+        except ProcessLookupError:
+            break
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Exception ignored" not in err
+
+
+# ---------------------------------------------------------------------------------------------------
+# 5, 6. stdout and metrics that cannot be written
+
+
+@pytest.mark.parametrize("command", ["train", "sample", "info"])
+@pytest.mark.parametrize("stdout", ["closed", "full"])
+def test_unwritable_stdout_is_one_sentence_and_exit_1(command, stdout, tmp_path, trained_run):
+    if stdout == "full" and not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    corpus = tmp_path / "words.txt"
+    corpus.write_text(word_text())
+    args = {"train": f"train {corpus} --run-dir {tmp_path / 'run'} {' '.join(TINY_TRAIN)}",
+            "sample": f"sample {trained_run} -n 50 --seed 1",
+            "info": f"info {trained_run}"}[command]
+    redirect = ">&-" if stdout == "closed" else ">/dev/full"
+    proc = subprocess.run(["bash", "-c", f"{sys.executable} -m charrnn {args} {redirect}"], cwd=tmp_path,
+                          env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "standard output" in errors[0]
+    if command == "train":
+        assert load_checkpoint(tmp_path / "run" / "best.pt")["step"] == 20  # the model is saved all the same
+
+
+def test_metrics_on_a_full_disk_stops_cleanly_and_keeps_the_checkpoint(tmp_path, small_corpus, monkeypatch):
+    import errno
+
+    from charrnn import report
+
+    def full(*args, **kwargs):
+        if str(args[0]).endswith("metrics.jsonl") and "a" in (args[1] if len(args) > 1 else kwargs.get("mode", "")):
+            if getattr(full, "calls", 0):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            full.calls = 1
+        return open(*args, **kwargs)
+
+    monkeypatch.setattr(report, "open", full, raising=False)
+    d = tmp_path / "run"
+    r = run(["train", small_corpus, "--run-dir", d, *TINY_TRAIN, "-q"])
+    err = assert_one_error(r, 1)
+    assert "metrics.jsonl" in err and "No space left" in err and "kept" in err
+    assert load_checkpoint(d / "last.pt")["step"] == 10
+
+
+def test_unwritable_metrics_fails_before_the_first_step(tmp_path, small_corpus):
+    d = tmp_path / "run"
+    (d / "metrics.jsonl").mkdir(parents=True)  # open(..., "a") fails even for root
+    r = run(["train", small_corpus, "--run-dir", d, *TINY_TRAIN])
+    assert "metrics.jsonl" in assert_one_error(r, 1)
+    assert not list(d.glob("*.pt"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# 7, 14, 15, 16. options
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--max-epochs", "inf"], "max-epochs"),
+    (["--max-epochs", "nan"], "max-epochs"),
+    (["--max-steps", "0"], "max-steps"),
+    (["--hidden-size", "0"], "hidden"),
+    (["--num-layers", "0"], "layers"),
+    (["--hidden-size", "-5"], "hidden"),
+    (["--grad-clip", "nan"], "grad-clip"),
+    (["--weight-decay", "nan"], "weight-decay"),
+    (["--seed", str(2**64)], "seed"),
+    (["--seed", str(-2**63 - 1)], "seed"),
+    (["--threads", "0"], "threads"),
+    (["--model", "transformer"], "model"),
+])
+def test_bad_options_are_refused_before_the_corpus_is_read(args, needle, tmp_path, small_corpus):
+    cache = Path(os.environ["CHARRNN_CACHE_DIR"])
+    r = run(["train", small_corpus, "--run-dir", tmp_path / "r", *TINY_TRAIN, *args])
+    err = assert_one_error(r, 2)
+    assert needle in err.lower()
+    assert err.lstrip().startswith("Error") or "Usage" in err  # nothing printed before the error
+    assert not (cache / "encoded").exists()  # the corpus was never read
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_device_cuda_without_cuda_prints_nothing_first(tmp_path, small_corpus):
+    r = run(["train", small_corpus, "--run-dir", tmp_path / "r", *TINY_TRAIN[:-2], "--device", "cuda"])
+    err = assert_one_error(r, 2)
+    assert err.lstrip().startswith("Error") and "corpus" not in err.split("Error", 1)[0]
+    assert not (Path(os.environ["CHARRNN_CACHE_DIR"]) / "encoded").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "sample", "info"])
+def test_help_reads_like_a_typer_app_with_examples(command, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")  # one option per line, so phrases are not cut by wrapping
+    r = run([command, "--help"])
+    assert r.exit_code == 0
+    text = r.stdout
+    for odd in ("<bool>", "<list[str]>", "<int>", "<float>", "<str>", "{corpus}", "{checkpoint}"):
+        assert odd not in text, odd
+    assert "Examples" in text and f"charrnn {command}" in text.split("Examples", 1)[1]
+    if command == "train":
+        assert "INTEGER" in text and "a bare number is seconds" in text
+
+
+# ---------------------------------------------------------------------------------------------------
+# 10, 13. which checkpoint, and what it holds
+
+
+def test_sample_says_which_checkpoint_it_used_and_accepts_a_run_dir(trained_run):
+    r = run(["sample", trained_run, "-n", "20", "--seed", "1"])
+    assert r.exit_code == 0, r.stderr
+    assert r.stderr.splitlines()[0] == f"using {trained_run / 'best.pt'} (step 20, val " + \
+        f"{load_checkpoint(trained_run / 'best.pt')['val_loss']:.4f} nats/char)"
+    quiet = run(["sample", trained_run, "-n", "20", "--seed", "1", "-q"])
+    assert quiet.exit_code == 0 and quiet.stderr == "" and quiet.stdout == r.stdout
+    info = run(["info", trained_run])
+    assert info.exit_code == 0 and f"checkpoint:     {trained_run / 'best.pt'}" in info.stdout
+
+
+def test_info_before_the_first_evaluation_says_so_and_counts_layers_right(tmp_path, small_corpus):
+    d = tmp_path / "run"
+    args = [a for a in TINY_TRAIN]
+    args[args.index("--eval-every") + 1] = "1000"
+    proc = subprocess.Popen([sys.executable, "-m", "charrnn", "train", str(small_corpus), "--run-dir", str(d), *args[:-6],
+                             "--max-steps", "100000", "--log-every", "1", "--device", "cpu"], cwd=tmp_path,
+                            env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_first_step(proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    r = run(["info", d / "last.pt"])
+    assert r.exit_code == 0, r.stderr
+    assert "best val loss:  not evaluated yet" in r.stdout
+    assert "1 layer x 32 hidden" in r.stdout and "inf" not in r.stdout
+
+
+# ---------------------------------------------------------------------------------------------------
+# 11. resume without the corpus
+
+
+def test_resume_needs_no_corpus_and_the_printed_hint_works(tmp_path):
+    corpus = tmp_path / "words.txt"
+    corpus.write_text(word_text())
+    args = [a for a in TINY_TRAIN if a not in ("--max-steps", "20")]
+    proc = subprocess.Popen([sys.executable, "-m", "charrnn", "train", str(corpus), "--run-dir", str(tmp_path / "run"),
+                             *args, "--max-steps", "100000", "--log-every", "1"], cwd=tmp_path, env=_env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_first_step(proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    hint = err.strip().splitlines()[-1].split("continue with: ", 1)[1]
+    assert hint == f"charrnn train --resume --run-dir {tmp_path / 'run'}"
+    stopped = load_checkpoint(tmp_path / "run" / "last.pt")["step"]
+    resumed = cli([*hint.split()[1:], "--max-steps", str(stopped + 3)], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == stopped + 3
+
+    corpus.write_text(word_text(seed=1))  # the text changed: resume must refuse, not train on it
+    again = cli(["train", "--resume", "--run-dir", tmp_path / "run", "--max-steps", str(stopped + 6)], cwd=tmp_path)
+    assert again.returncode == 1 and "differs" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_resume_without_corpus_or_run_dir_is_a_usage_error():
+    r = run(["train", "--resume"])
+    assert "--run-dir" in assert_one_error(r, 2)
+
+
+def test_resume_keeps_the_saved_settings_it_is_not_given(tmp_path, small_corpus):
+    d = tmp_path / "run"
+    args = [a for a in TINY_TRAIN]
+    args[args.index("--eval-every") + 1] = "1"
+    args[args.index("--max-steps") + 1] = "10"
+    assert run(["train", small_corpus, "--run-dir", d, *args, "--keep", "10"]).exit_code == 0
+    r = run(["train", "--resume", "--run-dir", d, "--max-steps", "14", "--lr", "0.5"])
+    assert r.exit_code == 0, r.stderr
+    steps = sorted(int(p.stem.split("-")[1]) for p in d.glob("ckpt-*.pt"))
+    assert steps == list(range(5, 15))  # --keep 10 and --eval-every 1 came back from the checkpoint
+    assert "--lr is ignored on --resume" in r.stderr
+    saved = load_checkpoint(d / "last.pt")["train_config"]
+    assert saved["keep"] == 10 and saved["eval_every"] == 1 and saved["lr"] == 3e-3
+
+
+# ---------------------------------------------------------------------------------------------------
+# 11 (issue 14 item 4). one process per run directory
+
+
+def test_a_second_process_on_a_run_dir_is_refused_naming_the_holder(tmp_path, small_corpus):
+    d = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "charrnn", "train", str(small_corpus), "--run-dir", str(d),
+                             *TINY_TRAIN[:-6], "--max-steps", "100000", "--log-every", "1", "--device", "cpu"],
+                            cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_first_step(proc)
+        second = cli(["train", small_corpus, "--run-dir", d, "--resume", "--max-steps", "5"], cwd=tmp_path)
+        assert second.returncode == 1, second.stderr
+        assert f"PID {proc.pid}" in second.stderr and "Traceback" not in second.stderr
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+    # kill -9 leaves the lock file but not the lock: the next process takes it
+    after = cli(["train", small_corpus, "--run-dir", d, "--overwrite", *TINY_TRAIN[:-6], "--max-steps", "3",
+                 "--device", "cpu"], cwd=tmp_path)
+    assert after.returncode == 0, after.stderr
+    assert load_checkpoint(d / "last.pt")["step"] == 3
+
+
+def test_a_new_default_run_skips_a_name_another_process_holds(tmp_path, small_corpus):
+    from charrnn.rundir import RunLock
+
+    with RunLock(tmp_path / "checkpoints" / "small"):
+        r = run(["train", small_corpus, *TINY_TRAIN], cwd=tmp_path)
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.strip() == str(Path("checkpoints") / "small-2" / "best.pt")
