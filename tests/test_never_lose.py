@@ -221,7 +221,7 @@ def test_metrics_on_a_full_disk_stops_cleanly_and_keeps_the_checkpoint(tmp_path,
 def test_unwritable_metrics_fails_before_the_first_step(tmp_path, small_corpus):
     d = tmp_path / "run"
     (d / "metrics.jsonl").mkdir(parents=True)  # open(..., "a") fails even for root
-    r = run(["train", small_corpus, "--run-dir", d, *TINY_TRAIN])
+    r = run(["train", small_corpus, "--run-dir", d, *TINY_TRAIN, "-q"])
     assert "metrics.jsonl" in assert_one_error(r, 1)
     assert not list(d.glob("*.pt"))
 
