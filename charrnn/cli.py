@@ -349,8 +349,7 @@ def train(
         if resume and not corpus and run_dir is None:
             raise UsageError("--resume without a corpus needs --run-dir: the run directory to continue.")
         max_time_s = parse_duration(max_time)
-        seed_drawn = seed is None
-        if seed_drawn:
+        if seed is None:
             seed = runtime.draw_seed()
         if not resume and max_steps is None and max_epochs is None and max_time_s is None:
             max_epochs = 10.0
@@ -365,7 +364,7 @@ def train(
 
         data = _load_training_corpus(corpus, run_dir, resume, quiet, dist, reporter)
         result = _train_claimed(data, cfg, model_cfg, run_dir, resume, overwrite, init_from, given_fields,
-                                max_time_s, verbose, seed_drawn, dist, reporter)
+                                max_time_s, verbose, dist, reporter)
         reporter.close()
         if result.signal is not None:
             who = f"rank {dist.rank}: " if dist.enabled else ""
@@ -433,7 +432,7 @@ def _resume_sources(run_dir: Path) -> list[str]:
 
 
 def _train_claimed(data, cfg, model_opts, run_dir, resume, overwrite, init_from, given_fields, max_time_s,
-                   verbose, seed_drawn, dist, reporter):
+                   verbose, dist, reporter):
     """Lock the run directory, report what the run is about to do, size the model, and train."""
     from charrnn.checkpoint import RunDir
     from charrnn.model import ModelConfig
@@ -455,7 +454,7 @@ def _train_claimed(data, cfg, model_opts, run_dir, resume, overwrite, init_from,
     try:
         reporter.info(f"corpus {data.name}: {len(data.ids):,} characters, {vocab_size} distinct")
         _report_skipped(data, verbose, reporter)
-        if not resume and seed_drawn:
+        if not resume:
             reporter.info(f"seed {cfg.seed}")
         model_cfg = None
         if not resume and init_from is None:

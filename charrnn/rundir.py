@@ -18,6 +18,7 @@ from pathlib import Path
 from charrnn.errors import CharRNNError, CheckpointWriteError, UsageError
 
 LOCK_NAME = ".lock"
+MARKER_NAME = ".charrnn-run"  # tells a directory-corpus walk (corpus.py) that this directory is a run, not text
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl")  # besides ckpt-*.pt, what marks a directory as a run
 MAX_SUFFIX = 10_000  # checkpoints/<name>-2 ... -10000: past that something is wrong, not busy
 
@@ -71,6 +72,10 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode("ascii"))
         self._fd = fd
+        try:
+            (self.path / MARKER_NAME).touch()
+        except OSError:
+            pass  # only a hint for corpus walks; the checkpoints themselves do not depend on it
 
     def close(self) -> None:
         if self._fd is not None:

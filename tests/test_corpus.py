@@ -6,6 +6,7 @@ import io
 import os
 import random
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -205,6 +206,118 @@ def test_directory_reads_text_files_in_sorted_order_skipping_hidden_and_binary(t
     corpus = load_corpus([str(root)], cache_dir=cache)
     assert decoded(corpus) == "AB1B2C"
     assert corpus.name == "books" and corpus.sources == [str(root.resolve())]
+    assert corpus.skipped == [(str(root / ".git"), "hidden"), (str(root / ".notes.txt"), "hidden"),
+                              (str(root / "blob.dat"), "binary"), (str(root / "latin1.txt"), "not UTF-8 at byte 3")]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_special_files_and_linked_directories_are_listed_as_skipped(tmp_path, cache):
+    root = tmp_path / "books"
+    (root / "sub").mkdir(parents=True)
+    write(root / "sub" / "a.txt", "some text\n")
+    os.mkfifo(root / "pipe")
+    (root / "link").symlink_to(root / "sub")
+    corpus = load_corpus([str(root)], cache_dir=cache)
+    assert decoded(corpus) == "some text\n"
+    assert corpus.skipped == [(str(root / "link"), "symbolic link"), (str(root / "pipe"), "not a regular file")]
+
+
+def test_a_directory_file_with_one_bad_byte_at_its_end_is_skipped_and_leaves_no_trace(tmp_path, cache):
+    root = tmp_path / "books"
+    root.mkdir()
+    write(root / "a.txt", "first book\n")
+    big = ("Ωmega ∑ only here. " * 150_000).encode("utf-8")  # ~2.9 MB
+    write(root / "b.txt", big + b"\xff")
+    write(root / "c.txt", "second book\n")
+    if os.path.isfile("/bin/ls"):
+        write(root / "ls", open("/bin/ls", "rb").read())
+    corpus = load_corpus([str(root)], cache_dir=cache, chunk_bytes=64 << 10)
+    assert decoded(corpus) == "first book\nsecond book\n"
+    assert "Ω" not in corpus.vocab.chars and "∑" not in corpus.vocab.chars  # rolled back out of the vocabulary
+    assert corpus.sha256 == corpus_mod.hashlib.sha256(b"first book\nsecond book\n").hexdigest()  # and the hash
+    expected = [(str(root / "b.txt"), f"not UTF-8 at byte {len(big)}")]
+    if os.path.isfile("/bin/ls"):
+        expected.append((str(root / "ls"), "binary"))
+    assert corpus.skipped == expected
+    with pytest.raises(CorpusError, match=rf"b\.txt is not valid UTF-8 at byte {len(big)} "):
+        load_corpus([str(root / "b.txt")], cache_dir=cache)  # named explicitly it is still an error
+
+
+def test_a_large_binary_file_in_a_directory_costs_one_small_read(tmp_path, cache, monkeypatch):
+    root = tmp_path / "mixed"
+    root.mkdir()
+    write(root / "a.txt", "some text\n")
+    write(root / "weights.bin", b"\x00" * (20 << 20))
+    read = {}
+    real_read = corpus_mod._read
+    monkeypatch.setattr(corpus_mod, "_read", lambda inp, f, size: read.setdefault(inp.label, []).append(size)
+                        or real_read(inp, f, size))  # fmt: skip
+    corpus = load_corpus([str(root)], cache_dir=cache)
+    assert corpus.skipped == [(str(root / "weights.bin"), "binary")]
+    assert sum(read[str(root / "weights.bin")]) <= 3 + 8192  # a BOM's worth, then the 8 KiB sniffed
+
+
+def test_the_skipped_list_survives_the_stat_index(tmp_path, cache, monkeypatch):
+    root = tmp_path / "books"
+    root.mkdir()
+    write(root / "a.txt", "some text\n")
+    write(root / "b.txt", b"bad \xff byte")
+    write(root / ".hidden", "hidden\n")
+    first = load_corpus([str(root)], cache_dir=cache)
+    forbid_reading(monkeypatch)
+    second = load_corpus([str(root)], cache_dir=cache)
+    expected = [(str(root / ".hidden"), "hidden"), (str(root / "b.txt"), "not UTF-8 at byte 4")]
+    assert second.skipped == first.skipped == expected
+
+
+def test_a_skipped_file_that_is_fixed_is_read_next_time(tmp_path, cache):
+    root = tmp_path / "books"
+    root.mkdir()
+    write(root / "a.txt", "some text\n")
+    write(root / "b.txt", b"caf\xe9\n")
+    assert decoded(load_corpus([str(root)], cache_dir=cache)) == "some text\n"
+    write(root / "b.txt", "café\n")
+    fixed = load_corpus([str(root)], cache_dir=cache)
+    assert decoded(fixed) == "some text\ncafé\n" and fixed.skipped == []
+
+
+def test_files_skipped_in_a_directory_are_still_refused_when_named(tmp_path, cache):
+    root = tmp_path / "books"
+    root.mkdir()
+    write(root / "a.txt", "some text\n")
+    write(root / "b.txt", b"caf\xe9\n")
+    load_corpus([str(root)], cache_dir=cache)
+    with pytest.raises(CorpusError, match=r"b\.txt is not valid UTF-8 at byte 3 "):
+        load_corpus([str(root / "a.txt"), str(root / "b.txt")], cache_dir=cache)
+
+
+def test_a_directory_of_only_unusable_files_is_refused(tmp_path, cache):
+    root = tmp_path / "d"
+    root.mkdir()
+    write(root / "latin1.txt", b"caf\xe9")
+    write(root / "late.txt", b"x" * 20_000 + b"\xff")
+    with pytest.raises(CorpusError, match="contains no text files"):
+        load_corpus([str(root)], cache_dir=cache)
+
+
+def test_run_directories_are_not_read(tmp_path, cache, monkeypatch):
+    root = tmp_path / "project"
+    for sub in ["checkpoints/run1", "runs/r", "marked", "out", "docs"]:
+        (root / sub).mkdir(parents=True)
+    write(root / "a.txt", "A")
+    write(root / "docs" / "b.txt", "B")
+    write(root / "checkpoints" / "run1" / "metrics.jsonl", '{"step": 1}\n')
+    write(root / "runs" / "r" / "metrics.jsonl", '{"step": 1}\n')
+    write(root / "runs" / "r" / "last.pt", b"PK\x03\x04")
+    write(root / "marked" / ".charrnn-run", "")
+    write(root / "marked" / "notes.txt", "run notes")
+    write(root / "out" / "samples.jsonl", '{"text": "x"}\n')
+    monkeypatch.chdir(root)  # as `charrnn train .`
+    corpus = load_corpus(["."], cache_dir=cache, exclude=[Path("out")])
+    assert decoded(corpus) == "AB"
+    runs = ["checkpoints", "marked", "out", "runs/r"]
+    assert corpus.skipped == [(str(root / name), "run directory") for name in runs]
+    assert load_corpus([str(root)], cache_dir=cache, exclude=[root / "out"]).skipped == corpus.skipped
 
 
 # ---- standard input ----------------------------------------------------------------------------------------------

@@ -384,3 +384,39 @@ def test_a_new_default_run_skips_a_name_another_process_holds(tmp_path, small_co
         r = run(["train", small_corpus, *TINY_TRAIN], cwd=tmp_path)
     assert r.exit_code == 0, r.stderr
     assert r.stdout.strip() == str(Path("checkpoints") / "small-2" / "best.pt")
+
+
+# ---------------------------------------------------------------------------------------------------
+# 12. what a directory corpus skipped
+
+
+def test_a_directory_corpus_says_what_it_skipped_and_lists_it_with_verbose(tmp_path):
+    d = tmp_path / "notes"
+    d.mkdir()
+    (d / "a.txt").write_text(word_text(300, seed=1))
+    (d / "b.txt").write_text(word_text(300, seed=2))
+    (d / "ls").write_bytes(Path(sys.executable).read_bytes()[:20000])  # a binary
+    (d / ".hidden.txt").write_text("hidden")
+    (d / "latin1.txt").write_bytes(word_text(50).encode() + "café".encode("latin-1"))  # bad byte at the end
+    (d / ".git").mkdir()
+    (d / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    r = run(["train", d, "--run-dir", tmp_path / "run", *TINY_TRAIN])
+    assert r.exit_code == 0, r.stderr
+    assert "skipped 4 file(s)" in r.stderr and "--verbose lists them" in r.stderr
+    v = run(["train", d, "--run-dir", tmp_path / "run2", *TINY_TRAIN, "--verbose"])
+    assert v.exit_code == 0, v.stderr
+    listed = [line for line in v.stderr.splitlines() if line.startswith("warning: skipped ") and ": " in line[17:]]
+    assert {Path(line[len("warning: skipped "):].split(": ")[0]).name for line in listed} == \
+        {"ls", ".hidden.txt", "latin1.txt", ".git"}
+    assert any("not UTF-8 at byte" in line for line in listed)
+
+
+def test_training_a_directory_never_reads_its_own_run_directory(tmp_path):
+    (tmp_path / "text.txt").write_text(word_text())
+    first = run(["train", ".", *TINY_TRAIN], cwd=tmp_path)
+    assert first.exit_code == 0, first.stderr
+    name = Path(first.stdout.strip()).parent
+    # metrics.jsonl and the checkpoints now lie inside the corpus directory: resume must still see the same text
+    again = run(["train", "--resume", "--run-dir", name, "--max-steps", "25"], cwd=tmp_path)
+    assert again.exit_code == 0, again.stderr
+    assert load_checkpoint(tmp_path / name / "last.pt")["step"] == 25
