@@ -1,0 +1,171 @@
+"""No option or input hangs the tool or exhausts the machine: each is refused with its limit stated, or handled
+in bounded memory (the hostile-inputs issue, items 2, 3, 10 and 11 on the sampling and training side)."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from charrnn import sample as sample_mod
+from charrnn import train as train_mod
+from charrnn.data import min_corpus_chars, min_train_chars
+from charrnn.model import CharRNN, ModelConfig
+from charrnn.sample import MAX_HELD_CHARS, MAX_NUM_SAMPLES, SampleConfig, generate
+from tests.conftest import TINY_TRAIN
+from tests.test_cli import assert_one_error, run
+
+
+# ---------------------------------------------------------------------------------------------------
+# hangs
+
+
+@pytest.mark.parametrize("args", [
+    ["--val-frac", "0.99999999"],
+    ["--val-frac", "0.9999"],
+    ["--seq-len", "1000000000", "--batch-size", "1000000"],
+])
+def test_huge_minimum_sizes_are_computed_at_once(args, tmp_path, small_corpus):
+    started = time.monotonic()
+    r = run(["train", small_corpus, "--run-dir", tmp_path / "r", *TINY_TRAIN, *args])
+    assert time.monotonic() - started < 10
+    assert "at least" in assert_one_error(r, 1)
+
+
+def test_the_closed_form_minimum_is_the_smallest_size_that_works():
+    def works(n, b, t, f):
+        cut = int(n * (1.0 - f))
+        return cut >= min_train_chars(b, t) and n - cut >= 2
+
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        b, t, f = int(rng.integers(1, 80)), int(rng.integers(1, 300)), float(rng.uniform(0.001, 0.99))
+        n = min_corpus_chars(b, t, f)
+        assert works(n, b, t, f) and not works(n - 1, b, t, f), (b, t, f, n)
+    started = time.monotonic()
+    assert min_corpus_chars(1_000_000, 1_000_000_000, 0.1) > 10**15
+    assert min_corpus_chars(8, 16, 1 - 1e-12) > 10**12
+    assert time.monotonic() - started < 0.1
+
+
+# ---------------------------------------------------------------------------------------------------
+# sampling: counts, primes, tiny temperatures and top-p, seeds
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--num-samples", str(10**9)], f"between 1 and {MAX_NUM_SAMPLES}"),
+    (["--num-samples", "1000", "-n", "1000000"], f"{MAX_HELD_CHARS:,}"),
+    (["--temp", "3e-39"], "at least"),
+    (["--seed", str(2**64)], "--seed"),
+    (["--seed", "-1"], "--seed"),
+])
+def test_sample_limits_are_usage_errors_with_the_limit_stated(args, needle, trained_run):
+    base = ["--seed", "1"] if "--seed" not in args else []
+    r = run(["sample", trained_run / "best.pt", *base, *args])
+    assert needle in assert_one_error(r, 2)
+
+
+def test_the_largest_seed_for_a_batch_still_samples(trained_run):
+    r = run(["sample", trained_run / "best.pt", "-n", "5", "--num-samples", "2", "--seed", str(2**63 - 2)])
+    assert r.exit_code == 0, r.stderr
+
+
+def test_a_vanishing_top_p_keeps_the_most_likely_character(trained_run):
+    r = run(["sample", trained_run / "best.pt", "-n", "30", "--seed", "1", "--top-p", "1e-300", "-q"])
+    assert r.exit_code == 0, r.stderr
+    greedy = run(["sample", trained_run / "best.pt", "-n", "30", "--seed", "1", "--temp", "0", "-q"])
+    assert r.stdout == greedy.stdout  # keeping only the top character is greedy decoding
+
+
+def _model(vocab=20, hidden=16):
+    torch.manual_seed(0)
+    return CharRNN(ModelConfig(vocab_size=vocab, hidden_size=hidden, num_layers=2)).eval()
+
+
+def test_a_long_prime_runs_in_bounded_chunks_and_matches_one_pass(monkeypatch):
+    model = _model()
+    prime = torch.randint(0, 20, (3000,)).tolist()
+    with torch.no_grad():
+        whole_logits, whole_state = model(torch.tensor([prime]))
+    lengths = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda x, state=None: (lengths.append(x.shape[1]), forward(x, state))[1])
+    monkeypatch.setattr(sample_mod, "PRIME_CHUNK", 256)
+    with torch.no_grad():
+        last, state = sample_mod._run_prime(model, prime, torch.device("cpu"))
+    assert max(lengths) == 256 and sum(lengths) == 3000
+    torch.testing.assert_close(last, whole_logits[:, -1], rtol=1e-4, atol=1e-5)
+    for a, b in zip(state, whole_state):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_a_megabyte_prime_samples_in_a_small_memory_budget(tmp_path):
+    """A 1 MB prime through a 2x64 model in a child process whose address space grows by at most 1.5 GB."""
+    code = f"""
+import resource, torch
+from charrnn.model import CharRNN, ModelConfig
+from charrnn.sample import SampleConfig, generate
+model = CharRNN(ModelConfig(vocab_size=30, hidden_size=64, num_layers=2)).eval()
+prime = torch.randint(0, 30, (1_000_000,)).tolist()
+list(generate(model, [0], SampleConfig(length=2, seed=1), torch.device("cpu")))  # warm every kernel up
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with torch.inference_mode():
+    out = list(generate(model, prime, SampleConfig(length=5, seed=1), torch.device("cpu")))
+grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss
+print(len(out), grew)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    blocks, grew_kb = map(int, proc.stdout.split())
+    assert blocks == 5
+    # One pass would hold (1, 1e6, 4 * 64) gates per layer and (1, 1e6, 30) logits: well over 2 GB with autograd
+    # off. Chunked, what grows is the prime list itself (a Python list of 1e6 ints, ~40 MB) and small buffers.
+    assert grew_kb < 400_000, grew_kb
+
+
+# ---------------------------------------------------------------------------------------------------
+# training: vocabularies too large for one step, evaluation of large vocabularies
+
+
+def test_a_vocabulary_too_large_for_one_step_is_refused_with_the_limit(tmp_path):
+    # 60,000 distinct CJK characters: the basic block and Extension B, clear of the surrogates.
+    text = "".join(map(chr, [*range(0x4E00, 0x4E00 + 20_000), *range(0x20000, 0x20000 + 40_000)])) * 2
+    path = tmp_path / "wide.txt"
+    path.write_text(text, encoding="utf-8")
+    r = run(["train", path, "--run-dir", tmp_path / "r", "--batch-size", "64", "--seq-len", "100",
+             "--hidden-size", "16", "--num-layers", "1", "--max-steps", "1", "--device", "cpu", "--seed", "1"])
+    err = assert_one_error(r, 1)
+    assert f"{train_mod.MAX_LOGITS:,}" in err and "--batch-size" in err
+    assert not (tmp_path / "r" / "last.pt").exists()
+
+
+def test_evaluation_bounds_its_logits_whatever_the_vocabulary(monkeypatch):
+    model = _model(vocab=5000, hidden=8)
+    seen = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda x, state=None: (seen.append(tuple(x.shape)), forward(x, state))[1])
+    monkeypatch.setattr(train_mod, "EVAL_LOGITS", 8 * 5000 * 10)  # room for 10 positions of 8 streams
+    ids = np.random.default_rng(0).integers(0, 5000, 4001).astype(np.uint16)
+    loss = train_mod.evaluate(model, ids, 8, 256, torch.device("cpu"))
+    assert max(t for _, t in seen) == 10
+    monkeypatch.setattr(train_mod, "EVAL_LOGITS", 1 << 30)
+    assert math.isclose(loss, train_mod.evaluate(model, ids, 8, 256, torch.device("cpu")), rel_tol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------
+# wording
+
+
+def test_divergence_before_any_checkpoint_does_not_claim_one_is_kept(tmp_path, small_corpus, monkeypatch):
+    real = train_mod.F.cross_entropy
+    monkeypatch.setattr(train_mod.F, "cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
+    args = [a for a in TINY_TRAIN]
+    args[args.index("--log-every") + 1] = "1"
+    r = run(["train", small_corpus, "--run-dir", tmp_path / "r", *args, "--max-skips", "1", "-q"])
+    err = assert_one_error(r, 1)
+    assert "diverged" in err and "no checkpoint had been written yet" in err and "is kept" not in err
