@@ -9,7 +9,10 @@ always loads with torch.load(weights_only=True). Why each step of the write prot
 - zipfile CRC check before the rename, and again before every load: torch.load does not check the CRC32s that
   torch.save writes, so a flipped bit would otherwise load silently with wrong weights;
 - disk full surfaces from torch as RuntimeError("unexpected pos …") with the OSError only in __context__, so
-  both are caught and the errno is looked up along the exception chain.
+  both are caught and the errno is looked up along the exception chain; a Ctrl-C inside torch's writer surfaces
+  the same way, so a KeyboardInterrupt anywhere in that chain wins over both;
+- before anything is decompressed, the records' declared sizes are bounded by the file's own size: torch.save
+  stores records uncompressed, so only a crafted file (a zip bomb) declares much more than it holds.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 import zipfile
 from collections import OrderedDict
@@ -42,6 +46,12 @@ _SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _NO_LINK_ERRNOS = {errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP}
 # Leaf types torch.load(weights_only=True) accepts without an allowlist.
 _PLAIN_LEAVES = (torch.Tensor, str, bytes, bool, int, float, complex, type(None), torch.Size, torch.dtype, torch.device)
+# torch.save stores every record uncompressed, so the records of a real checkpoint add up to less than the file;
+# the slack only tolerates a checkpoint someone re-zipped, and bounds what a zip bomb can make us inflate.
+MAX_EXPANSION = 4
+EXPANSION_SLACK = 1 << 20
+_FILE_KINDS = ((stat.S_ISFIFO, "a pipe (FIFO)"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISSOCK, "a socket"))
 
 
 # ---------------------------------------------------------------- writing
@@ -81,9 +91,18 @@ def _atomic_write(path: Path, write, *, durable: bool) -> None:
             _fsync_dir(directory)
     except BaseException as exc:
         _remove_quietly(tmp, replaced)
+        interrupt = _interrupt_in(exc)
+        if interrupt is not None and interrupt is not exc:
+            # torch's writer turns a Ctrl-C raised inside it into RuntimeError("unexpected pos …"): the user
+            # asked to stop, so stop, instead of reporting a disk problem that never happened.
+            raise interrupt from None
         if isinstance(exc, Exception):
             raise _write_error(path, exc, replaced=replaced) from exc
         raise  # KeyboardInterrupt / SystemExit: cleaned up, now let them through
+
+
+def _interrupt_in(exc: BaseException) -> KeyboardInterrupt | None:
+    return next((e for e in _exception_chain(exc) if isinstance(e, KeyboardInterrupt)), None)
 
 
 def _remove_quietly(tmp: Path, replaced: bool) -> None:
@@ -194,7 +213,9 @@ def verify_checkpoint(path: Path) -> None:
     if path.is_dir():
         raise _error(path, "is a directory, not a checkpoint file", "pass the last.pt or best.pt inside it")
     try:
-        size = path.stat().st_size
+        st = path.stat()
+        _check_regular(path, st.st_mode)  # before open(): opening a FIFO blocks until a writer comes
+        size = st.st_size
         with path.open("rb") as f:
             head = f.read(4)
     except OSError as exc:
@@ -212,11 +233,32 @@ def verify_checkpoint(path: Path) -> None:
         raise _error(path, "is not a checkpoint (not a zip archive)", "pass a .pt file written by `charrnn train`")
     try:
         with zipfile.ZipFile(path) as archive:
+            _check_expansion(path, archive.infolist(), size)
             bad = archive.testzip()
+    except CheckpointError:
+        raise
     except Exception as exc:  # BadZipFile, EOFError, zlib.error, …: all mean the archive is damaged
         raise _error(path, f"is corrupt ({_describe(exc)})", "use an older checkpoint") from exc
     if bad is not None:
         raise _error(path, f"is corrupt (CRC mismatch in record {bad})", "use an older checkpoint")
+
+
+def _check_regular(path: Path, mode: int) -> None:
+    if stat.S_ISREG(mode):
+        return
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+    raise _error(path, f"is {kind}, not a checkpoint file", "save the checkpoint to a file and pass its path")
+
+
+def _check_expansion(path: Path, records: list[zipfile.ZipInfo], size: int) -> None:
+    """Refuse, from the sizes the zip directory declares, an archive that would inflate far past its own size."""
+    total = sum(r.file_size for r in records)  # overlapping records (one payload, many names) count each time
+    limit = MAX_EXPANSION * size + EXPANSION_SLACK
+    if total > limit:
+        problem = (f"declares {total:,} bytes of records in a file of {size:,} bytes, more than the {limit:,} "
+                   f"({MAX_EXPANSION} times its size plus {EXPANSION_SLACK:,}) a checkpoint can hold, "
+                   "which torch.save never writes")
+        raise _error(path, problem, "it was crafted or damaged, so refusing to load it")
 
 
 def load_checkpoint(path: Path | str, *, map_location="cpu", require: tuple[str, ...] = REQUIRED_KEYS) -> dict:

@@ -11,9 +11,18 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
-from charrnn.errors import CheckpointError, UsageError
+from charrnn.errors import UsageError
+from charrnn.state import BOOL, LOAD_ADVICE, Rule, check_weights, field_error, int_in, load_vocab, real_in, require
 
 RNN_TYPES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # weight rows per hidden unit: i, f, g, o | r, z, n | one
+
+# Bounds on a model config read from a checkpoint. Far above anything a character-level model needs, low enough
+# that a crafted config cannot ask for an absurd allocation. The weights' shapes are checked against the config
+# before anything is built, so the real allocation is bounded by the tensors the file actually holds.
+MAX_VOCAB = 0x110000  # every Unicode code point
+MAX_WIDTH = 65_536  # hidden_size and embed_size
+MAX_LAYERS = 256
 
 # State is always a tuple of (L, B, H) tensors: (h, c) for an LSTM, (h,) for GRU/RNN,
 # so every caller can carry, detach and reset it the same way.
@@ -48,12 +57,49 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        missing = {"vocab_size", "model", "hidden_size", "num_layers"} - d.keys()
+    def from_dict(cls, d: dict, source=None) -> "ModelConfig":
+        """The config stored in checkpoint `source`, every field type- and range-checked (CheckpointError
+        naming the file and the field), so a crafted file cannot reach the constructor's allocations."""
+        if not isinstance(d, dict):
+            raise field_error(source, "model_config", f"is a {type(d).__name__}, not a dict", LOAD_ADVICE)
+        missing = [k for k in ("vocab_size", "model", "hidden_size", "num_layers") if k not in d]
         if missing:
-            raise CheckpointError(f"the checkpoint's model config lacks {', '.join(sorted(missing))}.")
+            raise field_error(source, "model_config", f"lacks {', '.join(missing)}", LOAD_ADVICE)
+        for name, rule in CONFIG_RULES.items():
+            if name in d:
+                require(d[name], rule, f"model_config.{name}", source)
+        embed = d.get("embed_size", 0) or d["hidden_size"]
+        if d.get("tie_weights") and embed != d["hidden_size"]:
+            raise field_error(source, "model_config.tie_weights",
+                              "is true but embed_size differs from hidden_size, so no weights can be shared",
+                              LOAD_ADVICE)
+        known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+CONFIG_RULES: dict[str, Rule] = {
+    "vocab_size": int_in(2, MAX_VOCAB),
+    "model": ((lambda v: isinstance(v, str) and v in RNN_TYPES), f"one of {', '.join(RNN_TYPES)}"),
+    "hidden_size": int_in(1, MAX_WIDTH),
+    "num_layers": int_in(1, MAX_LAYERS),
+    "embed_size": int_in(0, MAX_WIDTH),  # 0: same as hidden_size
+    "dropout": real_in(0.0, 1.0, hi_open=True),
+    "tie_weights": BOOL,
+}
+
+
+def weight_shapes(c: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """CharRNN(c).state_dict()'s names and shapes, from the config alone: nothing is allocated.
+
+    Memory in fp32: 4 * (V*E + G*H*(E + H + 2) + (L - 1)*G*H*(2*H + 2) + V*(H + 1)) bytes, G = GATES[model]
+    (V*H less with tie_weights, whose head.weight is embed.weight).
+    """
+    gh = GATES[c.model] * c.hidden_size
+    shapes: dict[str, tuple[int, ...]] = {"embed.weight": (c.vocab_size, c.embed_size)}
+    for k in range(c.num_layers):
+        shapes |= {f"rnn.weight_ih_l{k}": (gh, c.embed_size if k == 0 else c.hidden_size),
+                   f"rnn.weight_hh_l{k}": (gh, c.hidden_size), f"rnn.bias_ih_l{k}": (gh,), f"rnn.bias_hh_l{k}": (gh,)}
+    return shapes | {"head.weight": (c.vocab_size, c.hidden_size), "head.bias": (c.vocab_size,)}
 
 
 class CharRNN(nn.Module):
@@ -103,26 +149,33 @@ def detach_state(state: State) -> State:
     return tuple(s.detach() for s in state)
 
 
-def load_weights(model: CharRNN, weights: dict, source) -> None:
+def load_weights(model: CharRNN, weights: dict, source, advice: str = LOAD_ADVICE) -> None:
+    """Copy checked weights into `model`: exact names and shapes, floating point, finite (else CheckpointError)."""
+    check_weights(weights, weight_shapes(model.config), source, advice)
+    _copy_weights(model, weights, source, advice)
+
+
+def _copy_weights(model: CharRNN, weights: dict, source, advice: str = LOAD_ADVICE) -> None:
     try:
         model.load_state_dict(weights)
-    except (RuntimeError, KeyError) as e:
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"{source}: its weights do not fit the model it describes ({first}).") from None
+    except (RuntimeError, KeyError) as e:  # checked above, so only a torch that reads state dicts differently
+        first = str(e).strip().splitlines()[0][:200]
+        raise field_error(source, "model (the weights)", f"does not fit its model_config ({first})", advice) from None
 
 
 def load_model(path, device: torch.device | str = "cpu"):
     """A checkpoint -> (model in eval mode on `device`, Vocab, the checkpoint dict). Works for GPU-trained
     checkpoints on CPU-only machines: everything is loaded to CPU first."""
     from charrnn.checkpoint import load_checkpoint
-    from charrnn.corpus import Vocab
 
     ckpt = load_checkpoint(path)
-    config = ModelConfig.from_dict(ckpt["model_config"])
-    model = CharRNN(config)
-    load_weights(model, ckpt["model"], path)
-    vocab = Vocab.from_dict(ckpt["vocab"])
+    config = ModelConfig.from_dict(ckpt["model_config"], path)
+    vocab = load_vocab(ckpt, path)
     if len(vocab) != config.vocab_size:
-        raise CheckpointError(f"{path}: its vocabulary has {len(vocab)} characters but the model expects {config.vocab_size}.")
+        raise field_error(path, "vocab", f"has {len(vocab)} characters but model_config.vocab_size is "
+                          f"{config.vocab_size}", LOAD_ADVICE)
+    check_weights(ckpt["model"], weight_shapes(config), path)  # before CharRNN(config) allocates anything
+    model = CharRNN(config)
+    _copy_weights(model, ckpt["model"], path)
     model.to(device).eval()
     return model, vocab, ckpt

@@ -24,6 +24,7 @@ from charrnn.data import DeviceFeeder, min_corpus_chars, split
 from charrnn.errors import CheckpointError, CorpusError, DivergedError, UsageError
 from charrnn.model import CharRNN, ModelConfig, State, detach_state, load_weights
 from charrnn.report import append_metrics, check_metrics_writable
+from charrnn.state import RESUME_ADVICE, check_resume_header, check_resume_state, load_vocab
 
 Reporter = Callable[[str, dict], None]
 
@@ -285,13 +286,15 @@ class Trainer:
         ckpt, path, warnings = self.run_dir.load_latest()
         for w in warnings:
             self.report("warning", {"text": w})
-        if ckpt.get("corpus", {}).get("sha256") != self.corpus.sha256:
-            raise CorpusError(f"the corpus differs from the one {self.run_dir.path} was trained on (its content hash "
-                              "changed); resume with the same text, or start a new run with another --run-dir.")
         for key in ("train_config", "optimizer", "step", "rng", "data"):
             if key not in ckpt:
                 raise CheckpointError(f"{path} lacks '{key}', so it cannot be resumed; use --init-from to start a "
                                       "new run from its weights.")
+        check_resume_header(ckpt, path)  # types first: the corpus hash and the config are read next
+        self.resume_path = path
+        if ckpt.get("corpus", {}).get("sha256") != self.corpus.sha256:
+            raise CorpusError(f"the corpus differs from the one {self.run_dir.path} was trained on (its content hash "
+                              "changed); resume with the same text, or start a new run with another --run-dir.")
         self.report("message", {"text": f"resuming from {path} at step {ckpt['step']}"})
         return ckpt
 
@@ -312,12 +315,13 @@ class Trainer:
 
     def _resolve_vocab(self, corpus, model_config, ckpt, init_from):
         if ckpt:
-            return corpus.ids, Vocab.from_dict(ckpt["vocab"]), ModelConfig.from_dict(ckpt["model_config"])
+            return (corpus.ids, load_vocab(ckpt, self.resume_path, RESUME_ADVICE),
+                    ModelConfig.from_dict(ckpt["model_config"], self.resume_path))
         if init_from is not None:
             self.init_ckpt = load_checkpoint(init_from)
-            vocab = Vocab.from_dict(self.init_ckpt["vocab"])
+            vocab = load_vocab(self.init_ckpt, init_from)
             ids = resolve_init_vocab(corpus, vocab)
-            cfg = ModelConfig.from_dict(self.init_ckpt["model_config"])
+            cfg = ModelConfig.from_dict(self.init_ckpt["model_config"], init_from)
             if model_config is not None and model_config.dropout != cfg.dropout:
                 cfg.dropout = model_config.dropout  # dropout is a training choice, free to change when fine-tuning
             return ids, vocab, cfg
@@ -330,7 +334,12 @@ class Trainer:
         self.report("message", {"text": f"initialised weights from {path}"})
 
     def _restore(self, ckpt: dict) -> None:
-        load_weights(self.model, ckpt["model"], self.run_dir.path)
+        # Every tensor is checked before any kernel touches it: a crafted optimizer moment of the wrong shape
+        # would otherwise make the fused AdamW step write past its buffer.
+        check_resume_state(ckpt, self.model, self.optimizer, self.resume_path, batch_size=self.cfg.batch_size,
+                           world_size=self.dist.world_size, uses_scaler=self.scaler is not None,
+                           batches_per_epoch=self.feeder.batches_per_epoch)
+        load_weights(self.model, ckpt["model"], self.resume_path, RESUME_ADVICE)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])

@@ -11,6 +11,7 @@ import pickle
 import random
 import select
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -367,6 +368,43 @@ def test_keyboard_interrupt_mid_write_cleans_up_and_propagates(tmp_path, monkeyp
     assert _temps(tmp_path) == []
 
 
+class _Interrupted(KeyboardInterrupt):
+    """What the CLI's signal handler raises on a second signal: a KeyboardInterrupt carrying the signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__()
+        self.signum = signum
+
+
+def _interrupted_inside_torch(interrupt: KeyboardInterrupt, how: str):
+    # torch's stream writer catches the exception its write callback raised and reports a RuntimeError that looks
+    # exactly like disk full, with the interrupt only somewhere in the chain.
+    def save(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 a partial record")
+        if how == "cause":
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1 vs 2") from interrupt
+        try:
+            raise interrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("unexpected pos 8540352 vs 8540304")  # noqa: B904 (the chain torch leaves)
+
+    return save
+
+
+@pytest.mark.parametrize("how", ["cause", "context"])
+def test_an_interrupt_inside_the_writer_is_re_raised_not_reported_as_disk_full(tmp_path, monkeypatch, how):
+    path = tmp_path / "last.pt"
+    save_checkpoint(_state(1), path)
+    interrupt = _Interrupted(signal.SIGTERM)
+    monkeypatch.setattr(torch, "save", _interrupted_inside_torch(interrupt, how))
+    with pytest.raises(KeyboardInterrupt) as info:
+        save_checkpoint(_state(2), path)
+    monkeypatch.undo()
+    assert info.value is interrupt and info.value.signum == signal.SIGTERM
+    _assert_holds(path, 1)
+    assert _temps(tmp_path) == []
+
+
 def test_failing_hard_link_keeps_last_pt_on_the_previous_checkpoint(tmp_path, monkeypatch):
     run = RunDir(tmp_path / "run", keep=3)
     run.prepare()
@@ -580,6 +618,47 @@ def test_each_unusable_file_gets_its_own_message(tmp_path, kind):
         load_checkpoint(path)
     message = str(info.value)
     assert message.startswith(f"checkpoint {path} ") and message.endswith(".") and message.count(". ") == 0
+
+
+@pytest.mark.parametrize("kind", ["character device", "socket"])
+def test_a_file_that_is_not_regular_is_refused_before_it_is_opened(tmp_path, kind):
+    if kind == "character device":
+        path = Path(os.devnull)  # reads as 0 bytes: once called "empty, probably from an interrupted write"
+    else:
+        path = tmp_path / "s.pt"
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(path))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (f"checkpoint {path} is a {kind}, not a checkpoint file; save the checkpoint to a file "
+                               "and pass its path.")
+
+
+def test_torch_save_stores_records_uncompressed(tmp_path):
+    # The zip-bomb limit rests on this: a real checkpoint's records add up to less than the file itself.
+    path = tmp_path / "last.pt"
+    save_checkpoint(_state(1, n=100_000), path)
+    with zipfile.ZipFile(path) as archive:
+        records = archive.infolist()
+    assert all(r.compress_type == zipfile.ZIP_STORED for r in records)
+    assert sum(r.file_size for r in records) <= path.stat().st_size
+
+
+def test_records_declaring_more_than_the_file_can_hold_are_refused_unread(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(_state(1, n=100_000), path)
+    size = path.stat().st_size
+    monkeypatch.setattr(ck, "EXPANSION_SLACK", 0)
+    monkeypatch.setattr(ck, "MAX_EXPANSION", 1)
+    verify_checkpoint(path)  # records as torch.save stores them fit in the file: accepted at 1x
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/zeros", bytes(size))  # ~1 KB on disk, `size` bytes once inflated
+    size = path.stat().st_size
+    read = []
+    monkeypatch.setattr(zipfile.ZipFile, "testzip", lambda self: read.append(1))
+    with pytest.raises(CheckpointError, match=rf"declares [0-9,]+ bytes of records in a file of {size:,} bytes"):
+        verify_checkpoint(path)
+    assert read == []  # refused from the zip directory alone, before anything was inflated
 
 
 def test_require_can_ask_for_resume_keys(tmp_path):

@@ -303,7 +303,7 @@ def test_info_before_the_first_evaluation_says_so_and_counts_layers_right(tmp_pa
     r = run(["info", d / "last.pt"])
     assert r.exit_code == 0, r.stderr
     assert "best val loss:  not evaluated yet" in r.stdout
-    assert "1 layer x 32 hidden" in r.stdout and "inf" not in r.stdout
+    assert "1 layer x 32 hidden" in r.stdout and "inf nats" not in r.stdout
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import torch
 
 import charrnn.train as train_mod
 from charrnn.checkpoint import RunDir, load_checkpoint, save_checkpoint
-from charrnn.cli import Aborted, StopFlag
+from charrnn.cli import StopFlag
 from charrnn.corpus import load_corpus
 from charrnn.errors import CorpusError, DivergedError
 from charrnn.model import ModelConfig
@@ -227,15 +227,23 @@ def test_nan_validation_loss_never_becomes_best(corpus, tmp_path, monkeypatch):
 # signals on the real CLI
 
 
-def test_second_signal_aborts_at_once():
-    flag = StopFlag()
-    flag._handle(signal.SIGINT, None)
-    assert flag() == signal.SIGINT
-    with pytest.raises(KeyboardInterrupt):
-        flag._handle(signal.SIGINT, None)
+def test_second_signal_aborts_at_once(monkeypatch):
+    exits, cleaned = [], []
+    monkeypatch.setattr("charrnn.cli.os._exit", exits.append)
+    flag = StopFlag(on_abort=lambda: cleaned.append(True))
+    flag._on_signal(signal.SIGINT)
+    assert flag() == signal.SIGINT and exits == [] and cleaned == []
+    flag._on_signal(signal.SIGTERM)
+    assert exits == [128 + signal.SIGTERM] and cleaned == [True]
 
 
-@pytest.mark.parametrize("exc,code", [(KeyboardInterrupt(), 130), (Aborted(signal.SIGTERM), 143)])
+def _interrupt(signum: int) -> KeyboardInterrupt:
+    exc = KeyboardInterrupt()
+    exc.signum = signum
+    return exc
+
+
+@pytest.mark.parametrize("exc,code", [(KeyboardInterrupt(), 130), (_interrupt(signal.SIGTERM), 143)])
 def test_interrupts_outside_the_loop_exit_with_the_signal_code(exc, code):
     import typer
 
