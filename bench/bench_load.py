@@ -26,11 +26,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.common import bench_corpus_path, machine  # noqa: E402
 
-CASES = {
-    "default": ({"CHARRNN_THREADS_AUTO": "0"}, []),  # torch's default: one OpenMP thread per core, GOMP spin-waits
-    "passive": ({"CHARRNN_THREADS_AUTO": "0", "OMP_WAIT_POLICY": "PASSIVE"}, []),
-    "threads1": ({"CHARRNN_THREADS_AUTO": "0"}, ["--threads", "1"]),
-    "auto": ({}, []),  # what charrnn does by default now
+ALL = str(os.cpu_count() or 1)
+CASES = {  # an explicit --threads turns charrnn's thread governor off
+    "default": ({}, ["--threads", ALL]),  # torch's default: one OpenMP thread per core, GOMP spin-waits
+    "passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, ["--threads", ALL]),
+    "threads1": ({}, ["--threads", "1"]),
+    "auto": ({}, []),  # charrnn's default: the thread governor fits threads to the free cores
 }
 
 

@@ -246,6 +246,7 @@ class Trainer:
         self.dist = runtime.dist_from_env()
         self.device = runtime.init_distributed(self.dist, runtime.select_device(cfg.device))
         runtime.set_threads(cfg.threads)
+        self.governor = runtime.ThreadGovernor(enabled=cfg.threads is None and self.device.type == "cpu")
         runtime.configure_backends(self.device)
         self.amp = cfg.amp and self.device.type == "cuda"
 
@@ -538,6 +539,8 @@ class Trainer:
             self.train_step(lr)
             self.advance()
             steps_in_window += 1
+            if steps_in_window == 3 and self.step < cfg.log_every:
+                self._fit_threads()  # early, so a loaded machine is not slow for a whole first window
             if self.step % cfg.log_every == 0:
                 train_loss = self._log(lr, steps_in_window, time.perf_counter() - window_t)
                 steps_in_window, window_t = 0, time.perf_counter()
@@ -552,8 +555,15 @@ class Trainer:
         best = self.run_dir.best_path if self.run_dir.best_path.exists() else self.run_dir.last_path
         return TrainResult(self.run_dir.path, best, self.run_dir.last_path, self.step, self.best_val, reason, signum)
 
+    def _fit_threads(self) -> None:
+        threads = self.governor.check()
+        if threads is not None:
+            busy = "other processes are using the CPU" if threads < self.governor.max_threads else "the CPU is free again"
+            self.report("message", {"text": f"{busy}: training with {threads} thread(s) (--threads fixes the count)"})
+
     def _log(self, lr: float, steps: int, seconds: float) -> float:
         """The only per-window host sync: read the loss sum and the divergence counters."""
+        self._fit_threads()
         bad_in_window = int(self.bad_count.item())
         good = steps - bad_in_window
         train_loss = self.loss_sum.item() / good if good else math.nan

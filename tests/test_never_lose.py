@@ -420,3 +420,41 @@ def test_training_a_directory_never_reads_its_own_run_directory(tmp_path):
     again = run(["train", "--resume", "--run-dir", name, "--max-steps", "25"], cwd=tmp_path)
     assert again.exit_code == 0, again.stderr
     assert load_checkpoint(tmp_path / name / "last.pt")["step"] == 25
+
+
+# ---------------------------------------------------------------------------------------------------
+# 17. a busy CPU
+
+
+def test_the_thread_governor_uses_the_cores_others_leave_free(monkeypatch):
+    from charrnn import runtime
+
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(runtime.os.path, "exists", lambda p: True)
+    original = torch.get_num_threads()
+    torch.set_num_threads(2)
+    samples = iter([(0.0, 0.0, 0.0), (1.0, 2.0, 1.0), (2.0, 3.0, 1.9), (3.0, 4.0, 2.9)])
+    monkeypatch.setattr(runtime.ThreadGovernor, "_sample", staticmethod(lambda: next(samples)))
+    try:
+        gov = runtime.ThreadGovernor(enabled=True)
+        assert gov.check() == 1  # the machine was 2 cores busy, we used 1: another process holds a core
+        assert torch.get_num_threads() == 1
+        assert gov.check() == 2  # others used 0.1 core: all of them again
+        assert gov.check() is None  # nothing changed
+        assert runtime.ThreadGovernor(enabled=False).check() is None
+    finally:
+        torch.set_num_threads(original)
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2 or not Path("/proc/stat").exists(), reason="needs 2+ cores and Linux")
+def test_training_beside_a_busy_process_drops_to_the_free_cores(tmp_path, small_corpus):
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range((os.cpu_count() or 2) - 1)]
+    try:
+        r = cli(["train", small_corpus, "--run-dir", tmp_path / "run", *TINY_TRAIN[:-6], "--max-steps", "12",
+                 "--hidden-size", "128", "--device", "cpu"], cwd=tmp_path)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    assert r.returncode == 0, r.stderr
+    assert "other processes are using the CPU: training with 1 thread(s)" in r.stderr
