@@ -400,7 +400,7 @@ def _model_options(model, hidden_size, num_layers, embed_size, dropout, tie_weig
 
     ModelConfig(vocab_size=2, model=model, hidden_size=512 if hidden_size is None else hidden_size,
                 num_layers=2 if num_layers is None else num_layers, embed_size=embed_size,
-                dropout=0.1 if dropout is None else dropout, tie_weights=tie_weights)
+                dropout=0.1 if dropout is None else dropout, tie_weights=tie_weights).check_trainable()
     if fine_tune:
         return {"dropout": dropout}
     return {"model": model, "hidden_size": hidden_size, "num_layers": num_layers, "embed_size": embed_size,

@@ -6,6 +6,7 @@ step-by-step generation uses sample.py's cell-math stepper, which reads these sa
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -23,6 +24,8 @@ GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # weight rows per hidden unit: i, f, g,
 MAX_VOCAB = 0x110000  # every Unicode code point
 MAX_WIDTH = 65_536  # hidden_size and embed_size
 MAX_LAYERS = 256
+# A new model to train: with its gradient and two Adam moments it needs 16 bytes a parameter (8 GiB here).
+MAX_TRAIN_PARAMS = 1 << 29
 
 # State is always a tuple of (L, B, H) tensors: (h, c) for an LSTM, (h,) for GRU/RNN,
 # so every caller can carry, detach and reset it the same way.
@@ -52,6 +55,19 @@ class ModelConfig:
             raise UsageError(f"--dropout must be in [0, 1), not {self.dropout}.")
         if self.tie_weights and self.embed_size != self.hidden_size:
             raise UsageError("--tie-weights needs --embed-size equal to --hidden-size.")
+
+    def check_trainable(self) -> None:
+        """Refuse, before anything is allocated, a model too large to train here (an allocator traceback after
+        minutes otherwise). Sampling a model from a checkpoint is bounded by the file instead."""
+        if self.hidden_size > MAX_WIDTH or self.embed_size > MAX_WIDTH or self.num_layers > MAX_LAYERS:
+            raise UsageError(f"--hidden-size and --embed-size must be at most {MAX_WIDTH:,} and --num-layers at most "
+                             f"{MAX_LAYERS}.")
+        params = sum(math.prod(shape) for shape in weight_shapes(self).values())
+        if params > MAX_TRAIN_PARAMS:
+            raise UsageError(f"a {self.num_layers}x{self.hidden_size} {self.model.upper()} over {self.vocab_size:,} "
+                             f"characters has {params:,} parameters, more than the {MAX_TRAIN_PARAMS:,} charrnn "
+                             "trains (16 bytes each with gradients and Adam's moments); use a smaller --hidden-size "
+                             "or --num-layers.")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -258,6 +258,7 @@ class Trainer:
                                    self.dist.rank, self.dist.world_size)
 
         runtime.seed_everything(cfg.seed)
+        model_config.check_trainable()  # with the real vocabulary now
         self.model = CharRNN(model_config).to(self.device)
         if init_from is not None:
             self._init_weights(init_from)

@@ -237,6 +237,8 @@ def test_unwritable_metrics_fails_before_the_first_step(tmp_path, small_corpus):
     (["--hidden-size", "0"], "hidden"),
     (["--num-layers", "0"], "layers"),
     (["--hidden-size", "-5"], "hidden"),
+    (["--hidden-size", "100000"], "hidden-size"),
+    (["--hidden-size", "20000", "--num-layers", "4"], "parameters"),
     (["--grad-clip", "nan"], "grad-clip"),
     (["--weight-decay", "nan"], "weight-decay"),
     (["--seed", str(2**64)], "seed"),
@@ -458,3 +460,54 @@ def test_training_beside_a_busy_process_drops_to_the_free_cores(tmp_path, small_
             hog.wait()
     assert r.returncode == 0, r.stderr
     assert "other processes are using the CPU: training with 1 thread(s)" in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------------
+# checkpoints from before this change
+
+
+FORMAT1 = REPO / "tests" / "fixtures" / "format1"
+
+
+def test_a_checkpoint_from_before_still_loads_samples_the_same_text_and_resumes(tmp_path):
+    import shutil
+
+    info = run(["info", FORMAT1 / "best.pt"])
+    assert info.exit_code == 0, info.stderr
+    assert "steps:          20" in info.stdout
+    s = run(["sample", FORMAT1 / "best.pt", "-n", "200", "--seed", "11", "--prime", "the ", "-q"])
+    assert s.exit_code == 0, s.stderr
+    assert s.stdout == (FORMAT1 / "sample-seed11.txt").read_text()
+
+    d = tmp_path / "run"
+    d.mkdir()
+    shutil.copy(FORMAT1 / "best.pt", d / "last.pt")
+    corpus = tmp_path / "words.txt"
+    corpus.write_text(word_text())  # the same text it was trained on; its recorded path is gone
+    r = run(["train", corpus, "--resume", "--run-dir", d, "--max-steps", "24"])
+    assert r.exit_code == 0, r.stderr
+    assert load_checkpoint(d / "last.pt")["step"] == 24
+
+
+# ---------------------------------------------------------------------------------------------------
+# 4, 9. the corpus cache, through the CLI
+
+
+def test_a_cache_damaged_in_place_is_re_encoded_and_said_so(tmp_path, small_corpus):
+    assert run(["train", small_corpus, "--run-dir", tmp_path / "a", *TINY_TRAIN]).exit_code == 0
+    encoded = Path(os.environ["CHARRNN_CACHE_DIR"]) / "encoded"
+    (bin_path,) = encoded.glob("*.bin")
+    bin_path.write_bytes(bytes(bin_path.stat().st_size))  # zeros, same size
+    r = run(["train", small_corpus, "--run-dir", tmp_path / "b", *TINY_TRAIN])
+    assert r.exit_code == 0, r.stderr
+    assert "damaged" in r.stderr and "re-encoding" in r.stderr
+    assert load_checkpoint(tmp_path / "b" / "best.pt")["val_loss"] == load_checkpoint(tmp_path / "a" / "best.pt")["val_loss"]
+
+
+def test_a_cache_dir_that_is_a_file_is_one_sentence_for_a_named_corpus(tmp_path, monkeypatch):
+    blocker = tmp_path / "cache-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("CHARRNN_CACHE_DIR", str(blocker))
+    r = run(["train", "pydocs", "--run-dir", tmp_path / "r", *TINY_TRAIN])
+    err = assert_one_error(r, 1)
+    assert "CHARRNN_CACHE_DIR" in err and "is a file" in err
