@@ -307,12 +307,13 @@ def _check_format(path: Path, state: object) -> None:
 class RunDir:
     """One run's checkpoints: ckpt-NNNNNNNNN.pt files, last.pt and best.pt (hard links to them), metrics.jsonl."""
 
-    def __init__(self, path: Path, keep: int = 3, *, durable: bool = True) -> None:
+    def __init__(self, path: Path, keep: int = 3, *, durable: bool = True, overwrite: bool = False) -> None:
         if keep < 0:
             raise UsageError(f"the number of checkpoints to keep must be 0 or more, not {keep}.")
         self.path = Path(path)
         self.keep = keep
         self.durable = durable
+        self.overwrite = overwrite  # prepare() removes an earlier run's files: only once the new run is ready
         self.last_path = self.path / "last.pt"
         self.best_path = self.path / "best.pt"
         self.metrics_path = self.path / "metrics.jsonl"
@@ -333,6 +334,24 @@ class RunDir:
         for stale in self.path.glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
             stale.unlink(missing_ok=True)  # left by a writer that was killed; never a complete checkpoint
         self._probe()
+        if self.overwrite:
+            self._remove_earlier_run()
+
+    def run_files(self) -> list[Path]:
+        """What a run writes here (what --overwrite removes); never anything else a user keeps in the folder."""
+        names = [self.last_path, self.best_path, self.metrics_path] + [p for _, p in self.numbered()]
+        return [p for p in names if p.exists()]
+
+    def _remove_earlier_run(self) -> None:
+        # Called last in prepare(), after every check that could still refuse the new run, so a refused
+        # --overwrite never costs the user the model it was about to replace.
+        for p in self.run_files():
+            try:
+                p.unlink()
+            except OSError as exc:
+                raise CheckpointWriteError(f"--overwrite could not remove {p} ({_describe(exc)}); "
+                                           "check the directory's permissions.") from exc
+        self.overwrite = False
 
     def _probe(self) -> None:
         try:

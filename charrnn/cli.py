@@ -15,6 +15,7 @@ import re
 import signal
 import sys
 import threading
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
 
@@ -31,7 +32,8 @@ app = typer.Typer(
     help="Character-level LSTM/GRU/RNN language models: train on any text, then stream new text in its style.",
 )
 DATA, MODEL, OPTIM, STOP, OUTPUT, RUNTIME = "Data", "Model", "Optimization", "Stopping", "Output", "Runtime"
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: the terminal or SSH session closed
+# SIGHUP: the terminal or SSH session closed (Windows has none).
+STOP_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
 
 
 class QuietStream:
@@ -80,6 +82,13 @@ class QuietStream:
 
 _stderr = QuietStream(lambda: sys.stderr if not isinstance(sys.stderr, QuietStream) else sys.__stderr__)
 err = Console(file=_stderr, highlight=False, soft_wrap=True)  # log lines never wrap mid-line in files
+
+
+def shown(text: str) -> str:
+    """Text from a file, safe to print: control characters (a crafted ESC sequence could drive the terminal)
+    are written as escapes; everything else, non-breaking spaces and emoji included, as it is."""
+    return "".join(c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) == "Cc" else c
+                   for c in text)
 
 
 def say(message: str) -> None:
@@ -213,11 +222,10 @@ class StopFlag:
             self.signum = signum
             say(f"\n{name}: finishing this step and saving a checkpoint (signal again to stop at once without saving)")
             return
-        say(f"{name} again: stopped at once; checkpoints already written are intact")
         try:
             self._on_abort()
         finally:
-            _stderr.flush()
+            _last_words(f"\n{name} again: stopped at once; checkpoints already written are intact\n")
             os._exit(128 + signum)
 
     @contextlib.contextmanager
@@ -227,19 +235,32 @@ class StopFlag:
             return
         read_fd, write_fd = os.pipe()
         os.set_blocking(write_fd, False)
-        previous_handlers = {s: signal.signal(s, lambda signum, frame: None) for s in STOP_SIGNALS}
-        previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
         watcher = threading.Thread(target=self._watch, args=(read_fd,), name="charrnn-signals", daemon=True)
         watcher.start()
+        # The wakeup fd before the handlers and after them on the way out: no signal falls in a gap unseen.
+        previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        previous_handlers = {s: signal.signal(s, lambda signum, frame: None) for s in STOP_SIGNALS}
         try:
             yield self
         finally:
-            signal.set_wakeup_fd(previous_fd)
             for s, handler in previous_handlers.items():
                 signal.signal(s, handler)
+            signal.set_wakeup_fd(previous_fd)
             os.close(write_fd)
             watcher.join(timeout=1.0)
             os.close(read_fd)
+
+
+def _last_words(text: str) -> None:
+    """A message on the way out through os._exit: a raw, non-blocking write, so a stderr that is stuck (a full
+    pipe, a terminal paused with Ctrl-S) cannot keep the process from leaving; in a terminal it also shows the
+    cursor again, which the progress bar had hidden and os._exit leaves no chance to restore."""
+    try:
+        fd = (sys.__stderr__ or sys.stderr).fileno()
+        os.set_blocking(fd, False)
+        os.write(fd, ((b"\x1b[?25h" if os.isatty(fd) else b"") + text.encode("utf-8", "replace")))
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -290,6 +311,7 @@ A run directory that holds a run is never reused silently: a new run goes to
 checkpoints/<name>-2, -3, ...; a --run-dir that holds a run needs --resume
 (continue it) or --overwrite (replace it)."""
 
+MODEL_FIELDS = ("model", "hidden_size", "num_layers", "embed_size", "dropout", "tie_weights")
 # TrainConfig fields that are also `train` options under the same name (flags map one-to-one onto the config).
 TRAIN_FIELDS = ("seq_len", "batch_size", "val_frac", "lr", "min_lr_frac", "warmup_steps", "weight_decay", "grad_clip",
                 "max_steps", "max_epochs", "max_time", "eval_every", "eval_streams", "log_every", "keep",
@@ -335,7 +357,9 @@ def train(
 ) -> None:
     """Train a character-level model on CORPUS and print the path of its best checkpoint."""
     from charrnn import runtime
+    from charrnn.checkpoint import verify_checkpoint
     from charrnn.report import Reporter
+    from charrnn.rundir import check_run_dir
 
     dist = runtime.dist_from_env()
     reporter = Reporter(quiet=quiet, console=err, silent=not dist.is_main)  # under torchrun only rank 0 reports
@@ -356,14 +380,20 @@ def train(
         cfg = _train_config(locals(), max_time_s)
         cfg.validate()
         runtime.select_device(device)
-        model_cfg = None
-        if not resume:
-            model_cfg = _model_options(model, hidden_size, num_layers, embed_size, dropout, tie_weights,
-                                       fine_tune=init_from is not None)
+        model_opts = _model_options(model, hidden_size, num_layers, embed_size, dropout, tie_weights,
+                                    fine_tune=init_from is not None)
         given_fields = {name for name in TRAIN_FIELDS if given(ctx, name)}
+        if resume:
+            ignored = [f"--{n.replace('_', '-')}" for n in MODEL_FIELDS if given(ctx, n)]
+            if ignored:
+                reporter.warn(f"{', '.join(ignored)} ignored on --resume: the run keeps its checkpoint's model")
+        if run_dir is not None:
+            check_run_dir(run_dir, resume=resume, overwrite=overwrite)
+        if init_from is not None:
+            verify_checkpoint(init_from)
 
         data = _load_training_corpus(corpus, run_dir, resume, quiet, dist, reporter)
-        result = _train_claimed(data, cfg, model_cfg, run_dir, resume, overwrite, init_from, given_fields,
+        result = _train_claimed(data, cfg, model_opts, run_dir, resume, overwrite, init_from, given_fields,
                                 max_time_s, verbose, dist, reporter)
         reporter.close()
         if result.signal is not None:
@@ -436,7 +466,7 @@ def _train_claimed(data, cfg, model_opts, run_dir, resume, overwrite, init_from,
     """Lock the run directory, report what the run is about to do, size the model, and train."""
     from charrnn.checkpoint import RunDir
     from charrnn.model import ModelConfig
-    from charrnn.rundir import claim_run_dir
+    from charrnn.rundir import claim_run_dir, remove_temps
     from charrnn.train import check_corpus_size, train as run_training
 
     vocab_size = len(data.vocab)
@@ -461,10 +491,8 @@ def _train_claimed(data, cfg, model_opts, run_dir, resume, overwrite, init_from,
             model_cfg = _new_model_config(model_opts, data, cfg, max_time_s, dist, reporter)
         elif init_from is not None and model_opts.get("dropout") is not None:
             model_cfg = ModelConfig(vocab_size=vocab_size, dropout=model_opts["dropout"])
-        from charrnn.rundir import remove_temps
-
         with StopFlag(on_abort=lambda: remove_temps(path)).installed() as stop:
-            return run_training(data, model_cfg, cfg, RunDir(path, keep=cfg.keep), report=reporter,
+            return run_training(data, model_cfg, cfg, RunDir(path, keep=cfg.keep, overwrite=overwrite), report=reporter,
                                 should_stop=stop, resume=resume, init_from=init_from, given=given_fields)
     finally:
         if lock is not None:
@@ -611,7 +639,8 @@ def info(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="
     with user_errors(), reader_may_leave():
         path = resolve_checkpoint(checkpoint)
         model, vocab, ckpt = load_model(path, "cpu")
-        d = {k: ("?" if v is None else v) for k, v in describe_fields(ckpt, path).items()}
+        d = {k: ("?" if v is None else shown(v) if isinstance(v, str) else v)
+             for k, v in describe_fields(ckpt, path).items()}
         c = model.config
         best = d["best_val_loss"]
         best_line = (f"{best:.4f} nats/char, {best / math.log(2):.4f} bits/char (step {d['best_step']})"

@@ -5,22 +5,28 @@ the default name moves on to `<name>-2`, `<name>-3`, ...; an explicit --run-dir 
 --resume (continue it) or --overwrite (replace it). Two processes never share a run directory: the run holds an
 exclusive `fcntl.flock` on `<run>/.lock` for its whole life. The kernel drops the lock when the process dies,
 however it dies, so a killed run never leaves a stale lock behind; the PID written into the file only names
-the holder in the message.
+the holder in the message. Where there is no flock (Windows, some network filesystems) the run goes on unlocked
+and says so.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 from pathlib import Path
 
-from charrnn.errors import CharRNNError, CheckpointWriteError, UsageError
+from charrnn.errors import CharRNNError, CheckpointError, CheckpointWriteError, UsageError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 LOCK_NAME = ".lock"
 MARKER_NAME = ".charrnn-run"  # tells a directory-corpus walk (corpus.py) that this directory is a run, not text
-RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl")  # besides ckpt-*.pt, what marks a directory as a run
 MAX_SUFFIX = 10_000  # checkpoints/<name>-2 ... -10000: past that something is wrong, not busy
+_HELD = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+_NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL)
 
 
 class RunBusyError(CharRNNError):
@@ -38,12 +44,6 @@ def holds_run(path: Path) -> bool:
     return any((path / name).exists() for name in ("last.pt", "best.pt")) or any(path.glob("ckpt-*.pt"))
 
 
-def run_files(path: Path) -> list[Path]:
-    """The files a run writes (what --overwrite removes); never anything else a user keeps there."""
-    path = Path(path)
-    return [p for p in [path / n for n in RUN_FILES] + sorted(path.glob("ckpt-*.pt")) if p.exists()]
-
-
 class RunLock:
     """An exclusive, non-blocking flock on <run>/.lock; released on close() or when the process ends."""
 
@@ -51,24 +51,32 @@ class RunLock:
         self.path = Path(path)
         self._fd: int | None = None
 
-    def acquire(self) -> None:
+    def acquire(self) -> str | None:
+        """Take the lock (creating the directory); a note for the user when this system cannot lock it."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise CheckpointWriteError(f"cannot create the run directory {self.path} ({exc.strerror}); "
+            raise CheckpointWriteError(f"cannot use the run directory {self.path} ({exc.strerror}); "
                                        "choose another --run-dir.") from exc
+        note = None
         try:
+            if fcntl is None:
+                raise OSError(errno.ENOSYS, "no flock on this system")
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            holder = _read_pid(fd)
-            os.close(fd)
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            if exc.errno in _HELD:
+                holder = _read_pid(fd)
+                os.close(fd)
+                who = f"another charrnn process (PID {holder})" if holder else "another charrnn process"
+                raise RunBusyError(f"{who} is using the run directory {self.path}; wait for it to finish, or give "
+                                   "this run another --run-dir.") from None
+            if exc.errno not in _NO_FLOCK:
+                os.close(fd)
                 raise CheckpointWriteError(f"cannot lock the run directory {self.path} ({exc.strerror}); "
                                            "choose another --run-dir.") from exc
-            who = f"another charrnn process (PID {holder})" if holder else "another charrnn process"
-            raise RunBusyError(f"{who} is using the run directory {self.path}; wait for it to finish, or give "
-                               "this run another --run-dir.") from None
+            note = (f"this filesystem cannot lock {self.path} ({exc.strerror}); make sure no other charrnn process "
+                    "trains in it at the same time")
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode("ascii"))
         self._fd = fd
@@ -76,6 +84,7 @@ class RunLock:
             (self.path / MARKER_NAME).touch()
         except OSError:
             pass  # only a hint for corpus walks; the checkpoints themselves do not depend on it
+        return note
 
     def close(self) -> None:
         if self._fd is not None:
@@ -92,57 +101,57 @@ class RunLock:
 
 def _read_pid(fd: int) -> int | None:
     try:
-        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 32).decode("ascii", "replace").strip()
         return int(text) if text.isdigit() else None
     except OSError:
         return None
 
 
+def check_run_dir(path: Path, *, resume: bool, overwrite: bool) -> None:
+    """What can be said of an explicit --run-dir before the corpus is read (nothing is created)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--run-dir {path} is a file, not a directory; choose another --run-dir.")
+    if resume and not holds_run(path):
+        raise CheckpointError(f"no run to resume in {path} (no checkpoint there); check the path, or train "
+                              "without --resume to start a new run.")
+    if not resume and not overwrite and holds_run(path):
+        raise UsageError(f"{path} already holds a run; continue it with --resume, replace it with --overwrite, "
+                         "or give this run another --run-dir.")
+
+
 def claim_run_dir(path: Path, *, explicit: bool, resume: bool, overwrite: bool) -> tuple[RunLock, Path, str | None]:
     """Lock the directory this run will write to and return (lock, path, note for the user or None).
 
-    resume: `path` itself, which must hold a run. overwrite: `path` itself, its old run files removed.
-    Otherwise a directory holding a run is refused when the user named it (`explicit`), and skipped for the
-    next free `<path>-N` when it is the default.
+    resume: `path` itself, which must hold a run. overwrite: `path` itself (RunDir(overwrite=True) removes the
+    old run's files once the new run has passed every check). Otherwise a directory holding a run is refused
+    when the user named it (`explicit`), and skipped for the next free `<path>-N` when it is the default.
     """
     path = Path(path)
     if resume or overwrite or explicit:
+        check_run_dir(path, resume=resume, overwrite=overwrite)
         lock = RunLock(path)
-        if not resume and not overwrite and holds_run(path):
-            raise UsageError(f"{path} already holds a run; continue it with --resume, replace it with --overwrite, "
-                             "or give this run another --run-dir.")
-        lock.acquire()
-        if overwrite:
-            _remove_run_files(lock, path)
-        return lock, path, None
+        note = lock.acquire()
+        return lock, path, note
     for n in range(1, MAX_SUFFIX + 1):
         candidate = path if n == 1 else path.with_name(f"{path.name}-{n}")
-        if holds_run(candidate):
+        if holds_run(candidate) or (candidate.exists() and not candidate.is_dir()):
             continue
         lock = RunLock(candidate)
         try:
-            lock.acquire()
+            note = lock.acquire()
         except RunBusyError:
             continue  # a run started there a moment ago: take the next name
         if holds_run(candidate):  # written between the check and the lock
             lock.close()
             continue
-        note = None
         if n > 1:
-            note = (f"{path} holds an earlier run, so this run goes to {candidate} (--resume continues that run; "
-                    "--overwrite replaces it)")
+            moved = (f"{path} holds an earlier run, so this run goes to {candidate} (--resume continues that run; "
+                     "--overwrite replaces it)")
+            note = moved if note is None else f"{moved}; {note}"
         return lock, candidate, note
     raise UsageError(f"{path}-2 … {path}-{MAX_SUFFIX} all hold runs; give this run a --run-dir.")
-
-
-def _remove_run_files(lock: RunLock, path: Path) -> None:
-    for p in run_files(path):
-        try:
-            p.unlink()
-        except OSError as exc:
-            lock.close()
-            raise CheckpointWriteError(f"--overwrite could not remove {p} ({exc.strerror}); "
-                                       "check the directory's permissions.") from exc
 
 
 def remove_temps(path: Path) -> None:

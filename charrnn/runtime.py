@@ -66,27 +66,33 @@ class ThreadGovernor:
     """
 
     def __init__(self, enabled: bool) -> None:
-        self.cores = os.cpu_count() or 1
+        self.cpus = _usable_cpus()
+        self.cores = len(self.cpus) if self.cpus else (os.cpu_count() or 1)
         self.max_threads = torch.get_num_threads()
         self.enabled = enabled and self.cores > 1 and os.path.exists("/proc/stat")
         self._last = self._sample() if self.enabled else None
+        self._pending: int | None = None
 
-    @staticmethod
-    def _sample() -> tuple[float, float, float] | None:
-        """(wall seconds, busy CPU-seconds of the whole machine, CPU-seconds of this process)."""
+    def _sample(self) -> tuple[float, float, float] | None:
+        """(wall seconds, busy CPU-seconds of the CPUs this process may run on, CPU-seconds of this process)."""
         try:
             with open("/proc/stat", encoding="ascii") as f:
-                fields = [int(v) for v in f.readline().split()[1:]]
+                lines = [line.split() for line in f if line.startswith("cpu") and line[3:4].isdigit()]
+            tick = os.sysconf("SC_CLK_TCK")
         except (OSError, ValueError):
             return None
-        tick = os.sysconf("SC_CLK_TCK")
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-        busy = (sum(fields[:8]) - idle) / tick  # user..steal; guest time is already inside user
+        busy = 0.0
+        for name, *values in lines:
+            if self.cpus and int(name[3:]) not in self.cpus:
+                continue  # another container's or another affinity's CPU: its load does not slow our threads
+            fields = [int(v) for v in values[:8]]
+            busy += sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)  # less idle and iowait
         t = os.times()
-        return time.monotonic(), busy, t.user + t.system
+        return time.monotonic(), busy / tick, t.user + t.system
 
     def check(self) -> int | None:
-        """The new thread count when it changed, else None."""
+        """The new thread count when it changed, else None. A change needs two checks in a row that agree,
+        so a load that comes and goes does not flip the count (and the messages) at every check."""
         if not self.enabled:
             return None
         now = self._sample()
@@ -96,9 +102,21 @@ class ThreadGovernor:
         others = max(0.0, (now[1] - last[1]) - (now[2] - last[2])) / (now[0] - last[0])  # cores in use by others
         wanted = max(1, min(self.max_threads, self.cores - round(others)))
         if wanted == torch.get_num_threads():
+            self._pending = None
             return None
+        if self._pending != wanted:
+            self._pending = wanted
+            return None
+        self._pending = None
         torch.set_num_threads(wanted)
         return wanted
+
+
+def _usable_cpus() -> set[int]:
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS, Windows
+        return set()
 
 
 def configure_backends(device: torch.device) -> None:
@@ -115,12 +133,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-MAX_SEED = 2**63 - 1  # torch.manual_seed takes 64 bits; sampling stream i uses seed + i, so keep headroom
+MIN_SEED, MAX_SEED = -(2**63), 2**63 - 1  # torch.manual_seed takes 64 bits; stream i samples with seed + i
 
 
 def check_seed(seed: int, streams: int = 1) -> None:
-    if not 0 <= seed <= MAX_SEED - (streams - 1):
-        raise UsageError(f"--seed must be between 0 and {MAX_SEED - (streams - 1):,}, not {seed}.")
+    if not MIN_SEED <= seed <= MAX_SEED - (streams - 1):
+        raise UsageError(f"--seed must be between {MIN_SEED:,} and {MAX_SEED - (streams - 1):,}, not {seed}.")
 
 
 def draw_seed() -> int:

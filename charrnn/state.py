@@ -98,18 +98,22 @@ POSITIVE = real_in(0.0, math.inf, lo_open=True)
 FRACTION = real_in(0.0, 1.0, lo_open=True, hi_open=True)
 UNIT = real_in(0.0, 1.0)
 BOOL: Rule = (lambda v: isinstance(v, bool)), "true or false"
-TEXT: Rule = (lambda v: isinstance(v, str) and v.isprintable()), "a string of printable characters"
+MAX_TEXT = 1 << 16
+# Any string this code itself writes (a corpus named with a non-breaking space or an emoji is fine); commands
+# that print one escape its control characters, so a crafted name cannot drive the terminal.
+TEXT: Rule = (lambda v: isinstance(v, str) and len(v) <= MAX_TEXT), f"a string of at most {MAX_TEXT:,} characters"
 ANY_REAL: Rule = is_real, "a number"
 FINITE: Rule = (lambda v: is_real(v) and math.isfinite(v)), "a finite number"
 LOSS: Rule = (lambda v: is_real(v) and v >= 0 and not math.isnan(v)), "a number of at least 0 (inf: none yet)"
 
-# Types and ranges as TrainConfig.validate() enforces them on the command line (seed: runtime.check_seed).
+# Types and ranges as TrainConfig.validate() enforces them on the command line; the seed takes what torch takes,
+# which older charrnn versions accepted on the command line too.
 TRAIN_RULES: dict[str, Rule] = {
     "seq_len": int_in(1), "batch_size": int_in(1), "val_frac": FRACTION, "lr": POSITIVE, "min_lr_frac": UNIT,
     "warmup_steps": int_in(0), "weight_decay": NON_NEGATIVE, "grad_clip": POSITIVE,
     "max_steps": optional(int_in(1)), "max_epochs": optional(POSITIVE), "max_time": optional(POSITIVE),
     "eval_every": int_in(1), "eval_streams": int_in(1), "eval_chars": optional(int_in(1)), "log_every": int_in(1),
-    "keep": int_in(0), "max_skips": int_in(1), "seed": int_in(0), "device": TEXT, "threads": optional(int_in(1)),
+    "keep": int_in(0), "max_skips": int_in(1), "seed": int_in(-(2**63), 2**64 - 1), "device": TEXT, "threads": optional(int_in(1)),
     "amp": BOOL,
 }
 

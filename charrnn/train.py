@@ -161,11 +161,13 @@ def evaluate(model: CharRNN, ids: np.ndarray, num_streams: int, seq_len: int, de
     hidden state carried through each stream, so every character (but each stream's first) is scored once."""
     if max_chars is not None:
         ids = ids[: max_chars + 1]
-    num_streams = max(1, min(num_streams, (len(ids) - 1)))
+    # Bound the (S, T, V) logits: a corpus with a million distinct characters would otherwise ask for 18 GB.
+    # Fewer streams first (V <= 1,114,112 leaves room for at least 15), then shorter chunks.
+    V = model.config.vocab_size
+    num_streams = max(1, min(num_streams, len(ids) - 1, EVAL_LOGITS // V))
+    seq_len = max(1, min(seq_len, EVAL_LOGITS // (num_streams * V)))
     stream_len = (len(ids) - 1) // num_streams
     starts = np.arange(num_streams, dtype=np.int64)[:, None] * stream_len  # (S, 1)
-    # Bound the (S, T, V) logits: a corpus with a million distinct characters would otherwise ask for 18 GB.
-    seq_len = max(1, min(seq_len, EVAL_LOGITS // (num_streams * model.config.vocab_size)))
     was_training = model.training
     model.eval()
     state: State | None = None
@@ -540,7 +542,7 @@ class Trainer:
             self.train_step(lr)
             self.advance()
             steps_in_window += 1
-            if steps_in_window == 3 and self.step < cfg.log_every:
+            if steps_in_window in (2, 4) and self.step < cfg.log_every:
                 self._fit_threads()  # early, so a loaded machine is not slow for a whole first window
             if self.step % cfg.log_every == 0:
                 train_loss = self._log(lr, steps_in_window, time.perf_counter() - window_t)

@@ -22,7 +22,7 @@ import torch
 from charrnn.checkpoint import load_checkpoint
 from charrnn.errors import CheckpointError
 from charrnn.model import load_model
-from charrnn.state import check_resume_state, describe_fields
+from charrnn.state import MAX_TEXT, check_resume_state, describe_fields
 from charrnn.train import TrainConfig, make_optimizer
 from tests.conftest import word_text
 
@@ -197,7 +197,7 @@ LIBRARY_TAMPERS = {
     "amp a string": (_put(lambda c: c["train_config"], "amp", "yes"), "train_config.amp is 'yes'"),
     "val_frac 1": (_put(lambda c: c["train_config"], "val_frac", 1.0), "train_config.val_frac is 1.0"),
     "lr inf": (_put(lambda c: c["train_config"], "lr", math.inf), "train_config.lr is inf"),
-    "negative seed": (_put(lambda c: c["train_config"], "seed", -1), "train_config.seed is -1"),
+    "seed past 64 bits": (_put(lambda c: c["train_config"], "seed", 2**64), f"train_config.seed is {2**64}"),
     "threads 0": (_put(lambda c: c["train_config"], "threads", 0), "train_config.threads is 0"),
     "train_config a list": (_put(lambda c: c, "train_config", []), "train_config is [] (a list), not a dict"),
 }
@@ -311,7 +311,7 @@ def test_describe_fields_types_what_info_prints(live):
     ({"best_step": [4]}, "best_step is [4]"),
     ({"corpus": "small"}, "corpus is 'small' (a str), not a dict"),
     ({"corpus": {"num_chars": "many"}}, "corpus.num_chars is 'many'"),
-    ({"corpus": {"name": "\x1b]0;owned\x07"}}, "corpus.name is"),  # a terminal escape sequence
+    ({"corpus": {"name": "x" * (MAX_TEXT + 1)}}, "corpus.name is"),
     ({"device": 0}, "device is 0"),
     ({"torch_version": None}, "torch_version is None"),
 ])

@@ -34,7 +34,7 @@ from tests.test_cli import assert_one_error, run
 def test_huge_minimum_sizes_are_computed_at_once(args, tmp_path, small_corpus):
     started = time.monotonic()
     r = run(["train", small_corpus, "--run-dir", tmp_path / "r", *TINY_TRAIN, *args])
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 30  # it used to take minutes, or forever
     assert "at least" in assert_one_error(r, 1)
 
 
@@ -51,7 +51,7 @@ def test_the_closed_form_minimum_is_the_smallest_size_that_works():
     started = time.monotonic()
     assert min_corpus_chars(1_000_000, 1_000_000_000, 0.1) > 10**15
     assert min_corpus_chars(8, 16, 1 - 1e-12) > 10**12
-    assert time.monotonic() - started < 0.1
+    assert time.monotonic() - started < 1.0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -63,7 +63,7 @@ def test_the_closed_form_minimum_is_the_smallest_size_that_works():
     (["--num-samples", "1000", "-n", "1000000"], f"{MAX_HELD_CHARS:,}"),
     (["--temp", "3e-39"], "at least"),
     (["--seed", str(2**64)], "--seed"),
-    (["--seed", "-1"], "--seed"),
+    (["--seed", str(-2**63 - 1)], "--seed"),
 ])
 def test_sample_limits_are_usage_errors_with_the_limit_stated(args, needle, trained_run):
     base = ["--seed", "1"] if "--seed" not in args else []
