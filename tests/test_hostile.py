@@ -382,3 +382,33 @@ def test_a_record_within_the_limit_still_loads(base, tmp_path):
     shutil.copy(base / "r" / "best.pt", path)
     _add_bomb(path, 1)
     assert load_checkpoint(path)["step"] == 4
+
+
+# ---------------------------------------------------------------- configs that ask for huge allocations
+
+UNDER_LIMIT = """
+import resource, sys
+with open("/proc/self/status") as f:
+    vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+import torch, charrnn.cli  # imported before the limit, so only what the command itself allocates counts
+with open("/proc/self/status") as f:
+    vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (vm + (512 << 20), resource.RLIM_INFINITY))
+sys.argv = ["charrnn", *sys.argv[1:]]
+charrnn.cli.main()
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmSize from /proc")
+@pytest.mark.parametrize("field,value", [("hidden_size", 40_000), ("vocab_size", 10**9), ("hidden_size", 8000)])
+@pytest.mark.parametrize("command", ["info", "sample"])
+def test_a_config_asking_for_gigabytes_is_refused_within_a_small_memory_limit(field, value, command, base, tmp_path):
+    ckpt = torch.load(base / "r" / "best.pt", weights_only=True)
+    ckpt["model_config"][field] = value  # the weights in the file stay small: only the config lies
+    torch.save(ckpt, tmp_path / "big.pt")
+    args = [command, str(tmp_path / "big.pt")] + (["--seed", "1", "-n", "5"] if command == "sample" else [])
+    env = dict(os.environ, CHARRNN_CACHE_DIR=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", UNDER_LIMIT, *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    line = _one_error_line(proc)  # exit 1 and one sentence, not a failed allocation
+    assert "big.pt" in line and ("model_config" in line or "must have shape" in line), line
