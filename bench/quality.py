@@ -113,16 +113,19 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--max-time", default="10m")
     ap.add_argument("--plain", action="store_true", help="also run the plain 50-line loop (first), same budget")
+    ap.add_argument("--plain-only", action="store_true", help="run only the plain loop")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep-run", type=Path, help="train into this run directory and keep it")
     ap.add_argument("train_args", nargs="*", help="extra `charrnn train` flags (after --)")
     args = ap.parse_args()
     corpus_path = bench_corpus_path()
-    if args.plain:
+    if args.plain or args.plain_only:
         from charrnn.cli import parse_duration
 
         print(json.dumps({**plain_loop(corpus_path, parse_duration(args.max_time), args.seed),
                           "machine": machine()}), flush=True)
+        if args.plain_only:
+            return
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = args.keep_run or Path(tmp) / "run"
         cmd = [sys.executable, "-m", "charrnn", "train", corpus_path, "--max-time", args.max_time,

@@ -1,0 +1,55 @@
+"""Issue 9's ablation: start from the plain loop's recipe and move one knob at a time toward charrnn's defaults.
+
+Every row is a `bench/quality.py` run with the same seed, corpus, budget and scoring rule (best.pt, the last
+10 % scored as one carried stream); the first row is the plain 50-line loop itself. Rows run one after another,
+never in parallel. Prints quality.py's JSON lines, each tagged with its row name.
+
+    .venv/bin/python bench/ablation.py --max-time 3m [--rows plain,same_knobs,clip5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# charrnn given the plain loop's knobs: model, batch, sequence length, learning rate, dropout.
+SAME_KNOBS = ["--hidden-size", "512", "--num-layers", "2", "--batch-size", "50", "--seq-len", "50", "--lr", "2e-3",
+              "--dropout", "0.2"]
+ROWS = {
+    "same_knobs": SAME_KNOBS,  # charrnn's defaults for everything else: clip 1, wd 0.1, warm-up 20, cosine
+    "clip5": SAME_KNOBS + ["--grad-clip", "5"],
+    "no_weight_decay": SAME_KNOBS + ["--weight-decay", "0"],
+    "constant_lr": SAME_KNOBS + ["--min-lr-frac", "1", "--warmup-steps", "0"],
+    "no_mid_run_eval": SAME_KNOBS + ["--eval-every", "1000000"],
+    "plain_recipe": SAME_KNOBS + ["--grad-clip", "5", "--weight-decay", "0", "--min-lr-frac", "1",
+                                  "--warmup-steps", "0"],
+    "defaults": [],
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--max-time", default="10m")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--rows", default="plain," + ",".join(ROWS))
+    args = ap.parse_args()
+    for row in args.rows.split(","):
+        cmd = [sys.executable, str(HERE / "quality.py"), "--max-time", args.max_time, "--seed", str(args.seed)]
+        if row == "plain":
+            cmd += ["--plain-only"]
+        else:
+            cmd += ["--", *ROWS[row]]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(json.dumps({"row": row, "error": proc.stderr[-2000:]}), flush=True)
+            continue
+        for line in proc.stdout.splitlines():
+            print(json.dumps({"row": row, **json.loads(line)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
