@@ -27,7 +27,10 @@ ROWS = {
     "no_mid_run_eval": SAME_KNOBS + ["--eval-every", "1000000"],
     "plain_recipe": SAME_KNOBS + ["--grad-clip", "5", "--weight-decay", "0", "--min-lr-frac", "1",
                                   "--warmup-steps", "0"],
+    "decay_last_20pct": SAME_KNOBS + ["--decay-frac", "0.2"],  # warm-up, stable, then cosine over the last 20 %
+    "decay_last_40pct": SAME_KNOBS + ["--decay-frac", "0.4"],
     "defaults": [],
+    "defaults_decay_last_20pct": ["--decay-frac", "0.2"],
 }
 
 

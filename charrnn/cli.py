@@ -313,7 +313,7 @@ checkpoints/<name>-2, -3, ...; a --run-dir that holds a run needs --resume
 
 MODEL_FIELDS = ("model", "hidden_size", "num_layers", "embed_size", "dropout", "tie_weights")
 # TrainConfig fields that are also `train` options under the same name (flags map one-to-one onto the config).
-TRAIN_FIELDS = ("seq_len", "batch_size", "val_frac", "lr", "min_lr_frac", "warmup_steps", "weight_decay", "grad_clip",
+TRAIN_FIELDS = ("seq_len", "batch_size", "val_frac", "lr", "min_lr_frac", "decay_frac", "warmup_steps", "weight_decay", "grad_clip",
                 "max_steps", "max_epochs", "max_time", "eval_every", "eval_streams", "log_every", "keep",
                 "max_skips", "seed", "device", "threads", "amp")
 
@@ -334,6 +334,7 @@ def train(
     tie_weights: Annotated[bool, typer.Option("--tie-weights", help="Share the embedding matrix with the output layer.", rich_help_panel=MODEL)] = False,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).", rich_help_panel=OPTIM)] = 3e-3,
     min_lr_frac: Annotated[float, typer.Option(help="Cosine decay ends at lr * this.", rich_help_panel=OPTIM)] = 0.02,
+    decay_frac: Annotated[float, typer.Option(help="The cosine decay takes the last this fraction of the budget; the lr is constant before it.", rich_help_panel=OPTIM)] = 1.0,
     warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.", rich_help_panel=OPTIM)] = 20,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on weight matrices.", rich_help_panel=OPTIM)] = 0.1,
     grad_clip: Annotated[float, typer.Option(help="Clip the global gradient norm to this.", rich_help_panel=OPTIM)] = 1.0,

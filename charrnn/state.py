@@ -109,7 +109,7 @@ LOSS: Rule = (lambda v: is_real(v) and v >= 0 and not math.isnan(v)), "a number 
 # Types and ranges as TrainConfig.validate() enforces them on the command line; the seed takes what torch takes,
 # which older charrnn versions accepted on the command line too.
 TRAIN_RULES: dict[str, Rule] = {
-    "seq_len": int_in(1), "batch_size": int_in(1), "val_frac": FRACTION, "lr": POSITIVE, "min_lr_frac": UNIT,
+    "seq_len": int_in(1), "batch_size": int_in(1), "val_frac": FRACTION, "lr": POSITIVE, "min_lr_frac": UNIT, "decay_frac": UNIT,
     "warmup_steps": int_in(0), "weight_decay": NON_NEGATIVE, "grad_clip": POSITIVE,
     "max_steps": optional(int_in(1)), "max_epochs": optional(POSITIVE), "max_time": optional(POSITIVE),
     "eval_every": int_in(1), "eval_streams": int_in(1), "eval_chars": optional(int_in(1)), "log_every": int_in(1),

@@ -44,6 +44,7 @@ class TrainConfig:
     # optimisation
     lr: float = 3e-3
     min_lr_frac: float = 0.02  # cosine decays the lr to lr * min_lr_frac by the end of the budget
+    decay_frac: float = 1.0  # the cosine takes the last decay_frac of the budget; the lr is constant before it
     warmup_steps: int = 20  # Adam on an LSTM needs little warm-up; a long one wastes a short budget
     weight_decay: float = 0.1  # on weight matrices only, not biases
     grad_clip: float = 1.0
@@ -82,6 +83,8 @@ class TrainConfig:
             raise UsageError("--warmup-steps and --keep must be 0 or more.")
         if not 0.0 <= self.min_lr_frac <= 1.0:
             raise UsageError(f"--min-lr-frac must be between 0 and 1, not {self.min_lr_frac}.")
+        if not 0.0 <= self.decay_frac <= 1.0:
+            raise UsageError(f"--decay-frac must be between 0 and 1, not {self.decay_frac}.")
         for name in LIMITS:
             value = getattr(self, name)
             if value is not None and not (value > 0 and math.isfinite(value)):
@@ -97,6 +100,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
+        d = {"decay_frac": 1.0, **d}  # saved before decay_frac existed: the cosine ran over the whole budget
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
@@ -136,7 +140,9 @@ def lr_at(step: int, progress: float, cfg: TrainConfig) -> float:
     fraction used, so the decay ends when the time does.
     """
     warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-    decay = cfg.min_lr_frac + (1.0 - cfg.min_lr_frac) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    stable = 1.0 - cfg.decay_frac  # warm-up, stable, decay: the cosine runs over the last decay_frac only
+    t = (progress - stable) / cfg.decay_frac if progress > stable and cfg.decay_frac > 0 else 0.0
+    decay = cfg.min_lr_frac + (1.0 - cfg.min_lr_frac) * 0.5 * (1.0 + math.cos(math.pi * t))
     return cfg.lr * warm * decay
 
 

@@ -42,6 +42,13 @@ def test_lr_schedule_warms_up_then_decays():
     assert max(lrs) == pytest.approx(lrs[9], rel=1e-6)  # peak right at the end of warm-up
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))  # then monotone decay
     assert lr_at(100, 1.0, cfg) == pytest.approx(0.1)  # ends at lr * min_lr_frac
+    # warm-up, stable, decay: with decay_frac 0.2 the rate holds its peak until 80 % of the budget
+    wsd = quick_cfg(lr=1.0, warmup_steps=10, min_lr_frac=0.1, max_steps=100, decay_frac=0.2)
+    assert [lr_at(s, s / 100, wsd) for s in (9, 50, 80)] == [pytest.approx(1.0)] * 3
+    assert lr_at(90, 0.9, wsd) == pytest.approx(0.55) and lr_at(100, 1.0, wsd) == pytest.approx(0.1)
+    assert lr_at(50, 0.5, quick_cfg(lr=1.0, warmup_steps=0, decay_frac=0.0)) == pytest.approx(1.0)  # no decay
+    # a checkpoint saved before decay_frac existed keeps the schedule it was trained with
+    assert TrainConfig.from_dict({k: v for k, v in wsd.to_dict().items() if k != "decay_frac"}).decay_frac == 1.0
     # under --max-time alone, the decay follows the wall clock
     timed = quick_cfg(max_steps=None, max_time=60.0)
     assert budget_progress(5, 30.0, timed, 1000) == pytest.approx(0.5)
