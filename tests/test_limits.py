@@ -17,7 +17,7 @@ from charrnn import sample as sample_mod
 from charrnn import train as train_mod
 from charrnn.data import min_corpus_chars, min_train_chars
 from charrnn.model import CharRNN, ModelConfig
-from charrnn.sample import MAX_HELD_CHARS, MAX_NUM_SAMPLES, SampleConfig, generate
+from charrnn.sample import MAX_HELD_CHARS, MAX_NUM_SAMPLES
 from tests.conftest import TINY_TRAIN
 from tests.test_cli import assert_one_error, run
 
