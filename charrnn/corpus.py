@@ -52,6 +52,7 @@ import numpy as np
 from tqdm import tqdm
 
 from charrnn.errors import CorpusError
+from charrnn.rundir import MARKER_NAME
 
 try:
     import fcntl
@@ -71,7 +72,6 @@ _CACHE_FORMAT = 2  # 2: checksums, stat signatures and skipped files in the side
 _INDEX_MAX_ENTRIES = 256  # the stat index only needs to remember recently used corpora
 _SIGNATURES_KEPT = 16  # per cache entry: the same text reached through a few paths or copies
 _VERIFY_BYTES = 16 << 20  # how much of a cached .bin is checked at a time
-_RUN_MARKER = ".charrnn-run"
 # Temporaries that a killed writer leaves behind: (subdirectory of the cache, glob)
 _TEMPORARIES = (("encoded", ".*.tmp"), ("tmp", ".spool-*"), ("corpora", ".*.tmp"))
 _MAX_LISTED = 20  # unknown characters named in one error message
@@ -351,7 +351,7 @@ def _file_skip(path: Path) -> str | None:
 
 def _is_run_dir(filenames: list[str]) -> bool:
     """A charrnn run directory: its metrics.jsonl would otherwise become part of the corpus it trains on."""
-    if _RUN_MARKER in filenames:
+    if MARKER_NAME in filenames:
         return True
     return "metrics.jsonl" in filenames and any(f.endswith(".pt") for f in filenames)
 

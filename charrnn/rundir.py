@@ -35,13 +35,13 @@ class RunBusyError(CharRNNError):
 
 def holds_run(path: Path) -> bool:
     """True when `path` is a directory with a checkpoint or metrics from an earlier run."""
-    path = Path(path)
-    if not path.is_dir():
+    from charrnn.checkpoint import RunDir  # the one owner of what a run writes
+
+    run = RunDir(path)
+    if not run.path.is_dir():
         return False
-    metrics = path / "metrics.jsonl"  # created empty before the first step: a run that wrote nothing is no run
-    if metrics.is_file() and metrics.stat().st_size > 0:
-        return True
-    return any((path / name).exists() for name in ("last.pt", "best.pt")) or any(path.glob("ckpt-*.pt"))
+    # metrics.jsonl is created empty before the first step: a run that wrote nothing yet is no run.
+    return any(p != run.metrics_path or (p.is_file() and p.stat().st_size > 0) for p in run.run_files())
 
 
 class RunLock:
