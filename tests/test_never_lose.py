@@ -464,10 +464,12 @@ def test_the_thread_governor_uses_the_cores_others_leave_free(monkeypatch):
 @pytest.mark.skipif((os.cpu_count() or 1) < 2 or torch.get_num_threads() < 2 or not Path("/proc/stat").exists(),
                     reason="needs 2+ cores and threads, and Linux")
 def test_training_beside_a_busy_process_drops_to_the_free_cores(tmp_path, small_corpus):
+    # A wall-clock budget, not a step count: the governor needs two readings 50 ms+ apart that agree, and a
+    # dozen tiny steps can finish before the second one on a fast machine (CI failed that way once).
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range((os.cpu_count() or 2) - 1)]
     try:
-        r = cli(["train", small_corpus, "--run-dir", tmp_path / "run", *TINY_TRAIN[:-6], "--max-steps", "12",
-                 "--hidden-size", "128", "--device", "cpu"], cwd=tmp_path)
+        r = cli(["train", small_corpus, "--run-dir", tmp_path / "run", *TINY_TRAIN[:-6], "--max-steps", "100000",
+                 "--max-time", "4s", "--hidden-size", "128", "--device", "cpu"], cwd=tmp_path)
     finally:
         for hog in hogs:
             hog.kill()
