@@ -116,9 +116,10 @@ def main() -> None:
     ap.add_argument("--plain-only", action="store_true", help="run only the plain loop")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep-run", type=Path, help="train into this run directory and keep it")
+    ap.add_argument("--corpus", help="a file (default: tiny-shakespeare from ../shared, else pydocs)")
     ap.add_argument("train_args", nargs="*", help="extra `charrnn train` flags (after --)")
     args = ap.parse_args()
-    corpus_path = bench_corpus_path()
+    corpus_path = args.corpus or bench_corpus_path()
     if args.plain or args.plain_only:
         from charrnn.cli import parse_duration
 
@@ -141,12 +142,14 @@ def main() -> None:
         metrics = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
         best = min((m for m in metrics if math.isfinite(m["val_loss"])), key=lambda m: m["val_loss"])
         ckpt = torch.load(run_dir / "best.pt", weights_only=True)
+        last = torch.load(run_dir / "last.pt", weights_only=True)
         val = score_one_stream(run_dir / "best.pt", corpus_path)
     print(json.dumps({
         "bench": "quality_per_time", "run": "charrnn", "seed": args.seed, "corpus": Path(corpus_path).stem,
         "max_time": args.max_time,
         "train_args": args.train_args, "auto_size": chosen[0] if chosen else None,
-        "model": ckpt["model_config"], "steps": ckpt["step"], "epochs": round(ckpt["epoch"], 2),
+        "model": ckpt["model_config"], "steps": last["step"], "epochs": round(last["epoch"], 2),
+        "best_step": ckpt["step"], "evaluations": len(metrics),
         "val_loss_one_stream": round(val, 4), "val_bpc_one_stream": round(val / math.log(2), 4),
         "val_loss_during_training": round(best["val_loss"], 4), "train_loss_at_best": round(best["train_loss"], 4), "train_chars_per_sec": metrics[-1]["chars_per_sec"],
         "wall_s": round(wall, 1), "load_avg_1m_before": load_before, "machine": machine(),

@@ -5,6 +5,7 @@ of each candidate on the chosen device.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
@@ -12,15 +13,21 @@ import torch
 import torch.nn.functional as F
 
 from charrnn import runtime
-from charrnn.model import CharRNN, ModelConfig
+from charrnn.model import CharRNN, ModelConfig, weight_shapes
+from charrnn.report import format_duration
 
 # (hidden_size, num_layers), smallest first. Char-level models on ~1 MB of text saturate around 2x512.
 CANDIDATES = [(128, 2), (192, 2), (256, 2), (384, 2), (512, 2), (768, 2), (1024, 2), (1024, 3)]
-# Passes over the training text a budget should allow. On tiny-shakespeare in 10 CPU minutes (bench/README.md)
-# 2x512 at 3.7 passes scored 1.533 and 2x384 at 5.8 passes 1.495: below ~5 passes a bigger model loses.
-TARGET_EPOCHS = 5.0
-# Calibration may use at most this fraction of the budget.
+# Passes over the training text a budget should allow. On tiny-shakespeare in 3 CPU minutes (bench/README.md,
+# issue 9) 2x384 at 1.8 passes scored 1.607 and 2x512 at 1.2 passes 1.626; at 10 minutes 2x512 at ~3.5 passes
+# beats the plain loop. Fewer passes than this and a smaller model learns more in the time.
+TARGET_EPOCHS = 1.5
+# Calibration may use at most this fraction of the budget, and evaluation about this much (train.EVAL_SHARE).
 CALIBRATION_FRACTION = 0.03
+EVAL_FRACTION = 0.05
+# A model the text cannot support only overfits sooner: 2x512 (4.3 M parameters) suits tiny-shakespeare's 1 M
+# training characters, not 2x768 (9.5 M); a 50 k-character file gets 2x128, not 2x1024's 17 M parameters.
+PARAMS_PER_CHAR = 8
 
 
 def measure_chars_per_sec(config: ModelConfig, cfg, device: torch.device, steps: int = 3) -> float:
@@ -72,29 +79,39 @@ def dropout_for(epochs: float) -> float:
     return 0.2
 
 
+def num_params(hidden: int, layers: int, vocab_size: int, model_type: str = "lstm") -> int:
+    return sum(math.prod(s) for s in weight_shapes(ModelConfig(vocab_size, model_type, hidden, layers)).values())
+
+
 def choose_model_size(num_chars: int, max_time: float, device: torch.device, cfg, model_type: str = "lstm",
                       dropout: float | None = None, report: Callable[[str], None] = lambda s: None,
                       vocab_size: int = 96) -> dict:
-    """Largest candidate whose measured throughput allows TARGET_EPOCHS passes within max_time."""
+    """Largest candidate whose measured throughput allows TARGET_EPOCHS passes within max_time, and whose
+    parameters the text can support (at most PARAMS_PER_CHAR per training character)."""
     train_chars = num_chars * (1.0 - cfg.val_frac)
+    train_time = max_time * (1.0 - CALIBRATION_FRACTION - EVAL_FRACTION)  # what the loop itself will get
     budget = CALIBRATION_FRACTION * max_time
     runtime.set_threads(cfg.threads)  # time it the way training will run
     runtime.configure_backends(device)
     started = time.perf_counter()
-    chosen, chosen_rate = CANDIDATES[0], None
+    chosen, chosen_rate, capped = CANDIDATES[0], None, False
     for hidden, layers in CANDIDATES:
+        if chosen_rate is not None and num_params(hidden, layers, vocab_size, model_type) > PARAMS_PER_CHAR * train_chars:
+            capped = True
+            break
         config = ModelConfig(vocab_size=vocab_size, model=model_type, hidden_size=hidden, num_layers=layers)
         rate = measure_chars_per_sec(config, cfg, device)
-        epochs = rate * max_time / train_chars
-        if epochs < TARGET_EPOCHS and chosen_rate is not None:
+        if rate * train_time / train_chars < TARGET_EPOCHS and chosen_rate is not None:
             break
         chosen, chosen_rate = (hidden, layers), rate
         if time.perf_counter() - started > budget:
             break
-    epochs = chosen_rate * max_time / train_chars
+    epochs = chosen_rate * train_time / train_chars
     drop = dropout_for(epochs) if dropout is None else dropout
-    report(f"auto-sized for {max_time:.0f}s on {device}: {layers_str(chosen)} {model_type.upper()}, dropout {drop} "
-           f"(~{chosen_rate:,.0f} chars/s, ~{epochs:.1f} passes); set --hidden-size/--num-layers to override")
+    why = f"; larger would exceed {PARAMS_PER_CHAR} parameters per training character" if capped else ""
+    report(f"auto-sized for {format_duration(max_time)} on {device}: {layers_str(chosen)} {model_type.upper()}, "
+           f"dropout {drop:g} (~{chosen_rate:,.0f} chars/s, ~{epochs:.1f} passes{why}); set --hidden-size/--num-layers "
+           "to choose")
     return {"hidden_size": chosen[0], "num_layers": chosen[1], "dropout": drop}
 
 

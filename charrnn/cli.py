@@ -15,6 +15,7 @@ import re
 import signal
 import sys
 import threading
+import time
 import unicodedata
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
@@ -304,7 +305,7 @@ def resolve_checkpoint(path: Path | None) -> Path:
 # train
 
 TRAIN_EPILOG = """Examples:\n
-  charrnn train notes.txt                  (10 passes; checkpoints/notes)\n
+  charrnn train notes.txt                  (a budget from its size; checkpoints/notes)\n
   charrnn train pydocs --max-time 10m      (the model is sized to fit 10 min)\n
   charrnn train --resume --run-dir checkpoints/notes --max-steps 5000\n
 A run directory that holds a run is never reused silently: a new run goes to
@@ -323,25 +324,25 @@ def train(
     ctx: typer.Context,
     corpus: Annotated[Optional[list[str]], typer.Argument(metavar="CORPUS", help="Text file(s), a directory, '-' for stdin, or a named corpus (pydocs). Not needed with --resume.", show_default=False)] = None,
     val_frac: Annotated[float, typer.Option(help="Last fraction of the text held out for validation.", rich_help_panel=DATA)] = 0.1,
-    seq_len: Annotated[int, typer.Option(help="Characters per stream per step (truncated BPTT length).", rich_help_panel=DATA)] = 100,
-    batch_size: Annotated[int, typer.Option(help="Parallel contiguous streams per step.", rich_help_panel=DATA)] = 64,
+    seq_len: Annotated[int, typer.Option(help="Characters per stream per step (truncated BPTT length).", rich_help_panel=DATA)] = 50,
+    batch_size: Annotated[int, typer.Option(help="Parallel contiguous streams per step.", rich_help_panel=DATA)] = 50,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List the files a directory corpus skipped, and why.", rich_help_panel=DATA)] = False,
     model: Annotated[str, typer.Option(help="lstm, gru or rnn.", rich_help_panel=MODEL)] = "lstm",
-    hidden_size: Annotated[Optional[int], typer.Option(help="Hidden units per layer \\[default: auto-sized under --max-time, else 512].", show_default=False, rich_help_panel=MODEL)] = None,
+    hidden_size: Annotated[Optional[int], typer.Option(help="Hidden units per layer \\[default: sized to the time budget; 512 under --max-steps/--max-epochs].", show_default=False, rich_help_panel=MODEL)] = None,
     num_layers: Annotated[Optional[int], typer.Option(help="Stacked recurrent layers \\[default: 2].", show_default=False, rich_help_panel=MODEL)] = None,
     embed_size: Annotated[int, typer.Option(help="Embedding size (0: same as --hidden-size).", rich_help_panel=MODEL)] = 0,
     dropout: Annotated[Optional[float], typer.Option(help="Dropout on the embeddings, between layers and before the head \\[default: 0.1, or auto].", show_default=False, rich_help_panel=MODEL)] = None,
     tie_weights: Annotated[bool, typer.Option("--tie-weights", help="Share the embedding matrix with the output layer.", rich_help_panel=MODEL)] = False,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).", rich_help_panel=OPTIM)] = 3e-3,
-    min_lr_frac: Annotated[float, typer.Option(help="Cosine decay ends at lr * this.", rich_help_panel=OPTIM)] = 0.02,
-    decay_frac: Annotated[float, typer.Option(help="The cosine decay takes the last this fraction of the budget; the lr is constant before it.", rich_help_panel=OPTIM)] = 1.0,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).", rich_help_panel=OPTIM)] = 2e-3,
+    min_lr_frac: Annotated[float, typer.Option(help="The decay ends at lr * this.", rich_help_panel=OPTIM)] = 0.1,
+    decay_frac: Annotated[float, typer.Option(help="The cosine decay takes the last this fraction of the budget; the lr is constant before it.", rich_help_panel=OPTIM)] = 0.2,
     warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.", rich_help_panel=OPTIM)] = 20,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on weight matrices.", rich_help_panel=OPTIM)] = 0.1,
     grad_clip: Annotated[float, typer.Option(help="Clip the global gradient norm to this.", rich_help_panel=OPTIM)] = 1.0,
     max_skips: Annotated[int, typer.Option(help="Stop as diverged after this many consecutive non-finite steps.", rich_help_panel=OPTIM)] = 5,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps.", show_default=False, rich_help_panel=STOP)] = None,
-    max_epochs: Annotated[Optional[float], typer.Option(help="Stop after this many passes over the training text \\[default: 10 when no limit is given].", show_default=False, rich_help_panel=STOP)] = None,
-    max_time: Annotated[Optional[str], typer.Option(help="Stop after this long: 90s, 10m, 2h, 1h30m; a bare number is seconds.", show_default=False, rich_help_panel=STOP)] = None,
+    max_epochs: Annotated[Optional[float], typer.Option(help="Stop after this many passes over the training text.", show_default=False, rich_help_panel=STOP)] = None,
+    max_time: Annotated[Optional[str], typer.Option(help="The whole command ends within this long: 90s, 10m, 2h, 1h30m; a bare number is seconds \\[default, when no limit is given: 10m per million characters, 2m to 1h].", show_default=False, rich_help_panel=STOP)] = None,
     eval_every: Annotated[int, typer.Option(help="Evaluate and checkpoint every N steps.", rich_help_panel=OUTPUT)] = 200,
     eval_streams: Annotated[int, typer.Option(help="Validation text is scored as this many carried streams.", rich_help_panel=OUTPUT)] = 8,
     log_every: Annotated[int, typer.Option(help="Report progress every N steps.", rich_help_panel=OUTPUT)] = 20,
@@ -357,6 +358,7 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.", rich_help_panel=RUNTIME)] = False,
 ) -> None:
     """Train a character-level model on CORPUS and print the path of its best checkpoint."""
+    started = time.perf_counter()  # --max-time is the user's wall clock: it counts from here, before torch loads
     from charrnn import runtime
     from charrnn.checkpoint import verify_checkpoint
     from charrnn.report import Reporter
@@ -376,8 +378,6 @@ def train(
         max_time_s = parse_duration(max_time)
         if seed is None:
             seed = runtime.draw_seed()
-        if not resume and max_steps is None and max_epochs is None and max_time_s is None:
-            max_epochs = 10.0
         cfg = _train_config(locals(), max_time_s)
         cfg.validate()
         runtime.select_device(device)
@@ -395,7 +395,7 @@ def train(
 
         data = _load_training_corpus(corpus, run_dir, resume, quiet, dist, reporter)
         result = _train_claimed(data, cfg, model_opts, run_dir, resume, overwrite, init_from, given_fields,
-                                max_time_s, verbose, dist, reporter)
+                                max_time_s, verbose, dist, reporter, started)
         reporter.close()
         if result.signal is not None:
             who = f"rank {dist.rank}: " if dist.enabled else ""
@@ -463,16 +463,21 @@ def _resume_sources(run_dir: Path) -> list[str]:
 
 
 def _train_claimed(data, cfg, model_opts, run_dir, resume, overwrite, init_from, given_fields, max_time_s,
-                   verbose, dist, reporter):
+                   verbose, dist, reporter, started):
     """Lock the run directory, report what the run is about to do, size the model, and train."""
     from charrnn.checkpoint import RunDir
     from charrnn.model import ModelConfig
+    from charrnn.report import format_duration
     from charrnn.rundir import claim_run_dir, remove_temps
     from charrnn.train import check_corpus_size, train as run_training
 
     vocab_size = len(data.vocab)
     if not resume:
         check_corpus_size(len(data.ids), cfg, vocab_size)  # before the run directory is created
+        if cfg.max_steps is None and cfg.max_epochs is None and cfg.max_time is None:
+            cfg.max_time = max_time_s = default_budget(len(data.ids))
+            reporter.info(f"no limit given: a budget of {format_duration(max_time_s)} for {len(data.ids):,} characters "
+                          "(10 min a million, 2 min to 1 h); --max-time, --max-steps or --max-epochs set one")
     default_dir = Path("checkpoints") / data.name
     path = run_dir or default_dir
     lock = None
@@ -494,10 +499,23 @@ def _train_claimed(data, cfg, model_opts, run_dir, resume, overwrite, init_from,
             model_cfg = ModelConfig(vocab_size=vocab_size, dropout=model_opts["dropout"])
         with StopFlag(on_abort=lambda: remove_temps(path)).installed() as stop:
             return run_training(data, model_cfg, cfg, RunDir(path, keep=cfg.keep, overwrite=overwrite), report=reporter,
-                                should_stop=stop, resume=resume, init_from=init_from, given=given_fields)
+                                should_stop=stop, resume=resume, init_from=init_from, given=given_fields,
+                                started=started)
     finally:
         if lock is not None:
             lock.close()
+
+
+# With no limit given, a run gets a time budget from its corpus size: bench/README.md (issue 9) shows 10 minutes
+# of an auto-sized model on 2 CPU cores reaching tiny-shakespeare's (1.1 M characters) ~1.48 nats, with more
+# time helping little at that size. The device enters through auto-sizing: a GPU trains a larger model in it.
+BUDGET_PER_MILLION_CHARS = 600.0
+MIN_BUDGET, MAX_BUDGET = 120.0, 3600.0
+
+
+def default_budget(num_chars: int) -> float:
+    """Seconds of training for a corpus of `num_chars` when the user gave no limit."""
+    return float(round(min(MAX_BUDGET, max(MIN_BUDGET, BUDGET_PER_MILLION_CHARS * num_chars / 1e6))))
 
 
 def _new_model_config(opts: dict, data, cfg, max_time_s, dist, reporter):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from charrnn.errors import CheckpointWriteError
 
@@ -49,6 +49,19 @@ def format_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+def _done(info: dict) -> float:
+    """Fraction of the budget used: of the steps when they bound the run, else of --max-time (0 when neither)."""
+    if info.get("total_steps"):
+        return min(1.0, info["step"] / info["total_steps"])
+    if info.get("max_time"):
+        return min(1.0, info.get("elapsed_s", 0.0) / info["max_time"])
+    return 0.0
+
+
+def _eta_text(eta: float | None) -> str:
+    return "–" if eta is None else format_duration(eta)
+
+
 class Reporter:
     """Turns training events into stderr output; never writes to stdout."""
 
@@ -82,20 +95,25 @@ class Reporter:
         self.warn(info["text"])
 
     def _on_start(self, info: dict) -> None:
+        if info.get("plan"):
+            self.info(info["plan"])
         if self.interactive:
             self._progress = Progress(
-                TextColumn("step {task.completed:,.0f}"),
+                TextColumn("step {task.fields[step]:,}"),
                 BarColumn(),
                 TextColumn("{task.fields[stats]}"),
                 TimeElapsedColumn(),
-                TimeRemainingColumn(),
+                TextColumn("eta {task.fields[eta]}"),
                 console=self.console,
                 redirect_stdout=False,
                 redirect_stderr=False,
                 transient=False,
             )
             self._progress.start()
-            self._task = self._progress.add_task("train", total=info.get("total_steps"), completed=info["step"], stats="")
+            # The bar runs over the budget, steps or wall clock, and its ETA is the trainer's: Rich's own needs
+            # many updates before it shows anything, and updates come once a log window.
+            self._task = self._progress.add_task("train", total=1.0, completed=_done(info), step=info["step"],
+                                                 stats="", eta=_eta_text(info.get("eta_s")))
 
     def _on_log(self, info: dict) -> None:
         if self.quiet:
@@ -104,7 +122,8 @@ class Reporter:
             val = f"{self._last_val:.3f}" if math.isfinite(self._last_val) else "–"  # no evaluation yet
             stats = (f"epoch {info['epoch']:.2f}  loss {info['train_loss']:.3f}  val {val}  "
                      f"{info['chars_per_sec']:,.0f} char/s")
-            self._progress.update(self._task, completed=info["step"], total=info.get("total_steps"), stats=stats)
+            self._progress.update(self._task, completed=_done(info), step=info["step"], stats=stats,
+                                  eta=_eta_text(info.get("eta_s")))
             return
         eta = info.get("eta_s")
         line = (f"step {info['step']:>6}  epoch {info['epoch']:6.2f}  loss {info['train_loss']:.4f}  "

@@ -23,7 +23,7 @@ from charrnn.corpus import Corpus, Vocab
 from charrnn.data import DeviceFeeder, min_corpus_chars, split
 from charrnn.errors import CheckpointError, CorpusError, DivergedError, UsageError
 from charrnn.model import CharRNN, ModelConfig, State, detach_state, load_weights
-from charrnn.report import append_metrics, check_metrics_writable
+from charrnn.report import append_metrics, check_metrics_writable, format_duration
 from charrnn.state import RESUME_ADVICE, check_resume_header, check_resume_state, load_vocab
 
 Reporter = Callable[[str, dict], None]
@@ -33,18 +33,27 @@ RESUME_OVERRIDABLE = ("device", "threads", "keep", "log_every", "eval_every", "m
 LIMITS = ("max_steps", "max_epochs", "max_time")
 MAX_LOGITS = 1 << 28  # B * T * V values per step; fp32 logits, their softmax and gradient are 3 GiB at the limit
 EVAL_LOGITS = 1 << 24  # evaluation scores at most this many logits at a time (64 MiB), whatever the vocabulary
+# Under --max-time (with --eval-every left at its default) evaluations during the run may take at most this share
+# of the time so far; a scheduled one beyond it only saves a checkpoint. Evaluating 111 k characters every 200
+# steps of 2x512 took ~6 % of a 10-minute budget on 2 cores (bench/README.md, issue 9), steps the model never got.
+EVAL_SHARE = 0.04
+CLOSING_MARGIN = 1.0  # seconds kept back beyond the final evaluation and save's expected cost
 
 
 @dataclass
 class TrainConfig:
     # data
-    seq_len: int = 100
-    batch_size: int = 64
+    # 2,500 characters a step: on 2 CPU cores at 3 minutes, 50x50 beat 32x64 by 0.014 nats (more, cheaper steps;
+    # bench/README.md, issue 9). Early in training the number of optimizer steps is what counts.
+    seq_len: int = 50
+    batch_size: int = 50
     val_frac: float = 0.1
     # optimisation
-    lr: float = 3e-3
-    min_lr_frac: float = 0.02  # cosine decays the lr to lr * min_lr_frac by the end of the budget
-    decay_frac: float = 1.0  # the cosine takes the last decay_frac of the budget; the lr is constant before it
+    # Warm-up, a constant rate, then a cosine over the last 20 % down to a tenth ("warmup-stable-decay"). A cosine
+    # over the whole budget lost 0.10 nats to a constant rate at one pass, and 3e-3 lost 0.02 to 2e-3 (issue 9).
+    lr: float = 2e-3
+    min_lr_frac: float = 0.1  # the decay ends at lr * min_lr_frac
+    decay_frac: float = 0.2  # the cosine takes the last decay_frac of the budget; the lr is constant before it
     warmup_steps: int = 20  # Adam on an LSTM needs little warm-up; a long one wastes a short budget
     weight_decay: float = 0.1  # on weight matrices only, not biases
     grad_clip: float = 1.0
@@ -243,7 +252,11 @@ class Trainer:
 
     def __init__(self, corpus: Corpus, model_config: ModelConfig | None, cfg: TrainConfig, run_dir: RunDir,
                  report: Reporter, should_stop: Callable[[], int | None], resume: bool, init_from: Path | None,
-                 given: set[str] | None = None):
+                 given: set[str] | None = None, started: float | None = None):
+        # The budget is the user's wall clock: it counts from `started` (the command's start), so corpus
+        # loading, auto-sizing and this set-up are inside --max-time, not added to it.
+        self.started = time.perf_counter() if started is None else started
+        self.given = given
         self.report, self.should_stop, self.run_dir = report, should_stop, run_dir
         self.corpus = corpus
         ckpt = self._load_resume(cfg) if resume else None
@@ -466,7 +479,36 @@ class Trainer:
 
     @property
     def elapsed(self) -> float:
-        return self.elapsed_prior + (time.perf_counter() - self.t0)
+        return self.elapsed_prior + (time.perf_counter() - self.started)
+
+    @property
+    def budget_elapsed(self) -> float:
+        """The elapsed time at which the command would end if the loop stopped now: the final evaluation and
+        save still to come are counted in, so --max-time ends the whole command, not only the loop."""
+        return self.elapsed + (self.closing_s if self.cfg.max_time else 0.0)
+
+    def _estimate_closing(self) -> float:
+        """Seconds for the final evaluation and save, before a whole one has been timed: score a slice of the
+        validation text (a warm-up call first, as oneDNN builds its kernels on the first), scale it to the
+        whole, and add writing the weights and Adam's moments at a slow disk's 100 MB/s."""
+        cfg = self.cfg
+        val_chars = min(len(self.val_ids) - 1, cfg.eval_chars or len(self.val_ids))
+        seq_len = max(cfg.seq_len, 256)
+        sample = min(val_chars, 2 * cfg.eval_streams * seq_len)
+        ids = self.val_ids[: sample + 1]
+        evaluate(self.model, ids[: min(len(ids), cfg.eval_streams + 1)], cfg.eval_streams, seq_len, self.device,
+                 self.amp)
+        t = time.perf_counter()
+        evaluate(self.model, ids, cfg.eval_streams, seq_len, self.device, self.amp)
+        scoring = (time.perf_counter() - t) * val_chars / max(1, sample)
+        return scoring + 12 * self.model.num_params() / 100e6 + CLOSING_MARGIN
+
+    def _evaluation_affordable(self) -> bool:
+        """Whether a scheduled evaluation fits in EVAL_SHARE of the time so far. Only under --max-time with the
+        default --eval-every, and never under torchrun (the ranks would have to agree on it)."""
+        if not self.cfg.max_time or self.dist.enabled or (self.given is not None and "eval_every" in self.given):
+            return True
+        return self.eval_s + self.closing_s - CLOSING_MARGIN <= EVAL_SHARE * (time.perf_counter() - self.started)
 
     def total_steps(self) -> int | None:
         bounds = []
@@ -528,15 +570,20 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         cfg = self.cfg
-        self.t0 = time.perf_counter()
+        self.eval_s, self.eval_skipped = 0.0, False
+        self.closing_s = self._estimate_closing() if cfg.max_time and self.dist.is_main else 0.0
+        self.evaluated_step = -1
         zeros = lambda dtype: torch.zeros((), dtype=dtype, device=self.device)  # noqa: E731
         self.streak, self.max_streak, self.bad_count = zeros(torch.int64), zeros(torch.int64), zeros(torch.int64)
         self.loss_sum = zeros(torch.float32)
         steps_in_window, window_t, train_loss = 0, time.perf_counter(), math.nan
-        self.report("start", {"step": self.step, "total_steps": self.total_steps()})
+        self.first_step = self.step
+        eta = max(0.0, cfg.max_time - self.elapsed) if cfg.max_time else None
+        self.report("start", {"step": self.step, "total_steps": self.total_steps(), "max_time": cfg.max_time,
+                              "elapsed_s": self.elapsed, "eta_s": eta, "plan": self.plan()})
         reason, signum = None, None
         while True:
-            elapsed, signum = self._agree(self.elapsed, self.should_stop())
+            elapsed, signum = self._agree(self.budget_elapsed, self.should_stop())
             reason = stop_reason(self.step, self.epoch_float, elapsed, cfg)
             if reason:
                 break
@@ -550,19 +597,40 @@ class Trainer:
             steps_in_window += 1
             if steps_in_window in (2, 4) and self.step < cfg.log_every:
                 self._fit_threads()  # early, so a loaded machine is not slow for a whole first window
-            if self.step % cfg.log_every == 0:
+            # The first step is reported at once: the user sees the speed and ETA within seconds, not a window.
+            if self.step % cfg.log_every == 0 or self.step == self.first_step + 1:
                 train_loss = self._log(lr, steps_in_window, time.perf_counter() - window_t)
                 steps_in_window, window_t = 0, time.perf_counter()
             if self.step % cfg.eval_every == 0:
-                self._evaluate_and_save(train_loss)
+                if self._evaluation_affordable():
+                    self._evaluate_and_save(train_loss)
+                else:
+                    self._save_without_evaluation(train_loss)
         if steps_in_window:
             train_loss = self._log(self.lr, steps_in_window, time.perf_counter() - window_t)
         if reason == "signal":
             self.save(train_loss, is_best=False)  # no evaluation: get out within seconds
-        elif self.step % cfg.eval_every != 0 or self.step == 0:
+        elif self.evaluated_step != self.step:
             self._evaluate_and_save(train_loss)
         best = self.run_dir.best_path if self.run_dir.best_path.exists() else self.run_dir.last_path
         return TrainResult(self.run_dir.path, best, self.run_dir.last_path, self.step, self.best_val, reason, signum)
+
+    def plan(self) -> str:
+        """One line before the first step: the model, the batch, the device and the budget, so a user knows what
+        is about to run and for how long before any progress line."""
+        c, cfg = self.model.config, self.cfg
+        limits = []
+        if cfg.max_time:
+            ends = time.strftime("%H:%M", time.localtime(time.time() + max(0.0, cfg.max_time - self.elapsed)))
+            limits.append(f"{format_duration(cfg.max_time)} (ends about {ends})")
+        if cfg.max_steps:
+            limits.append(f"{cfg.max_steps:,} steps")
+        if cfg.max_epochs:
+            limits.append(f"{cfg.max_epochs:g} passes ({math.ceil(cfg.max_epochs * self.feeder.batches_per_epoch):,} steps)")
+        start = f"from step {self.step:,} " if self.step else ""
+        return (f"training {c.num_layers}x{c.hidden_size} {c.model.upper()} ({self.model.num_params():,} parameters, "
+                f"dropout {c.dropout:g}) on {self.device}, batch {cfg.batch_size}x{cfg.seq_len}, {start}for "
+                f"{' or '.join(limits)}{', whichever comes first' if len(limits) > 1 else ''}")
 
     def _fit_threads(self) -> None:
         threads = self.governor.check()
@@ -593,12 +661,31 @@ class Trainer:
             eta = min(eta if eta is not None else math.inf, max(0.0, self.cfg.max_time - self.elapsed))
         self.last_log = {"step": self.step, "epoch": self.epoch_float, "train_loss": train_loss, "lr": lr,
                          "chars_per_sec": chars_per_sec, "elapsed_s": self.elapsed, "eta_s": eta,
-                         "skipped": self.skipped, "total_steps": total}
+                         "skipped": self.skipped, "total_steps": total, "max_time": self.cfg.max_time}
         self.report("log", self.last_log)
         return train_loss
 
+    def _save_without_evaluation(self, train_loss: float) -> None:
+        """A checkpoint on the evaluation cadence when evaluating would exceed EVAL_SHARE: a crash still loses at
+        most eval_every steps. Its val_loss is NaN, not the last evaluation's, which was of other weights."""
+        if not self.eval_skipped:
+            self.report("message", {"text": f"evaluating less often, to keep it under {EVAL_SHARE:.0%} of the time "
+                                            "(checkpoints still every --eval-every steps; give --eval-every to "
+                                            "evaluate at each)"})
+            self.eval_skipped = True
+        self.last_val = math.nan
+        self.save(train_loss, is_best=False)
+
     def _evaluate_and_save(self, train_loss: float) -> None:
+        t = time.perf_counter()
+        self._evaluate_and_save_now(train_loss)
+        # The final evaluation and save will cost what this one did: the budget reserves exactly that.
+        self.closing_s = time.perf_counter() - t + CLOSING_MARGIN
+        self.eval_s += self.closing_s - CLOSING_MARGIN
+
+    def _evaluate_and_save_now(self, train_loss: float) -> None:
         cfg = self.cfg
+        self.evaluated_step = self.step
         val = math.nan  # other ranks wait in the save's gather while rank 0 scores the validation text
         if self.dist.is_main:
             val = evaluate(self.model, self.val_ids, cfg.eval_streams, max(cfg.seq_len, 256), self.device,
@@ -620,14 +707,16 @@ class Trainer:
 
 def train(corpus: Corpus, model_config: ModelConfig | None, cfg: TrainConfig, run_dir: RunDir,
           report: Reporter = lambda event, info: None, should_stop: Callable[[], int | None] = lambda: None,
-          resume: bool = False, init_from: Path | None = None, given: set[str] | None = None) -> TrainResult:
+          resume: bool = False, init_from: Path | None = None, given: set[str] | None = None,
+          started: float | None = None) -> TrainResult:
     """Train (or resume) a run; raises CharRNNError subclasses for problems the user can fix.
 
-    `given`: on resume, the TrainConfig fields the user set explicitly (see Trainer._merge_resume_config)."""
+    `given`: the TrainConfig fields the user set explicitly (see Trainer._merge_resume_config).
+    `started`: time.perf_counter() when the command started; --max-time counts from it (default: now)."""
     if resume and init_from is not None:
         raise UsageError("--resume and --init-from cannot be combined: resume continues a run, init-from starts one.")
     try:
-        trainer = Trainer(corpus, model_config, cfg, run_dir, report, should_stop, resume, init_from, given)
+        trainer = Trainer(corpus, model_config, cfg, run_dir, report, should_stop, resume, init_from, given, started)
         return trainer.run()
     finally:
         report("end", {})

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from charrnn.checkpoint import load_checkpoint
+from charrnn.train import TrainConfig
 from tests.conftest import TINY_TRAIN, word_text
 from tests.test_cli import assert_one_error, run
 
@@ -362,7 +363,7 @@ def test_resume_keeps_the_saved_settings_it_is_not_given(tmp_path, small_corpus)
     assert steps == list(range(5, 15))  # --keep 10 and --eval-every 1 came back from the checkpoint
     assert "--lr is ignored on --resume" in r.stderr
     saved = load_checkpoint(d / "last.pt")["train_config"]
-    assert saved["keep"] == 10 and saved["eval_every"] == 1 and saved["lr"] == 3e-3
+    assert saved["keep"] == 10 and saved["eval_every"] == 1 and saved["lr"] == TrainConfig().lr
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,138 @@
+"""Issue 9's user-facing half: the time budget is the user's wall clock, a run with no limit gets a budget sized to
+its corpus, the plan and the first progress line come before and right after the first step, evaluation stays a
+small share of a time budget, and auto-sizing never gives small text a huge model."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+from charrnn import autosize
+from charrnn.checkpoint import RunDir, load_checkpoint
+from charrnn.cli import MAX_BUDGET, MIN_BUDGET, default_budget
+from charrnn.corpus import load_corpus
+from charrnn.report import Reporter
+from charrnn.train import TrainConfig, train
+from tests.conftest import TINY_TRAIN, word_text
+from tests.test_never_lose import _env, cli
+
+
+def test_max_time_ends_the_whole_command_within_a_few_seconds_of_the_budget(tmp_path, small_corpus):
+    budget = 6.0
+    t = time.perf_counter()
+    r = cli(["train", small_corpus, "--run-dir", tmp_path / "run", "--hidden-size", "64", "--num-layers", "1",
+             "--batch-size", "4", "--seq-len", "16", "--max-time", f"{budget:g}s", "--seed", "1", "--device", "cpu"],
+            cwd=tmp_path)
+    wall = time.perf_counter() - t
+    assert r.returncode == 0, r.stderr
+    # Python and torch start-up before the command begins are the only time outside the budget.
+    assert wall < budget + 3.0, (wall, r.stderr)
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["elapsed_s"] > budget - 2.0  # and it used the budget, not stopped early
+    assert ckpt["elapsed_s"] <= budget
+
+
+def test_the_plan_comes_before_the_first_step_and_the_first_step_is_reported_at_once(tmp_path, small_corpus):
+    r = cli(["train", small_corpus, "--run-dir", tmp_path / "run", *TINY_TRAIN], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    plan = next(i for i, ln in enumerate(lines) if ln.startswith("training 1x32 LSTM ("))
+    first = next(i for i, ln in enumerate(lines) if ln.startswith("step "))
+    assert plan < first
+    assert "batch 4x16" in lines[plan] and "for 20 steps" in lines[plan] and "on cpu" in lines[plan]
+    assert lines[first].startswith("step      1 ")  # not after a whole --log-every window
+
+
+def test_no_limit_gets_a_budget_from_the_corpus_size_and_says_so(tmp_path, small_corpus):
+    assert default_budget(14_000) == MIN_BUDGET
+    assert default_budget(1_115_394) == pytest.approx(669)  # tiny-shakespeare: about 11 minutes
+    assert default_budget(500_000_000) == MAX_BUDGET
+    args = [sys.executable, "-m", "charrnn", "train", str(small_corpus), "--run-dir", str(tmp_path / "run"),
+            "--device", "cpu", "--seed", "1"]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=_env(tmp_path), stderr=subprocess.PIPE, text=True)
+    seen = []
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if line.startswith("step "):
+                break
+        proc.send_signal(signal.SIGINT)  # the budget is two minutes; what matters is what it said before step 1
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    said = "".join(seen)
+    assert "no limit given: a budget of 2m00s for 14,633 characters" in said, said
+    assert "auto-sized for 2m00s" in said and "training 2x128 LSTM" in said, said
+    assert "for 2m00s (ends about" in said
+    assert proc.returncode == 130, rest
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["train_config"]["max_time"] == MIN_BUDGET
+
+
+def test_auto_sizing_caps_the_model_by_what_the_text_can_support(monkeypatch):
+    monkeypatch.setattr(autosize, "measure_chars_per_sec", lambda *a, **k: 1e12)  # a machine fast enough for any size
+    said = []
+    cfg = TrainConfig(batch_size=4, seq_len=16)
+    small = autosize.choose_model_size(50_000, 3600, torch.device("cpu"), cfg, report=said.append, vocab_size=65)
+    assert (small["hidden_size"], small["num_layers"]) == (128, 2)  # the smallest: 50 k characters, not 2x1024
+    assert "parameters per training character" in said[0]
+    big = autosize.choose_model_size(1_115_394, 3600, torch.device("cpu"), cfg, report=said.append, vocab_size=65)
+    assert (big["hidden_size"], big["num_layers"]) == (512, 2)  # 4.3 M parameters for 1 M characters, not 2x768
+    assert autosize.num_params(512, 2, 65) <= autosize.PARAMS_PER_CHAR * 1_115_394 * 0.9
+    assert autosize.num_params(768, 2, 65) > autosize.PARAMS_PER_CHAR * 1_115_394 * 0.9
+
+
+def test_evaluation_stays_a_small_share_of_a_time_budget(tmp_path):
+    path = tmp_path / "words.txt"
+    path.write_text(word_text(2000), encoding="utf-8")
+    corpus = load_corpus([str(path)])
+    said = []
+    cfg = TrainConfig(batch_size=4, seq_len=16, max_time=4.0, eval_every=2, log_every=50, seed=1, device="cpu",
+                      eval_chars=None)
+    from charrnn.model import ModelConfig
+
+    result = train(corpus, ModelConfig(vocab_size=len(corpus.vocab), hidden_size=64, num_layers=1), cfg,
+                   RunDir(tmp_path / "run", keep=0), report=lambda e, i: said.append((e, i)), given=set())
+    evals = [i for e, i in said if e == "eval"]
+    messages = [i["text"] for e, i in said if e == "message"]
+    assert any("evaluating less often" in m for m in messages), messages
+    assert 1 <= len(evals) < result.step // 2  # far fewer than one per --eval-every of 2 steps
+    assert evals[-1]["step"] == result.step  # the final evaluation always runs
+    metrics = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == len(evals)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == result.step
+
+
+def test_eval_every_given_evaluates_at_every_one_even_under_a_budget(tmp_path):
+    path = tmp_path / "words.txt"
+    path.write_text(word_text(2000), encoding="utf-8")
+    corpus = load_corpus([str(path)])
+    said = []
+    cfg = TrainConfig(batch_size=4, seq_len=16, max_time=60.0, max_steps=12, eval_every=2, log_every=50, seed=1,
+                      device="cpu")
+    from charrnn.model import ModelConfig
+
+    train(corpus, ModelConfig(vocab_size=len(corpus.vocab), hidden_size=32, num_layers=1), cfg,
+          RunDir(tmp_path / "run", keep=0), report=lambda e, i: said.append((e, i)), given={"eval_every"})
+    assert [i["step"] for e, i in said if e == "eval"] == [2, 4, 6, 8, 10, 12]
+
+
+def test_the_progress_bar_shows_the_trainers_eta_from_the_first_report():
+    buf = io.StringIO()
+    reporter = Reporter(console=Console(file=buf, force_terminal=True, width=160, color_system=None))
+    reporter("start", {"step": 0, "total_steps": None, "max_time": 600.0, "elapsed_s": 2.0, "eta_s": 598.0,
+                       "plan": "training 2x512 LSTM"})
+    reporter("log", {"step": 1, "epoch": 0.0, "train_loss": 4.1, "lr": 1e-4, "chars_per_sec": 6000.0,
+                     "elapsed_s": 3.0, "eta_s": 597.0, "skipped": 0, "total_steps": None, "max_time": 600.0})
+    reporter.close()
+    out = buf.getvalue()
+    assert "training 2x512 LSTM" in out
+    assert "eta 9m57s" in out and "-:--:--" not in out
