@@ -27,7 +27,8 @@ from bench.common import bench_corpus_path, machine  # noqa: E402
 from charrnn.corpus import load_corpus  # noqa: E402
 from charrnn.data import split  # noqa: E402
 from charrnn.model import CharRNN, load_model  # noqa: E402
-from charrnn.sample import Stepper, bf16_is_native  # noqa: E402
+from charrnn.cpu_kernels import bf16_is_native  # noqa: E402
+from charrnn.sample import Stepper  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16")
 

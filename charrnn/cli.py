@@ -385,9 +385,11 @@ def train(
                                     fine_tune=init_from is not None)
         given_fields = {name for name in TRAIN_FIELDS if given(ctx, name)}
         if resume:
-            ignored = [f"--{n.replace('_', '-')}" for n in MODEL_FIELDS if given(ctx, n)]
-            if ignored:
-                reporter.warn(f"{', '.join(ignored)} ignored on --resume: the run keeps its checkpoint's model")
+            from charrnn.train import resume_conflict
+
+            model_flags = [f"--{n.replace('_', '-')}" for n in MODEL_FIELDS if given(ctx, n)]
+            if model_flags:
+                raise UsageError(resume_conflict(model_flags, run_dir or "the run directory"))
         if run_dir is not None:
             check_run_dir(run_dir, resume=resume, overwrite=overwrite)
         if init_from is not None:
@@ -578,7 +580,8 @@ def sample(
     from charrnn import runtime
     from charrnn.errors import CorpusError
     from charrnn.model import load_model
-    from charrnn.sample import SampleConfig, bf16_is_native, generate
+    from charrnn.cpu_kernels import bf16_is_native
+    from charrnn.sample import SampleConfig, generate
 
     with user_errors(), reader_may_leave():
         seed_drawn = seed is None

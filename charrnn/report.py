@@ -70,7 +70,7 @@ class Reporter:
         self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)
         self.quiet = quiet or silent
         self.silent = silent
-        self.interactive = self.console.is_terminal and not quiet
+        self.interactive = self.console.is_terminal and not self.quiet  # silent torchrun ranks draw no bar either
         self._progress: Progress | None = None
         self._task = None
         self._last_val = math.nan

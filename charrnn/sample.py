@@ -25,14 +25,14 @@ float rounding (~1e-7 in a logit), which changes a character only if a uniform l
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
-from charrnn import runtime
+from charrnn import cpu_kernels, runtime
+from charrnn.cpu_kernels import bf16_is_native
 from charrnn.errors import UsageError
 from charrnn.model import CharRNN, State
 
@@ -90,19 +90,6 @@ def check_precision(precision: str) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-@functools.cache
-def onednn_linear_available(dtype: torch.dtype = torch.float32) -> bool:
-    """Whether oneDNN's prepacked linear (the op Inductor's CPU path uses) works for `dtype` in this torch build
-    on this CPU; it is a private op, so it is probed once rather than assumed."""
-    try:
-        mkldnn = torch.ops.mkldnn
-        w = mkldnn._reorder_linear_weight(torch.ones(3, 2, dtype=dtype), 2)  # (N, K) packed for batch 2
-        y = mkldnn._linear_pointwise(torch.ones(2, 2, dtype=dtype), w, None, "none", [], "")
-        return torch.backends.mkldnn.is_available() and bool((y == 2).all())
-    except (AttributeError, RuntimeError, NotImplementedError):
-        return False
-
-
 class _Product:
     """out <- x @ W (+ bias), or out += x @ W when bias is None; out is float32 (B, N).
 
@@ -124,15 +111,15 @@ class _Product:
             self.kernel = "bf16"
             self.xs = torch.empty(batch_size, K, device=w.device, dtype=torch.bfloat16)  # (B, K)
             w_nk = w.t().to(torch.bfloat16).contiguous()  # (N, K)
-            self.packed = on_cpu and onednn_linear_available(torch.bfloat16)
+            self.packed = on_cpu and cpu_kernels.onednn_linear_available(torch.bfloat16)
             if self.packed:
-                self.w = torch.ops.mkldnn._reorder_linear_weight(w_nk, batch_size)  # opaque (N, K)
+                self.w = cpu_kernels.pack_linear_weight(w_nk, batch_size)  # opaque (N, K)
             else:
                 self.w = w_nk.t()  # (K, N) view: the layout cuBLAS / oneDNN mm run fastest
                 self.ys = staging_out  # (B, N) bfloat16, shared by every product of this width
-        elif on_cpu and batch_size >= ONEDNN_MIN_BATCH and onednn_linear_available():
+        elif on_cpu and batch_size >= ONEDNN_MIN_BATCH and cpu_kernels.onednn_linear_available():
             self.kernel = "onednn"
-            self.w = torch.ops.mkldnn._reorder_linear_weight(w.t().contiguous(), batch_size)  # opaque (N, K)
+            self.w = cpu_kernels.pack_linear_weight(w.t().contiguous(), batch_size)  # opaque (N, K)
         else:
             self.kernel = "addmm"
             self.w = w
@@ -148,7 +135,7 @@ class _Product:
             torch.addmm(self.bias, x, self.w, out=out)
 
     def _onednn(self, x: torch.Tensor, out: torch.Tensor) -> None:
-        y = torch.ops.mkldnn._linear_pointwise(x, self.w, self.bias, "none", [], "")  # (B, N)
+        y = cpu_kernels.onednn_linear(x, self.w, self.bias)  # (B, N)
         if self.bias is None:
             out.add_(y)
         else:
@@ -157,7 +144,7 @@ class _Product:
     def _bf16(self, x: torch.Tensor, out: torch.Tensor) -> None:
         self.xs.copy_(x)
         if self.packed:
-            y = torch.ops.mkldnn._linear_pointwise(self.xs, self.w, None, "none", [], "")  # (B, N) bfloat16
+            y = cpu_kernels.onednn_linear(self.xs, self.w, None)  # (B, N) bfloat16
         else:
             y = torch.mm(self.xs, self.w, out=self.ys)
         if self.bias is None:
@@ -433,18 +420,6 @@ class _Uniforms:
             torch.rand(UNIFORM_BLOCK, generator=g, out=self.host[i])
         if self.block is not self.host:
             self.block.copy_(self.host)  # one host -> device copy per block
-
-
-def bf16_is_native(device: torch.device) -> bool:
-    """Whether bfloat16 products run in hardware here (else --precision bf16 is emulated and slower)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_capability(device) >= (8, 0)  # Ampere+; is_bf16_supported() counts emulation
-    if device.type != "cpu":
-        return False
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    # Private probes (torch.cpu has no public one); a torch without them is treated as "unknown: no".
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 # --------------------------------------------------------------------------------------------------

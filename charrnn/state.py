@@ -188,7 +188,7 @@ def check_weights(weights, shapes: Mapping[str, tuple[int, ...]], path, advice: 
 
 def load_vocab(ckpt: dict, path, advice: str = LOAD_ADVICE):
     """The checkpoint's Vocab; a malformed one is a CheckpointError naming the file, not a corpus problem."""
-    from charrnn.corpus import Vocab  # deferred: ingestion's imports are not needed to check a checkpoint
+    from charrnn.vocab import Vocab
 
     try:
         return Vocab.from_dict(ckpt.get("vocab"))

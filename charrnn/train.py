@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from charrnn import __version__, runtime
 from charrnn.checkpoint import FORMAT_NAME, FORMAT_VERSION, RunDir, load_checkpoint
-from charrnn.corpus import Corpus, Vocab
+from charrnn.corpus import Corpus
+from charrnn.vocab import Vocab
 from charrnn.data import DeviceFeeder, min_corpus_chars, split
 from charrnn.errors import CheckpointError, CorpusError, DivergedError, UsageError
 from charrnn.model import CharRNN, ModelConfig, State, detach_state, load_weights
@@ -225,6 +226,15 @@ def resolve_init_vocab(corpus: Corpus, ckpt_vocab: Vocab) -> np.ndarray:
     return lut[np.asarray(corpus.ids)]
 
 
+def resume_conflict(flags: list[str], run_dir) -> str:
+    """The one sentence that refuses flags a resumed run cannot take."""
+    may = ("--max-steps, --max-epochs, --max-time, --eval-every, --log-every, --keep, --max-skips, --threads, --device "
+           "and --quiet")
+    return (f"{' and '.join(flags)} cannot change on --resume: the run in {run_dir} continues with the settings it "
+            f"was started with (only {may} may change); leave {'them' if len(flags) > 1 else 'it'} out, or start a "
+            "new run, with --init-from to begin from its weights.")
+
+
 def check_corpus_size(n: int, cfg: TrainConfig, vocab_size: int | None = None) -> None:
     """Refuse, before anything is allocated or written, a corpus too short for one batch, or a vocabulary whose
     (B, T, V) logits would not fit in memory."""
@@ -325,15 +335,17 @@ class Trainer:
         """The saved settings, with the options given on this command line that may change on resume.
 
         `given` names the options the user typed; None (a library caller) means every resumable setting and
-        every limit set in `cfg`. An option that would change the arithmetic is ignored, and said so."""
+        every limit set in `cfg`. A given option that would change the arithmetic (the lr, the batch, the seed...)
+        is refused before anything is written: silently keeping the old value misleads, and taking the new one
+        would make the run neither the old one nor a fresh one."""
         saved = TrainConfig.from_dict(ckpt["train_config"])
         if given is None:
             given = set(RESUME_OVERRIDABLE) | {k for k in LIMITS if getattr(cfg, k) is not None}
         updates = {k: getattr(cfg, k) for k in given if k in RESUME_OVERRIDABLE or k in LIMITS}
-        for k in sorted(given - set(updates)):
-            if k in {f.name for f in fields(TrainConfig)} and getattr(cfg, k) != getattr(saved, k):
-                self.report("warning", {"text": f"--{k.replace('_', '-')} is ignored on --resume: the run continues "
-                                                f"with its saved value {getattr(saved, k)!r}"})
+        names = {f.name for f in fields(TrainConfig)}
+        conflicts = [k for k in sorted(given - set(updates)) if k in names and getattr(cfg, k) != getattr(saved, k)]
+        if conflicts:
+            raise UsageError(resume_conflict([f"--{k.replace('_', '-')}" for k in conflicts], self.run_dir.path))
         return replace(saved, **updates)
 
     def _resolve_vocab(self, corpus, model_config, ckpt, init_from):

@@ -136,3 +136,21 @@ def test_the_progress_bar_shows_the_trainers_eta_from_the_first_report():
     out = buf.getvalue()
     assert "training 2x512 LSTM" in out
     assert "eta 9m57s" in out and "-:--:--" not in out
+
+
+def test_a_silent_reporter_draws_no_bar_even_on_a_terminal_and_a_quiet_one_only_warns():
+    buf = io.StringIO()
+    silent = Reporter(silent=True, console=Console(file=buf, force_terminal=True, width=120, color_system=None))
+    silent("start", {"step": 0, "total_steps": 10, "plan": "training 1x32 LSTM"})
+    silent("log", {"step": 1, "epoch": 0.0, "train_loss": 4.1, "lr": 1e-4, "chars_per_sec": 6000.0,
+                   "elapsed_s": 1.0, "eta_s": 9.0, "skipped": 0, "total_steps": 10})
+    silent.warn("disk nearly full")
+    silent.close()
+    assert silent._progress is None and buf.getvalue() == ""  # under torchrun, ranks > 0 say nothing at all
+    buf = io.StringIO()
+    quiet = Reporter(quiet=True, console=Console(file=buf, force_terminal=True, width=120, color_system=None))
+    quiet("start", {"step": 0, "total_steps": 10, "plan": "training 1x32 LSTM"})
+    quiet.info("corpus small")
+    quiet.warn("disk nearly full")
+    quiet.close()
+    assert buf.getvalue().strip() == "warning: disk nearly full"

@@ -357,12 +357,19 @@ def test_resume_keeps_the_saved_settings_it_is_not_given(tmp_path, small_corpus)
     args[args.index("--eval-every") + 1] = "1"
     args[args.index("--max-steps") + 1] = "10"
     assert run(["train", small_corpus, "--run-dir", d, *args, "--keep", "10"]).exit_code == 0
-    r = run(["train", "--resume", "--run-dir", d, "--max-steps", "14", "--lr", "0.5"])
+    before = digest(d / "last.pt")
+    refused = run(["train", "--resume", "--run-dir", d, "--max-steps", "14", "--lr", "0.5", "--seq-len", "8"])
+    error = assert_one_error(refused, 2)
+    assert "--lr and --seq-len cannot change on --resume" in error and "--init-from" in error
+    assert digest(d / "last.pt") == before
+    refused = run(["train", "--resume", "--run-dir", d, "--hidden-size", "64"])
+    assert "--hidden-size cannot change on --resume" in assert_one_error(refused, 2)
+    r = run(["train", "--resume", "--run-dir", d, "--max-steps", "14", "--log-every", "2", "-q"])
     assert r.exit_code == 0, r.stderr
     steps = sorted(int(p.stem.split("-")[1]) for p in d.glob("ckpt-*.pt"))
     assert steps == list(range(5, 15))  # --keep 10 and --eval-every 1 came back from the checkpoint
-    assert "--lr is ignored on --resume" in r.stderr
     saved = load_checkpoint(d / "last.pt")["train_config"]
+    assert saved["log_every"] == 2 and saved["max_steps"] == 14  # what may change, changed
     assert saved["keep"] == 10 and saved["eval_every"] == 1 and saved["lr"] == TrainConfig().lr
 
 
