@@ -23,17 +23,31 @@ def main() -> None:
     args = ap.parse_args()
     py = sys.executable
     if args.quick:
-        jobs = [[py, HERE / "bench_train.py", "--sizes", "2x64", "--steps", "2", "--reps", "1"],
-                [py, HERE / "bench_sample.py", "--hidden-size", "64", "--length", "50", "--repeats", "1"],
-                [py, HERE / "bench_corpus.py", "--size-mb", "8"],
-                [py, HERE / "bench_precision.py", "--max-time", "10s", "--val-chars", "300", "--length", "30",
-                 "--repeats", "1"]]
+        jobs = [
+            [py, HERE / "bench_train.py", "--sizes", "2x64", "--steps", "2", "--reps", "1"],
+            [py, HERE / "bench_sample.py", "--hidden-size", "64", "--length", "50", "--repeats", "1"],
+            [py, HERE / "bench_corpus.py", "--size-mb", "8"],
+            [
+                py,
+                HERE / "bench_precision.py",
+                "--max-time",
+                "10s",
+                "--val-chars",
+                "300",
+                "--length",
+                "30",
+                "--repeats",
+                "1",
+            ],
+        ]
     else:
-        jobs = [[py, HERE / "bench_train.py", "--sizes", "2x512,2x128"],
-                [py, HERE / "bench_sample.py", "--hidden-size", "512"],
-                [py, HERE / "bench_sample.py", "--hidden-size", "256"],
-                [py, HERE / "bench_corpus.py", "--size-mb", "1024"],
-                [py, HERE / "bench_precision.py", "--max-time", "3m"]]
+        jobs = [
+            [py, HERE / "bench_train.py", "--sizes", "2x512,2x128"],
+            [py, HERE / "bench_sample.py", "--hidden-size", "512"],
+            [py, HERE / "bench_sample.py", "--hidden-size", "256"],
+            [py, HERE / "bench_corpus.py", "--size-mb", "1024"],
+            [py, HERE / "bench_precision.py", "--max-time", "3m"],
+        ]
     for job in jobs:
         subprocess.run([str(a) for a in job], check=True)
 

@@ -17,16 +17,28 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # charrnn given the plain loop's knobs: model, batch, sequence length, learning rate, dropout.
-SAME_KNOBS = ["--hidden-size", "512", "--num-layers", "2", "--batch-size", "50", "--seq-len", "50", "--lr", "2e-3",
-              "--dropout", "0.2"]
+SAME_KNOBS = [
+    "--hidden-size",
+    "512",
+    "--num-layers",
+    "2",
+    "--batch-size",
+    "50",
+    "--seq-len",
+    "50",
+    "--lr",
+    "2e-3",
+    "--dropout",
+    "0.2",
+]
 ROWS = {
     "same_knobs": SAME_KNOBS,  # charrnn's defaults for everything else: clip 1, wd 0.1, warm-up 20, cosine
     "clip5": SAME_KNOBS + ["--grad-clip", "5"],
     "no_weight_decay": SAME_KNOBS + ["--weight-decay", "0"],
     "constant_lr": SAME_KNOBS + ["--min-lr-frac", "1", "--warmup-steps", "0"],
     "no_mid_run_eval": SAME_KNOBS + ["--eval-every", "1000000"],
-    "plain_recipe": SAME_KNOBS + ["--grad-clip", "5", "--weight-decay", "0", "--min-lr-frac", "1",
-                                  "--warmup-steps", "0"],
+    "plain_recipe": SAME_KNOBS
+    + ["--grad-clip", "5", "--weight-decay", "0", "--min-lr-frac", "1", "--warmup-steps", "0"],
     "decay_last_20pct": SAME_KNOBS + ["--decay-frac", "0.2"],  # warm-up, stable, then cosine over the last 20 %
     "decay_last_40pct": SAME_KNOBS + ["--decay-frac", "0.4"],
     "defaults": [],

@@ -39,10 +39,35 @@ def run_case(name: str, loaded: bool, args, work: Path, text: str) -> dict:
     env_extra, flags = CASES[name]
     env = {**os.environ, **env_extra, "CHARRNN_CACHE_DIR": str(work / "cache"), "PYTHONPATH": str(REPO)}
     run_dir = work / f"run-{name}-{int(loaded)}"
-    cmd = [sys.executable, "-m", "charrnn", "train", text, "--run-dir", str(run_dir), "--overwrite",
-           "--hidden-size", str(args.hidden_size), "--num-layers", "2", "--batch-size", "64", "--seq-len", "100",
-           "--max-steps", str(args.steps), "--log-every", "1", "--eval-every", "100000", "--seed", "1",
-           "--device", "cpu", *flags]
+    cmd = [
+        sys.executable,
+        "-m",
+        "charrnn",
+        "train",
+        text,
+        "--run-dir",
+        str(run_dir),
+        "--overwrite",
+        "--hidden-size",
+        str(args.hidden_size),
+        "--num-layers",
+        "2",
+        "--batch-size",
+        "64",
+        "--seq-len",
+        "100",
+        "--max-steps",
+        str(args.steps),
+        "--log-every",
+        "1",
+        "--eval-every",
+        "100000",
+        "--seed",
+        "1",
+        "--device",
+        "cpu",
+        *flags,
+    ]
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if loaded else None
     try:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -55,10 +80,14 @@ def run_case(name: str, loaded: bool, args, work: Path, text: str) -> dict:
         if hog is not None:
             hog.kill()
             hog.wait()
-    per_step = [b - a for a, b in zip(stamps, stamps[1:])][args.skip:]
-    return {"case": name, "loaded": loaded, "steps_timed": len(per_step),
-            "median_s_per_step": round(statistics.median(per_step), 4) if per_step else None,
-            "returncode": proc.returncode}
+    per_step = [b - a for a, b in zip(stamps, stamps[1:], strict=False)][args.skip :]
+    return {
+        "case": name,
+        "loaded": loaded,
+        "steps_timed": len(per_step),
+        "median_s_per_step": round(statistics.median(per_step), 4) if per_step else None,
+        "returncode": proc.returncode,
+    }
 
 
 def main() -> None:
@@ -82,8 +111,11 @@ def main() -> None:
     for name in args.cases.split(","):
         idle = next(r for r in results if r["case"] == name and not r["loaded"])["median_s_per_step"]
         busy = next(r for r in results if r["case"] == name and r["loaded"])["median_s_per_step"]
-        summary[name] = {"idle_s_per_step": idle, "loaded_s_per_step": busy,
-                         "slowdown": round(busy / idle, 2) if idle and busy else None}
+        summary[name] = {
+            "idle_s_per_step": idle,
+            "loaded_s_per_step": busy,
+            "slowdown": round(busy / idle, 2) if idle and busy else None,
+        }
     print(json.dumps({"summary": summary}), flush=True)
 
 

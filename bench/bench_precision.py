@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_sample import ours  # noqa: E402
 from bench.common import bench_corpus_path, machine  # noqa: E402
 from charrnn.corpus import load_corpus  # noqa: E402
+from charrnn.cpu_kernels import bf16_is_native  # noqa: E402
 from charrnn.data import split  # noqa: E402
 from charrnn.model import CharRNN, load_model  # noqa: E402
-from charrnn.cpu_kernels import bf16_is_native  # noqa: E402
 from charrnn.sample import Stepper  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16")
@@ -46,8 +46,21 @@ def score_with_stepper(model: CharRNN, ids: torch.Tensor, precision: str, sigmoi
 
 
 def train_checkpoint(corpus_path: str, max_time: str, out_dir: Path) -> Path:
-    cmd = [sys.executable, "-m", "charrnn", "train", corpus_path, "--max-time", max_time, "--seed", "1",
-           "--run-dir", str(out_dir), "--log-every", "100"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "charrnn",
+        "train",
+        corpus_path,
+        "--max-time",
+        max_time,
+        "--seed",
+        "1",
+        "--run-dir",
+        str(out_dir),
+        "--log-every",
+        "100",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"training failed:\n{proc.stderr[-3000:]}")
@@ -73,17 +86,33 @@ def main() -> None:
     _, val = split(corpus.ids, 0.1)
     val = torch.from_numpy(val[: args.val_chars or len(val)].astype("int64"))
     c = model.config
-    common = {"model": f"{c.num_layers}x{c.hidden_size} {c.model}", "checkpoint": str(ckpt),
-              "bf16_native": bf16_is_native(torch.device("cpu")), "machine": machine()}
+    common = {
+        "model": f"{c.num_layers}x{c.hidden_size} {c.model}",
+        "checkpoint": str(ckpt),
+        "bf16_native": bf16_is_native(torch.device("cpu")),
+        "machine": machine(),
+    }
 
     # bf16 at one stream (tanh cell) and as 64 streams run it (one-sigmoid cell): both against fp32.
-    loss = {"fp32": score_with_stepper(model, val, "fp32"), "bf16": score_with_stepper(model, val, "bf16"),
-            "bf16_batched_cell": score_with_stepper(model, val, "bf16", sigmoid_only=True)}
+    loss = {
+        "fp32": score_with_stepper(model, val, "fp32"),
+        "bf16": score_with_stepper(model, val, "bf16"),
+        "bf16_batched_cell": score_with_stepper(model, val, "bf16", sigmoid_only=True),
+    }
     worst = max(loss["bf16"], loss["bf16_batched_cell"]) - loss["fp32"]
-    print(json.dumps({"bench": "bf16_quality_cost", "val_chars": len(val) - 1,
-                      **{f"val_loss_{k}": round(v, 5) for k, v in loss.items()},
-                      "delta_nats": round(worst, 5), "delta_bpc": round(worst / math.log(2), 5), **common}),
-          flush=True)
+    print(
+        json.dumps(
+            {
+                "bench": "bf16_quality_cost",
+                "val_chars": len(val) - 1,
+                **{f"val_loss_{k}": round(v, 5) for k, v in loss.items()},
+                "delta_nats": round(worst, 5),
+                "delta_bpc": round(worst / math.log(2), 5),
+                **common,
+            }
+        ),
+        flush=True,
+    )
 
     runs = [(p, b) for p in PRECISIONS for b in (1, args.num_samples)]
     for p, b in runs:  # warm-up: one-off allocations and thread start-up
@@ -94,11 +123,21 @@ def main() -> None:
             best[r] = min(best[r], ours(model, args.length, r[1], r[0]))
     cps = {(p, b): b * args.length / best[(p, b)] for p, b in runs}
     for p, b in runs:
-        print(json.dumps({"bench": "sample_precision", "precision": p, "num_samples": b,
-                          "chars_per_sec": round(cps[(p, b)], 1),
-                          "ratio_vs_same_precision_batch1": round(cps[(p, b)] / cps[(p, 1)], 2),
-                          "ratio_vs_fp32_batch1": round(cps[(p, b)] / cps[("fp32", 1)], 2),
-                          "length": args.length, **common}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "bench": "sample_precision",
+                    "precision": p,
+                    "num_samples": b,
+                    "chars_per_sec": round(cps[(p, b)], 1),
+                    "ratio_vs_same_precision_batch1": round(cps[(p, b)] / cps[(p, 1)], 2),
+                    "ratio_vs_fp32_batch1": round(cps[(p, b)] / cps[("fp32", 1)], 2),
+                    "length": args.length,
+                    **common,
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 
 Prints one JSON object per line: the baseline (nn.LSTM called one character at a time with carried state,
 softmax + multinomial, batch 1), then generate() at batch 1 and at --num-samples streams (total chars/s) in
-each of --precisions (fp32 is the default sampler; bf16 is `charrnn sample --precision bf16`). Repetitions are interleaved (baseline, ours, baseline, ours, ...) and the best of --repeats is
+each of --precisions (fp32 is the default sampler; bf16 is `charrnn sample --precision bf16`).
+Repetitions are interleaved (baseline, ours, baseline, ours, ...) and the best of --repeats is
 kept, since the machine may be shared. Never asserts; numbers are only comparable within one run.
 """
 
@@ -62,7 +63,9 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=VOCAB_SIZE, model=args.model, hidden_size=args.hidden_size, num_layers=args.num_layers)
+    config = ModelConfig(
+        vocab_size=VOCAB_SIZE, model=args.model, hidden_size=args.hidden_size, num_layers=args.num_layers
+    )
     model = CharRNN(config).eval()
     n, precisions = args.length, args.precisions.split(",")
     runs = [(p, b) for p in precisions for b in (1, args.num_samples)]
@@ -78,13 +81,35 @@ def main() -> None:
 
     base_cps = n / base
     cps = {(p, b): b * n / best[(p, b)] for p, b in runs}
-    common = {"model": args.model, "hidden_size": args.hidden_size, "num_layers": args.num_layers,
-              "vocab_size": VOCAB_SIZE, "length": n, "repeats": args.repeats, "machine": machine()}
-    print(json.dumps({"bench": "baseline_nn_lstm_step", "num_samples": 1, "chars_per_sec": round(base_cps, 1),
-                      "ratio_vs_baseline": 1.0, **common}), flush=True)
+    common = {
+        "model": args.model,
+        "hidden_size": args.hidden_size,
+        "num_layers": args.num_layers,
+        "vocab_size": VOCAB_SIZE,
+        "length": n,
+        "repeats": args.repeats,
+        "machine": machine(),
+    }
+    print(
+        json.dumps(
+            {
+                "bench": "baseline_nn_lstm_step",
+                "num_samples": 1,
+                "chars_per_sec": round(base_cps, 1),
+                "ratio_vs_baseline": 1.0,
+                **common,
+            }
+        ),
+        flush=True,
+    )
     for p, b in runs:
-        row = {"bench": "generate", "precision": p, "num_samples": b, "chars_per_sec": round(cps[(p, b)], 1),
-               "ratio_vs_baseline": round(cps[(p, b)] / base_cps, 2)}
+        row = {
+            "bench": "generate",
+            "precision": p,
+            "num_samples": b,
+            "chars_per_sec": round(cps[(p, b)], 1),
+            "ratio_vs_baseline": round(cps[(p, b)] / base_cps, 2),
+        }
         if b > 1:
             row["ratio_vs_generate_batch1"] = round(cps[(p, b)] / cps[(p, 1)], 2)  # same precision
         if p != "fp32" and ("fp32", 1) in cps:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 import io
-import statistics
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -32,11 +32,16 @@ from charrnn.report import Reporter  # noqa: E402
 from charrnn.train import TrainConfig, train  # noqa: E402
 
 
-def plain_loop(ids: torch.Tensor, vocab: int, hidden: int, layers: int, B: int, T: int, steps: int,
-               warmup: int = 2) -> float:
+def plain_loop(
+    ids: torch.Tensor, vocab: int, hidden: int, layers: int, B: int, T: int, steps: int, warmup: int = 2
+) -> float:
     """The baseline: embedding -> nn.LSTM -> linear, carried detached state, AdamW, clip; chars/s."""
     torch.manual_seed(0)
-    emb, lstm, head = nn.Embedding(vocab, hidden), nn.LSTM(hidden, hidden, layers, batch_first=True), nn.Linear(hidden, vocab)
+    emb, lstm, head = (
+        nn.Embedding(vocab, hidden),
+        nn.LSTM(hidden, hidden, layers, batch_first=True),
+        nn.Linear(hidden, vocab),
+    )
     params = [*emb.parameters(), *lstm.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(params, lr=2e-3)
     streams = ids[: (len(ids) // B) * B].view(B, -1)  # (B, N/B) contiguous streams
@@ -69,13 +74,22 @@ def charrnn_train(corpus, hidden: int, layers: int, B: int, T: int, steps: int, 
         if event == "log":
             windows.append(info)
 
-    cfg = TrainConfig(batch_size=B, seq_len=T, max_steps=warmup + steps, log_every=warmup, eval_every=10**9,
-                      seed=0, device="cpu", eval_chars=T * 4, warmup_steps=1)
+    cfg = TrainConfig(
+        batch_size=B,
+        seq_len=T,
+        max_steps=warmup + steps,
+        log_every=warmup,
+        eval_every=10**9,
+        seed=0,
+        device="cpu",
+        eval_chars=T * 4,
+        warmup_steps=1,
+    )
     model_cfg = ModelConfig(vocab_size=len(corpus.vocab), hidden_size=hidden, num_layers=layers, dropout=0.0)
     with tempfile.TemporaryDirectory() as d:
         # log_every=warmup: window 1 is the warm-up; later windows cover `warmup` steps each.
         train(corpus, model_cfg, cfg, RunDir(Path(d) / "run", keep=0), report=report)
-    timed = list(zip(windows[1:], windows))  # (window, previous window)
+    timed = list(zip(windows[1:], windows, strict=False))  # (window, previous window)
     chars = sum((w["step"] - p["step"]) * B * T for w, p in timed)
     seconds = sum((w["step"] - p["step"]) * B * T / w["chars_per_sec"] for w, p in timed)
     return chars / seconds
@@ -99,15 +113,27 @@ def main() -> None:
         for _ in range(args.reps):
             plain.append(plain_loop(ids, len(corpus.vocab), hidden, layers, B, T, steps))
             ours.append(charrnn_train(corpus, hidden, layers, B, T, steps))
-        print(json.dumps({
-            "bench": "train_throughput", "model": f"LSTM {layers}x{hidden}", "batch_size": B, "seq_len": T,
-            "steps_timed": steps, "plain_chars_per_sec": round(max(plain)), "charrnn_chars_per_sec": round(max(ours)),
-            "ratio_vs_plain": round(max(ours) / max(plain), 3),
-            # each rep pairs a plain run with the charrnn run right after it; the median resists one lucky run
-            "median_paired_ratio": round(statistics.median(o / p for o, p in zip(ours, plain)), 3),
-            "all_plain": [round(v) for v in plain], "all_charrnn": [round(v) for v in ours],
-            "corpus": corpus.name, "machine": machine(),
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "bench": "train_throughput",
+                    "model": f"LSTM {layers}x{hidden}",
+                    "batch_size": B,
+                    "seq_len": T,
+                    "steps_timed": steps,
+                    "plain_chars_per_sec": round(max(plain)),
+                    "charrnn_chars_per_sec": round(max(ours)),
+                    "ratio_vs_plain": round(max(ours) / max(plain), 3),
+                    # each rep pairs a plain run with the charrnn run right after it; the median resists one lucky run
+                    "median_paired_ratio": round(statistics.median(o / p for o, p in zip(ours, plain, strict=True)), 3),
+                    "all_plain": [round(v) for v in plain],
+                    "all_charrnn": [round(v) for v in ours],
+                    "corpus": corpus.name,
+                    "machine": machine(),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

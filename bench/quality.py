@@ -60,8 +60,18 @@ class PlainCharRNN(nn.Module):
         return self.head(self.drop(out)), state  # (B, T, V)
 
 
-def plain_loop(corpus_path: str, seconds: float, seed: int, hidden: int = 512, layers: int = 2, dropout: float = 0.2,
-               lr: float = 2e-3, clip: float = 5.0, batch: int = 50, seq_len: int = 50) -> dict:
+def plain_loop(
+    corpus_path: str,
+    seconds: float,
+    seed: int,
+    hidden: int = 512,
+    layers: int = 2,
+    dropout: float = 0.2,
+    lr: float = 2e-3,
+    clip: float = 5.0,
+    batch: int = 50,
+    seq_len: int = 50,
+) -> dict:
     """The obvious loop, trained for `seconds` of wall clock, then scored on the validation split."""
     torch.manual_seed(seed)
     corpus = load_corpus([corpus_path])
@@ -89,11 +99,23 @@ def plain_loop(corpus_path: str, seconds: float, seed: int, hidden: int = 512, l
     wall = time.perf_counter() - start
     model.eval()
     val = score_plain(model, val_ids, V)
-    return {"bench": "quality_per_time", "run": "plain_loop", "corpus": Path(corpus_path).stem,
-            "max_time_s": seconds, "seed": seed, "model": {"hidden_size": hidden, "num_layers": layers,
-            "dropout": dropout}, "lr": lr, "clip": clip, "batch_size": batch, "seq_len": seq_len, "steps": steps,
-            "epochs": round(steps * seq_len / (n - 1), 2), "val_loss_one_stream": round(val, 4),
-            "val_bpc_one_stream": round(val / math.log(2), 4), "wall_s": round(wall, 1)}
+    return {
+        "bench": "quality_per_time",
+        "run": "plain_loop",
+        "corpus": Path(corpus_path).stem,
+        "max_time_s": seconds,
+        "seed": seed,
+        "model": {"hidden_size": hidden, "num_layers": layers, "dropout": dropout},
+        "lr": lr,
+        "clip": clip,
+        "batch_size": batch,
+        "seq_len": seq_len,
+        "steps": steps,
+        "epochs": round(steps * seq_len / (n - 1), 2),
+        "val_loss_one_stream": round(val, 4),
+        "val_bpc_one_stream": round(val / math.log(2), 4),
+        "wall_s": round(wall, 1),
+    }
 
 
 @torch.no_grad()
@@ -123,15 +145,31 @@ def main() -> None:
     if args.plain or args.plain_only:
         from charrnn.cli import parse_duration
 
-        print(json.dumps({**plain_loop(corpus_path, parse_duration(args.max_time), args.seed),
-                          "machine": machine()}), flush=True)
+        print(
+            json.dumps({**plain_loop(corpus_path, parse_duration(args.max_time), args.seed), "machine": machine()}),
+            flush=True,
+        )
         if args.plain_only:
             return
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = args.keep_run or Path(tmp) / "run"
-        cmd = [sys.executable, "-m", "charrnn", "train", corpus_path, "--max-time", args.max_time,
-               "--run-dir", str(run_dir), "--seed", str(args.seed), "--log-every", "100", "--overwrite",
-               *args.train_args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "charrnn",
+            "train",
+            corpus_path,
+            "--max-time",
+            args.max_time,
+            "--run-dir",
+            str(run_dir),
+            "--seed",
+            str(args.seed),
+            "--log-every",
+            "100",
+            "--overwrite",
+            *args.train_args,
+        ]
         load_before = os.getloadavg()[0]
         t = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -144,16 +182,33 @@ def main() -> None:
         ckpt = torch.load(run_dir / "best.pt", weights_only=True)
         last = torch.load(run_dir / "last.pt", weights_only=True)
         val = score_one_stream(run_dir / "best.pt", corpus_path)
-    print(json.dumps({
-        "bench": "quality_per_time", "run": "charrnn", "seed": args.seed, "corpus": Path(corpus_path).stem,
-        "max_time": args.max_time,
-        "train_args": args.train_args, "auto_size": chosen[0] if chosen else None,
-        "model": ckpt["model_config"], "steps": last["step"], "epochs": round(last["epoch"], 2),
-        "best_step": ckpt["step"], "evaluations": len(metrics),
-        "val_loss_one_stream": round(val, 4), "val_bpc_one_stream": round(val / math.log(2), 4),
-        "val_loss_during_training": round(best["val_loss"], 4), "train_loss_at_best": round(best["train_loss"], 4), "train_chars_per_sec": metrics[-1]["chars_per_sec"],
-        "wall_s": round(wall, 1), "load_avg_1m_before": load_before, "machine": machine(),
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "bench": "quality_per_time",
+                "run": "charrnn",
+                "seed": args.seed,
+                "corpus": Path(corpus_path).stem,
+                "max_time": args.max_time,
+                "train_args": args.train_args,
+                "auto_size": chosen[0] if chosen else None,
+                "model": ckpt["model_config"],
+                "steps": last["step"],
+                "epochs": round(last["epoch"], 2),
+                "best_step": ckpt["step"],
+                "evaluations": len(metrics),
+                "val_loss_one_stream": round(val, 4),
+                "val_bpc_one_stream": round(val / math.log(2), 4),
+                "val_loss_during_training": round(best["val_loss"], 4),
+                "train_loss_at_best": round(best["train_loss"], 4),
+                "train_chars_per_sec": metrics[-1]["chars_per_sec"],
+                "wall_s": round(wall, 1),
+                "load_avg_1m_before": load_before,
+                "machine": machine(),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

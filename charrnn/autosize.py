@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -83,9 +83,16 @@ def num_params(hidden: int, layers: int, vocab_size: int, model_type: str = "lst
     return sum(math.prod(s) for s in weight_shapes(ModelConfig(vocab_size, model_type, hidden, layers)).values())
 
 
-def choose_model_size(num_chars: int, max_time: float, device: torch.device, cfg, model_type: str = "lstm",
-                      dropout: float | None = None, report: Callable[[str], None] = lambda s: None,
-                      vocab_size: int = 96) -> dict:
+def choose_model_size(
+    num_chars: int,
+    max_time: float,
+    device: torch.device,
+    cfg,
+    model_type: str = "lstm",
+    dropout: float | None = None,
+    report: Callable[[str], None] = lambda s: None,
+    vocab_size: int = 96,
+) -> dict:
     """Largest candidate whose measured throughput allows TARGET_EPOCHS passes within max_time, and whose
     parameters the text can support (at most PARAMS_PER_CHAR per training character)."""
     train_chars = num_chars * (1.0 - cfg.val_frac)
@@ -96,7 +103,10 @@ def choose_model_size(num_chars: int, max_time: float, device: torch.device, cfg
     started = time.perf_counter()
     chosen, chosen_rate, capped = CANDIDATES[0], None, False
     for hidden, layers in CANDIDATES:
-        if chosen_rate is not None and num_params(hidden, layers, vocab_size, model_type) > PARAMS_PER_CHAR * train_chars:
+        if (
+            chosen_rate is not None
+            and num_params(hidden, layers, vocab_size, model_type) > PARAMS_PER_CHAR * train_chars
+        ):
             capped = True
             break
         config = ModelConfig(vocab_size=vocab_size, model=model_type, hidden_size=hidden, num_layers=layers)
@@ -109,9 +119,11 @@ def choose_model_size(num_chars: int, max_time: float, device: torch.device, cfg
     epochs = chosen_rate * train_time / train_chars
     drop = dropout_for(epochs) if dropout is None else dropout
     why = f"; larger would exceed {PARAMS_PER_CHAR} parameters per training character" if capped else ""
-    report(f"auto-sized for {format_duration(max_time)} on {device}: {layers_str(chosen)} {model_type.upper()}, "
-           f"dropout {drop:g} (~{chosen_rate:,.0f} chars/s, ~{epochs:.1f} passes{why}); set --hidden-size/--num-layers "
-           "to choose")
+    report(
+        f"auto-sized for {format_duration(max_time)} on {device}: {layers_str(chosen)} {model_type.upper()}, "
+        f"dropout {drop:g} (~{chosen_rate:,.0f} chars/s, ~{epochs:.1f} passes{why}); set --hidden-size/--num-layers "
+        "to choose"
+    )
     return {"hidden_size": chosen[0], "num_layers": chosen[1], "dropout": drop}
 
 

@@ -50,8 +50,12 @@ _PLAIN_LEAVES = (torch.Tensor, str, bytes, bool, int, float, complex, type(None)
 # the slack only tolerates a checkpoint someone re-zipped, and bounds what a zip bomb can make us inflate.
 MAX_EXPANSION = 4
 EXPANSION_SLACK = 1 << 20
-_FILE_KINDS = ((stat.S_ISFIFO, "a pipe (FIFO)"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-               (stat.S_ISSOCK, "a socket"))
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 # ---------------------------------------------------------------- writing
@@ -255,9 +259,11 @@ def _check_expansion(path: Path, records: list[zipfile.ZipInfo], size: int) -> N
     total = sum(r.file_size for r in records)  # overlapping records (one payload, many names) count each time
     limit = MAX_EXPANSION * size + EXPANSION_SLACK
     if total > limit:
-        problem = (f"declares {total:,} bytes of records in a file of {size:,} bytes, more than the {limit:,} "
-                   f"({MAX_EXPANSION} times its size plus {EXPANSION_SLACK:,}) a checkpoint can hold, "
-                   "which torch.save never writes")
+        problem = (
+            f"declares {total:,} bytes of records in a file of {size:,} bytes, more than the {limit:,} "
+            f"({MAX_EXPANSION} times its size plus {EXPANSION_SLACK:,}) a checkpoint can hold, "
+            "which torch.save never writes"
+        )
         raise _error(path, problem, "it was crafted or damaged, so refusing to load it")
 
 
@@ -349,8 +355,9 @@ class RunDir:
             try:
                 p.unlink()
             except OSError as exc:
-                raise CheckpointWriteError(f"--overwrite could not remove {p} ({_describe(exc)}); "
-                                           "check the directory's permissions.") from exc
+                raise CheckpointWriteError(
+                    f"--overwrite could not remove {p} ({_describe(exc)}); check the directory's permissions."
+                ) from exc
         self.overwrite = False
 
     def _probe(self) -> None:

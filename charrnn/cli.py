@@ -17,8 +17,9 @@ import sys
 import threading
 import time
 import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -88,8 +89,7 @@ err = Console(file=_stderr, highlight=False, soft_wrap=True)  # log lines never 
 def shown(text: str) -> str:
     """Text from a file, safe to print: control characters (a crafted ESC sequence could drive the terminal)
     are written as escapes; everything else, non-breaking spaces and emoji included, as it is."""
-    return "".join(c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) == "Cc" else c
-                   for c in text)
+    return "".join(c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) == "Cc" else c for c in text)
 
 
 def say(message: str) -> None:
@@ -154,8 +154,10 @@ def write_out(text: str) -> None:
     """Data to stdout, flushed; a failure other than a closed pipe becomes OutputError (exit 1)."""
     out = sys.stdout
     if out is None:
-        raise OutputError("standard output is closed, so there is nowhere to write; run the command with stdout "
-                          "open (redirect it to a file if you do not want to see it).")
+        raise OutputError(
+            "standard output is closed, so there is nowhere to write; run the command with stdout "
+            "open (redirect it to a file if you do not want to see it)."
+        )
     try:
         out.write(text)
         out.flush()
@@ -164,7 +166,9 @@ def write_out(text: str) -> None:
     except (OSError, ValueError) as e:
         _silence_stdout()  # or the interpreter's final flush fails again, with a traceback
         reason = getattr(e, "strerror", None) or str(e)
-        raise OutputError(f"cannot write to standard output ({reason}); free some space or redirect it elsewhere.") from None
+        raise OutputError(
+            f"cannot write to standard output ({reason}); free some space or redirect it elsewhere."
+        ) from None
 
 
 def _silence_stdout() -> None:
@@ -230,7 +234,7 @@ class StopFlag:
             os._exit(128 + signum)
 
     @contextlib.contextmanager
-    def installed(self) -> Iterator["StopFlag"]:
+    def installed(self) -> Iterator[StopFlag]:
         if threading.current_thread() is not threading.main_thread():
             yield self  # signals are delivered to the main thread only
             return
@@ -277,7 +281,9 @@ def parse_duration(text: str | None) -> float | None:
         return float(s)
     parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", s)
     if not parts or "".join(n + u for n, u in parts) != s.replace(" ", ""):
-        raise typer.BadParameter(f"{text!r} is not a duration; use e.g. 90s, 10m, 2h or 1h30m (a bare number is seconds).")
+        raise typer.BadParameter(
+            f"{text!r} is not a duration; use e.g. 90s, 10m, 2h or 1h30m (a bare number is seconds)."
+        )
     return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
 
 
@@ -297,7 +303,9 @@ def resolve_checkpoint(path: Path | None) -> Path:
         for name in ("best.pt", "last.pt"):
             if (path / name).is_file():
                 return path / name
-        raise CharRNNError(f"{path} is a directory with no best.pt or last.pt; pass a checkpoint file or a run directory.")
+        raise CharRNNError(
+            f"{path} is a directory with no best.pt or last.pt; pass a checkpoint file or a run directory."
+        )
     return path
 
 
@@ -314,46 +322,173 @@ checkpoints/<name>-2, -3, ...; a --run-dir that holds a run needs --resume
 
 MODEL_FIELDS = ("model", "hidden_size", "num_layers", "embed_size", "dropout", "tie_weights")
 # TrainConfig fields that are also `train` options under the same name (flags map one-to-one onto the config).
-TRAIN_FIELDS = ("seq_len", "batch_size", "val_frac", "lr", "min_lr_frac", "decay_frac", "warmup_steps", "weight_decay", "grad_clip",
-                "max_steps", "max_epochs", "max_time", "eval_every", "eval_streams", "log_every", "keep",
-                "max_skips", "seed", "device", "threads", "amp")
+TRAIN_FIELDS = (
+    "seq_len",
+    "batch_size",
+    "val_frac",
+    "lr",
+    "min_lr_frac",
+    "decay_frac",
+    "warmup_steps",
+    "weight_decay",
+    "grad_clip",
+    "max_steps",
+    "max_epochs",
+    "max_time",
+    "eval_every",
+    "eval_streams",
+    "log_every",
+    "keep",
+    "max_skips",
+    "seed",
+    "device",
+    "threads",
+    "amp",
+)
 
 
 @app.command(epilog=TRAIN_EPILOG)
 def train(
     ctx: typer.Context,
-    corpus: Annotated[Optional[list[str]], typer.Argument(metavar="CORPUS", help="Text file(s), a directory, '-' for stdin, or a named corpus (pydocs). Not needed with --resume.", show_default=False)] = None,
-    val_frac: Annotated[float, typer.Option(help="Last fraction of the text held out for validation.", rich_help_panel=DATA)] = 0.1,
-    seq_len: Annotated[int, typer.Option(help="Characters per stream per step (truncated BPTT length).", rich_help_panel=DATA)] = 50,
+    corpus: Annotated[
+        Optional[list[str]],
+        typer.Argument(
+            metavar="CORPUS",
+            help="Text file(s), a directory, '-' for stdin, or a named corpus (pydocs). Not needed with --resume.",
+            show_default=False,
+        ),
+    ] = None,
+    val_frac: Annotated[
+        float, typer.Option(help="Last fraction of the text held out for validation.", rich_help_panel=DATA)
+    ] = 0.1,
+    seq_len: Annotated[
+        int, typer.Option(help="Characters per stream per step (truncated BPTT length).", rich_help_panel=DATA)
+    ] = 50,
     batch_size: Annotated[int, typer.Option(help="Parallel contiguous streams per step.", rich_help_panel=DATA)] = 50,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List the files a directory corpus skipped, and why.", rich_help_panel=DATA)] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="List the files a directory corpus skipped, and why.", rich_help_panel=DATA
+        ),
+    ] = False,
     model: Annotated[str, typer.Option(help="lstm, gru or rnn.", rich_help_panel=MODEL)] = "lstm",
-    hidden_size: Annotated[Optional[int], typer.Option(help="Hidden units per layer \\[default: sized to the time budget; 512 under --max-steps/--max-epochs].", show_default=False, rich_help_panel=MODEL)] = None,
-    num_layers: Annotated[Optional[int], typer.Option(help="Stacked recurrent layers \\[default: 2].", show_default=False, rich_help_panel=MODEL)] = None,
-    embed_size: Annotated[int, typer.Option(help="Embedding size (0: same as --hidden-size).", rich_help_panel=MODEL)] = 0,
-    dropout: Annotated[Optional[float], typer.Option(help="Dropout on the embeddings, between layers and before the head \\[default: 0.1, or auto].", show_default=False, rich_help_panel=MODEL)] = None,
-    tie_weights: Annotated[bool, typer.Option("--tie-weights", help="Share the embedding matrix with the output layer.", rich_help_panel=MODEL)] = False,
+    hidden_size: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Hidden units per layer \\[default: sized to the time budget; 512 under --max-steps/--max-epochs].",
+            show_default=False,
+            rich_help_panel=MODEL,
+        ),
+    ] = None,
+    num_layers: Annotated[
+        Optional[int],
+        typer.Option(help="Stacked recurrent layers \\[default: 2].", show_default=False, rich_help_panel=MODEL),
+    ] = None,
+    embed_size: Annotated[
+        int, typer.Option(help="Embedding size (0: same as --hidden-size).", rich_help_panel=MODEL)
+    ] = 0,
+    dropout: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Dropout on the embeddings, between layers and before the head \\[default: 0.1, or auto].",
+            show_default=False,
+            rich_help_panel=MODEL,
+        ),
+    ] = None,
+    tie_weights: Annotated[
+        bool,
+        typer.Option("--tie-weights", help="Share the embedding matrix with the output layer.", rich_help_panel=MODEL),
+    ] = False,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).", rich_help_panel=OPTIM)] = 2e-3,
     min_lr_frac: Annotated[float, typer.Option(help="The decay ends at lr * this.", rich_help_panel=OPTIM)] = 0.1,
-    decay_frac: Annotated[float, typer.Option(help="The cosine decay takes the last this fraction of the budget; the lr is constant before it.", rich_help_panel=OPTIM)] = 0.2,
+    decay_frac: Annotated[
+        float,
+        typer.Option(
+            help="The cosine decay takes the last this fraction of the budget; the lr is constant before it.",
+            rich_help_panel=OPTIM,
+        ),
+    ] = 0.2,
     warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.", rich_help_panel=OPTIM)] = 20,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on weight matrices.", rich_help_panel=OPTIM)] = 0.1,
-    grad_clip: Annotated[float, typer.Option(help="Clip the global gradient norm to this.", rich_help_panel=OPTIM)] = 1.0,
-    max_skips: Annotated[int, typer.Option(help="Stop as diverged after this many consecutive non-finite steps.", rich_help_panel=OPTIM)] = 5,
-    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps.", show_default=False, rich_help_panel=STOP)] = None,
-    max_epochs: Annotated[Optional[float], typer.Option(help="Stop after this many passes over the training text.", show_default=False, rich_help_panel=STOP)] = None,
-    max_time: Annotated[Optional[str], typer.Option(help="The whole command ends within this long: 90s, 10m, 2h, 1h30m; a bare number is seconds \\[default, when no limit is given: 10m per million characters, 2m to 1h].", show_default=False, rich_help_panel=STOP)] = None,
-    eval_every: Annotated[int, typer.Option(help="Evaluate and checkpoint every N steps.", rich_help_panel=OUTPUT)] = 200,
-    eval_streams: Annotated[int, typer.Option(help="Validation text is scored as this many carried streams.", rich_help_panel=OUTPUT)] = 8,
+    weight_decay: Annotated[
+        float, typer.Option(help="AdamW weight decay on weight matrices.", rich_help_panel=OPTIM)
+    ] = 0.1,
+    grad_clip: Annotated[
+        float, typer.Option(help="Clip the global gradient norm to this.", rich_help_panel=OPTIM)
+    ] = 1.0,
+    max_skips: Annotated[
+        int, typer.Option(help="Stop as diverged after this many consecutive non-finite steps.", rich_help_panel=OPTIM)
+    ] = 5,
+    max_steps: Annotated[
+        Optional[int], typer.Option(help="Stop after this many steps.", show_default=False, rich_help_panel=STOP)
+    ] = None,
+    max_epochs: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Stop after this many passes over the training text.", show_default=False, rich_help_panel=STOP
+        ),
+    ] = None,
+    max_time: Annotated[
+        Optional[str],
+        typer.Option(
+            help="The whole command ends within this long: 90s, 10m, 2h, 1h30m; a bare number is seconds "
+            "\\[default, when no limit is given: 10m per million characters, 2m to 1h].",
+            show_default=False,
+            rich_help_panel=STOP,
+        ),
+    ] = None,
+    eval_every: Annotated[
+        int, typer.Option(help="Evaluate and checkpoint every N steps.", rich_help_panel=OUTPUT)
+    ] = 200,
+    eval_streams: Annotated[
+        int, typer.Option(help="Validation text is scored as this many carried streams.", rich_help_panel=OUTPUT)
+    ] = 8,
     log_every: Annotated[int, typer.Option(help="Report progress every N steps.", rich_help_panel=OUTPUT)] = 20,
-    run_dir: Annotated[Optional[Path], typer.Option(help="Run directory \\[default: checkpoints/<corpus name>, or <name>-2, -3, ... when that holds a run].", show_default=False, rich_help_panel=OUTPUT)] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --run-dir from its last good checkpoint (the corpus is found from the checkpoint).", rich_help_panel=OUTPUT)] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run in --run-dir: its checkpoints and metrics are deleted.", rich_help_panel=OUTPUT)] = False,
-    init_from: Annotated[Optional[Path], typer.Option(help="Start a new run from this checkpoint's weights (fine-tuning).", show_default=False, rich_help_panel=OUTPUT)] = None,
-    keep: Annotated[int, typer.Option(help="Older numbered checkpoints to keep besides best.pt and last.pt.", rich_help_panel=OUTPUT)] = 3,
+    run_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Run directory \\[default: checkpoints/<corpus name>, or <name>-2, -3, ... when that holds a run].",
+            show_default=False,
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the run in --run-dir from its last good checkpoint "
+            "(the corpus is found from the checkpoint).",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace the run in --run-dir: its checkpoints and metrics are deleted.",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = False,
+    init_from: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Start a new run from this checkpoint's weights (fine-tuning).",
+            show_default=False,
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
+    keep: Annotated[
+        int,
+        typer.Option(help="Older numbered checkpoints to keep besides best.pt and last.pt.", rich_help_panel=OUTPUT),
+    ] = 3,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=RUNTIME)] = "auto",
-    seed: Annotated[Optional[int], typer.Option(help="Random seed \\[default: drawn and printed].", show_default=False, rich_help_panel=RUNTIME)] = None,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads \\[default: torch's].", show_default=False, rich_help_panel=RUNTIME)] = None,
+    seed: Annotated[
+        Optional[int],
+        typer.Option(help="Random seed \\[default: drawn and printed].", show_default=False, rich_help_panel=RUNTIME),
+    ] = None,
+    threads: Annotated[
+        Optional[int],
+        typer.Option(help="CPU threads \\[default: torch's].", show_default=False, rich_help_panel=RUNTIME),
+    ] = None,
     amp: Annotated[bool, typer.Option(help="fp16 mixed precision on CUDA.", rich_help_panel=RUNTIME)] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.", rich_help_panel=RUNTIME)] = False,
 ) -> None:
@@ -371,8 +506,10 @@ def train(
         if resume and (init_from is not None or overwrite):
             raise UsageError("--resume continues a run, so it cannot be combined with --init-from or --overwrite.")
         if not corpus and not resume:
-            raise UsageError("give a corpus to train on (a file, a directory, '-' or pydocs), or --resume --run-dir DIR "
-                             "to continue a run.")
+            raise UsageError(
+                "give a corpus to train on (a file, a directory, '-' or pydocs), or --resume --run-dir DIR "
+                "to continue a run."
+            )
         if resume and not corpus and run_dir is None:
             raise UsageError("--resume without a corpus needs --run-dir: the run directory to continue.")
         max_time_s = parse_duration(max_time)
@@ -381,8 +518,9 @@ def train(
         cfg = _train_config(locals(), max_time_s)
         cfg.validate()
         runtime.select_device(device)
-        model_opts = _model_options(model, hidden_size, num_layers, embed_size, dropout, tie_weights,
-                                    fine_tune=init_from is not None)
+        model_opts = _model_options(
+            model, hidden_size, num_layers, embed_size, dropout, tie_weights, fine_tune=init_from is not None
+        )
         given_fields = {name for name in TRAIN_FIELDS if given(ctx, name)}
         if resume:
             from charrnn.train import resume_conflict
@@ -396,15 +534,33 @@ def train(
             verify_checkpoint(init_from)
 
         data = _load_training_corpus(corpus, run_dir, resume, quiet, dist, reporter)
-        result = _train_claimed(data, cfg, model_opts, run_dir, resume, overwrite, init_from, given_fields,
-                                max_time_s, verbose, dist, reporter, started)
+        result = _train_claimed(
+            data,
+            cfg,
+            model_opts,
+            run_dir,
+            resume,
+            overwrite,
+            init_from,
+            given_fields,
+            max_time_s,
+            verbose,
+            dist,
+            reporter,
+            started,
+        )
         reporter.close()
         if result.signal is not None:
             who = f"rank {dist.rank}: " if dist.enabled else ""
-            again = ("charrnn train --resume --run-dir " + _shell_quote(result.run_dir) if "-" not in data.sources
-                     else "the same text piped to charrnn train - --resume --run-dir " + _shell_quote(result.run_dir))
-            say(f"{who}stopped by {signal.Signals(result.signal).name} at step {result.step}; checkpoint saved in "
-                f"{result.run_dir}; continue with: {again}")
+            again = (
+                "charrnn train --resume --run-dir " + _shell_quote(result.run_dir)
+                if "-" not in data.sources
+                else "the same text piped to charrnn train - --resume --run-dir " + _shell_quote(result.run_dir)
+            )
+            say(
+                f"{who}stopped by {signal.Signals(result.signal).name} at step {result.step}; checkpoint saved in "
+                f"{result.run_dir}; continue with: {again}"
+            )
             raise typer.Exit(128 + result.signal)
         if not dist.is_main:
             return
@@ -431,13 +587,25 @@ def _model_options(model, hidden_size, num_layers, embed_size, dropout, tie_weig
     under --max-time, else 2x512). When fine-tuning only dropout may change: the checkpoint fixes the rest."""
     from charrnn.model import ModelConfig
 
-    ModelConfig(vocab_size=2, model=model, hidden_size=512 if hidden_size is None else hidden_size,
-                num_layers=2 if num_layers is None else num_layers, embed_size=embed_size,
-                dropout=0.1 if dropout is None else dropout, tie_weights=tie_weights).check_trainable()
+    ModelConfig(
+        vocab_size=2,
+        model=model,
+        hidden_size=512 if hidden_size is None else hidden_size,
+        num_layers=2 if num_layers is None else num_layers,
+        embed_size=embed_size,
+        dropout=0.1 if dropout is None else dropout,
+        tie_weights=tie_weights,
+    ).check_trainable()
     if fine_tune:
         return {"dropout": dropout}
-    return {"model": model, "hidden_size": hidden_size, "num_layers": num_layers, "embed_size": embed_size,
-            "dropout": dropout, "tie_weights": tie_weights}
+    return {
+        "model": model,
+        "hidden_size": hidden_size,
+        "num_layers": num_layers,
+        "embed_size": embed_size,
+        "dropout": dropout,
+        "tie_weights": tie_weights,
+    }
 
 
 def _load_training_corpus(corpus, run_dir, resume: bool, quiet: bool, dist, reporter):
@@ -456,37 +624,58 @@ def _resume_sources(run_dir: Path) -> list[str]:
     ckpt, path, _ = RunDir(run_dir).load_latest()
     sources = ckpt.get("corpus", {}).get("sources") if isinstance(ckpt.get("corpus"), dict) else None
     if not isinstance(sources, list) or not sources or not all(isinstance(s, str) for s in sources):
-        raise CharRNNError(f"{path} does not record its corpus; give the corpus again: charrnn train CORPUS --resume "
-                           f"--run-dir {run_dir}.")
+        raise CharRNNError(
+            f"{path} does not record its corpus; give the corpus again: charrnn train CORPUS --resume "
+            f"--run-dir {run_dir}."
+        )
     if "-" in sources:
-        raise UsageError(f"the run in {run_dir} was trained on standard input; pipe the same text in again: "
-                         f"... | charrnn train - --resume --run-dir {run_dir}.")
+        raise UsageError(
+            f"the run in {run_dir} was trained on standard input; pipe the same text in again: "
+            f"... | charrnn train - --resume --run-dir {run_dir}."
+        )
     return sources
 
 
-def _train_claimed(data, cfg, model_opts, run_dir, resume, overwrite, init_from, given_fields, max_time_s,
-                   verbose, dist, reporter, started):
+def _train_claimed(
+    data,
+    cfg,
+    model_opts,
+    run_dir,
+    resume,
+    overwrite,
+    init_from,
+    given_fields,
+    max_time_s,
+    verbose,
+    dist,
+    reporter,
+    started,
+):
     """Lock the run directory, report what the run is about to do, size the model, and train."""
     from charrnn.checkpoint import RunDir
     from charrnn.model import ModelConfig
     from charrnn.report import format_duration
     from charrnn.rundir import claim_run_dir, remove_temps
-    from charrnn.train import check_corpus_size, train as run_training
+    from charrnn.train import check_corpus_size
+    from charrnn.train import train as run_training
 
     vocab_size = len(data.vocab)
     if not resume:
         check_corpus_size(len(data.ids), cfg, vocab_size)  # before the run directory is created
         if cfg.max_steps is None and cfg.max_epochs is None and cfg.max_time is None:
             cfg.max_time = max_time_s = default_budget(len(data.ids))
-            reporter.info(f"no limit given: a budget of {format_duration(max_time_s)} for {len(data.ids):,} characters "
-                          "(10 min a million, 2 min to 1 h); --max-time, --max-steps or --max-epochs set one")
+            reporter.info(
+                f"no limit given: a budget of {format_duration(max_time_s)} for {len(data.ids):,} characters "
+                "(10 min a million, 2 min to 1 h); --max-time, --max-steps or --max-epochs set one"
+            )
     default_dir = Path("checkpoints") / data.name
     path = run_dir or default_dir
     lock = None
     if dist.is_main:
         # Under torchrun every rank must write to the same place, so no rank may pick a -2 on its own.
-        lock, path, note = claim_run_dir(path, explicit=run_dir is not None or dist.enabled, resume=resume,
-                                         overwrite=overwrite)
+        lock, path, note = claim_run_dir(
+            path, explicit=run_dir is not None or dist.enabled, resume=resume, overwrite=overwrite
+        )
         if note:
             reporter.warn(note)
     try:
@@ -500,9 +689,18 @@ def _train_claimed(data, cfg, model_opts, run_dir, resume, overwrite, init_from,
         elif init_from is not None and model_opts.get("dropout") is not None:
             model_cfg = ModelConfig(vocab_size=vocab_size, dropout=model_opts["dropout"])
         with StopFlag(on_abort=lambda: remove_temps(path)).installed() as stop:
-            return run_training(data, model_cfg, cfg, RunDir(path, keep=cfg.keep, overwrite=overwrite), report=reporter,
-                                should_stop=stop, resume=resume, init_from=init_from, given=given_fields,
-                                started=started)
+            return run_training(
+                data,
+                model_cfg,
+                cfg,
+                RunDir(path, keep=cfg.keep, overwrite=overwrite),
+                report=reporter,
+                should_stop=stop,
+                resume=resume,
+                init_from=init_from,
+                given=given_fields,
+                started=started,
+            )
     finally:
         if lock is not None:
             lock.close()
@@ -531,21 +729,35 @@ def _new_model_config(opts: dict, data, cfg, max_time_s, dist, reporter):
         if dist.enabled:
             reporter.info("auto-sizing is off under torchrun (ranks would time it apart); using 2x512")
         else:
-            sized = choose_model_size(len(data.ids), max_time_s, runtime.select_device(cfg.device), cfg,
-                                      opts["model"], opts["dropout"], report=reporter.info, vocab_size=len(data.vocab))
-    return ModelConfig(vocab_size=len(data.vocab), model=opts["model"],
-                       hidden_size=512 if sized["hidden_size"] is None else sized["hidden_size"],
-                       num_layers=2 if sized["num_layers"] is None else sized["num_layers"],
-                       embed_size=opts["embed_size"], dropout=0.1 if sized["dropout"] is None else sized["dropout"],
-                       tie_weights=opts["tie_weights"])
+            sized = choose_model_size(
+                len(data.ids),
+                max_time_s,
+                runtime.select_device(cfg.device),
+                cfg,
+                opts["model"],
+                opts["dropout"],
+                report=reporter.info,
+                vocab_size=len(data.vocab),
+            )
+    return ModelConfig(
+        vocab_size=len(data.vocab),
+        model=opts["model"],
+        hidden_size=512 if sized["hidden_size"] is None else sized["hidden_size"],
+        num_layers=2 if sized["num_layers"] is None else sized["num_layers"],
+        embed_size=opts["embed_size"],
+        dropout=0.1 if sized["dropout"] is None else sized["dropout"],
+        tie_weights=opts["tie_weights"],
+    )
 
 
 def _report_skipped(data, verbose: bool, reporter) -> None:
     skipped = getattr(data, "skipped", None) or []
     if not skipped:
         return
-    reporter.warn(f"skipped {len(skipped)} file(s) of the corpus directory (binary, not UTF-8, hidden or a run "
-                  f"directory){'' if verbose else '; --verbose lists them'}")
+    reporter.warn(
+        f"skipped {len(skipped)} file(s) of the corpus directory (binary, not UTF-8, hidden or a run "
+        f"directory){'' if verbose else '; --verbose lists them'}"
+    )
     if verbose:
         for where, why in skipped:
             reporter.warn(f"skipped {where}: {why}")
@@ -562,33 +774,74 @@ SAMPLE_EPILOG = """Examples:\n
 
 @app.command(epilog=SAMPLE_EPILOG)
 def sample(
-    checkpoint: Annotated[Optional[Path], typer.Argument(metavar="CHECKPOINT", help="A checkpoint, or a run directory (its best.pt) \\[default: the newest run under ./checkpoints].", show_default=False)] = None,
-    temp: Annotated[float, typer.Option("--temp", "--temperature", "-t", help="Sampling temperature; 0 is greedy.")] = 0.8,
-    top_k: Annotated[Optional[int], typer.Option(help="Sample only from the k most likely characters.", show_default=False)] = None,
-    top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling: the smallest set of characters with this much probability.", show_default=False)] = None,
+    checkpoint: Annotated[
+        Optional[Path],
+        typer.Argument(
+            metavar="CHECKPOINT",
+            help="A checkpoint, or a run directory (its best.pt) \\[default: the newest run under ./checkpoints].",
+            show_default=False,
+        ),
+    ] = None,
+    temp: Annotated[
+        float, typer.Option("--temp", "--temperature", "-t", help="Sampling temperature; 0 is greedy.")
+    ] = 0.8,
+    top_k: Annotated[
+        Optional[int], typer.Option(help="Sample only from the k most likely characters.", show_default=False)
+    ] = None,
+    top_p: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Nucleus sampling: the smallest set of characters with this much probability.", show_default=False
+        ),
+    ] = None,
     length: Annotated[int, typer.Option("--length", "-n", help="New characters per sample.")] = 2000,
-    prime: Annotated[Optional[str], typer.Option(help="Text to start from ('-' reads it from stdin); printed before the sample.", show_default=False)] = None,
-    num_samples: Annotated[int, typer.Option(help="Samples generated together as one batch, separated by a blank line.")] = 1,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed \\[default: drawn and printed to stderr].", show_default=False)] = None,
+    prime: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Text to start from ('-' reads it from stdin); printed before the sample.", show_default=False
+        ),
+    ] = None,
+    num_samples: Annotated[
+        int, typer.Option(help="Samples generated together as one batch, separated by a blank line.")
+    ] = 1,
+    seed: Annotated[
+        Optional[int], typer.Option(help="Random seed \\[default: drawn and printed to stderr].", show_default=False)
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    precision: Annotated[str, typer.Option(help="fp32, or bf16: faster with many --num-samples on CPUs with AVX512-BF16/AMX and on GPUs, slightly less accurate.")] = "fp32",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Say nothing on stderr but errors (not the checkpoint used, nor the seed).")] = False,
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="fp32, or bf16: faster with many --num-samples on CPUs with AVX512-BF16/AMX and on GPUs, "
+            "slightly less accurate."
+        ),
+    ] = "fp32",
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", help="Say nothing on stderr but errors (not the checkpoint used, nor the seed)."),
+    ] = False,
 ) -> None:
     """Stream text from a trained checkpoint to stdout."""
     import torch
 
     from charrnn import runtime
+    from charrnn.cpu_kernels import bf16_is_native
     from charrnn.errors import CorpusError
     from charrnn.model import load_model
-    from charrnn.cpu_kernels import bf16_is_native
     from charrnn.sample import SampleConfig, generate
 
     with user_errors(), reader_may_leave():
         seed_drawn = seed is None
         if seed_drawn:
             seed = runtime.draw_seed()
-        cfg = SampleConfig(temperature=temp, top_k=top_k, top_p=top_p, length=length, num_samples=num_samples,
-                           seed=seed, precision=precision)
+        cfg = SampleConfig(
+            temperature=temp,
+            top_k=top_k,
+            top_p=top_p,
+            length=length,
+            num_samples=num_samples,
+            seed=seed,
+            precision=precision,
+        )
         cfg.validate()
         dev = runtime.select_device(device)
         path = resolve_checkpoint(checkpoint)
@@ -597,13 +850,18 @@ def sample(
         unknown = vocab.unknown(text)
         if unknown:
             shown = " ".join(repr(c) for c in unknown[:20])
-            raise CorpusError(f"--prime has character(s) the model never saw: {shown}; remove them or train on text that has them.")
+            raise CorpusError(
+                f"--prime has character(s) the model never saw: {shown}; remove them or train on text that has them."
+            )
         if not quiet:
             say(f"using {path} ({_progress_line(ckpt, path)})")
             if seed_drawn:
                 say(f"seed {seed}")
             if precision == "bf16" and dev.type == "cpu" and not bf16_is_native(dev):
-                say("warning: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX), so --precision bf16 will be slower than fp32.")
+                say(
+                    "warning: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX), "
+                    "so --precision bf16 will be slower than fp32."
+                )
         seed_text = text or ("\n" if "\n" in vocab.chars else vocab.chars[0])  # an unprinted start when no prime
         prime_ids = [int(i) for i in vocab.encode(seed_text)]
         with torch.inference_mode():
@@ -633,7 +891,7 @@ def stream_samples(blocks, prime: str, chars: list[str], num_samples: int) -> No
         if piece:
             write_out(piece)
             last = piece
-        for r, row in zip(rest, rows[1:]):
+        for r, row in zip(rest, rows[1:], strict=False):
             r.append("".join(chars[i] for i in row))
     for r in rest:
         write_out(("\n" if not last.endswith("\n") else "") + "\n")
@@ -653,7 +911,16 @@ INFO_EPILOG = """Examples:\n
 
 
 @app.command(epilog=INFO_EPILOG)
-def info(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="A charrnn checkpoint (.pt), or a run directory (its best.pt).", show_default=False)]) -> None:
+def info(
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(
+            metavar="CHECKPOINT",
+            help="A charrnn checkpoint (.pt), or a run directory (its best.pt).",
+            show_default=False,
+        ),
+    ],
+) -> None:
     """Describe a checkpoint: model, size, vocabulary, corpus, training progress."""
     from charrnn.model import load_model
     from charrnn.state import describe_fields
@@ -661,18 +928,24 @@ def info(checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="
     with user_errors(), reader_may_leave():
         path = resolve_checkpoint(checkpoint)
         model, vocab, ckpt = load_model(path, "cpu")
-        d = {k: ("?" if v is None else shown(v) if isinstance(v, str) else v)
-             for k, v in describe_fields(ckpt, path).items()}
+        d = {
+            k: ("?" if v is None else shown(v) if isinstance(v, str) else v)
+            for k, v in describe_fields(ckpt, path).items()
+        }
         c = model.config
         best = d["best_val_loss"]
-        best_line = (f"{best:.4f} nats/char, {best / math.log(2):.4f} bits/char (step {d['best_step']})"
-                     if best != "?" else "not evaluated yet")
+        best_line = (
+            f"{best:.4f} nats/char, {best / math.log(2):.4f} bits/char (step {d['best_step']})"
+            if best != "?"
+            else "not evaluated yet"
+        )
         corpus = d["corpus_name"] + (f" ({d['corpus_chars']:,} characters)" if d["corpus_chars"] != "?" else "")
         epoch = f" (epoch {d['epoch']:.2f})" if d["epoch"] != "?" else ""
         lines = [
             f"checkpoint:     {path}",
             f"model:          {c.model.upper()}, {c.num_layers} layer{'s' if c.num_layers != 1 else ''} x "
-            f"{c.hidden_size} hidden, embed {c.embed_size}, dropout {c.dropout}{', tied weights' if c.tie_weights else ''}",
+            f"{c.hidden_size} hidden, embed {c.embed_size}, dropout {c.dropout}"
+            f"{', tied weights' if c.tie_weights else ''}",
             f"parameters:     {model.num_params():,}",
             f"vocabulary:     {len(vocab)} characters",
             f"corpus:         {corpus}",

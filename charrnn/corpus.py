@@ -390,7 +390,7 @@ class _Helper:
         if pending is not None:
             pending.result()  # re-raises the job's exception here
 
-    def __enter__(self) -> "_Helper":
+    def __enter__(self) -> _Helper:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -430,7 +430,7 @@ class _Scan:
         self.digest = hashlib.sha256()
         self.seen = np.zeros(_CODE_POINTS, dtype=bool)  # seen[cp]: code point cp occurs somewhere in the corpus
         self.num_bytes = 0
-        self._mark: tuple["hashlib._Hash", int, np.ndarray | None] = (self.digest.copy(), 0, None)
+        self._mark: tuple[hashlib._Hash, int, np.ndarray | None] = (self.digest.copy(), 0, None)
 
     def see(self, cps: np.ndarray) -> None:
         if not self.seen[cps].all():  # a gather is ~2x faster than a scatter; new characters are rare
@@ -449,7 +449,12 @@ class _Scan:
 
 
 def _scan_pass(
-    inputs: list[_Input], name: str, cache_dir: Path, chunk_bytes: int, show_progress: bool, spools: list[Path],
+    inputs: list[_Input],
+    name: str,
+    cache_dir: Path,
+    chunk_bytes: int,
+    show_progress: bool,
+    spools: list[Path],
 ) -> tuple[_Scan, list[_Input], list[tuple[str, str]]]:
     """Pass 1 -> (what was ingested, inputs for pass 2, the directory files skipped for their contents).
 
@@ -472,9 +477,7 @@ def _scan_pass(
     return scan, pass2, skipped
 
 
-def _scan_input(
-    inp: _Input, scan: _Scan, cache_dir: Path, chunk_bytes: int, bar: tqdm, spools: list[Path]
-) -> _Input:
+def _scan_input(inp: _Input, scan: _Scan, cache_dir: Path, chunk_bytes: int, bar: tqdm, spools: list[Path]) -> _Input:
     """Read one input into `scan`; returns the input pass 2 reads (a stream's spool, else the input itself)."""
     before = scan.num_bytes
     try:
@@ -493,14 +496,14 @@ def _scan_input(
     return inp
 
 
-def _absorb(digest: "hashlib._Hash", spool: BinaryIO | None, chunk: bytes) -> None:
+def _absorb(digest: hashlib._Hash, spool: BinaryIO | None, chunk: bytes) -> None:
     """Hash the ingested bytes and keep a stream's bytes for pass 2."""
     digest.update(chunk)
     if spool is not None:
         spool.write(chunk)
 
 
-def _store_ids(digest: "hashlib._Hash", crc: "_Crc32", out: BinaryIO, chunk: bytes, ids: np.ndarray) -> None:
+def _store_ids(digest: hashlib._Hash, crc: _Crc32, out: BinaryIO, chunk: bytes, ids: np.ndarray) -> None:
     """Hash the ingested bytes (to catch a corpus edited between the passes) and write and checksum their ids."""
     digest.update(chunk)
     data = memoryview(ids).cast("B")

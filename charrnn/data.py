@@ -54,8 +54,15 @@ class StreamBatcher:
     Under data parallelism each rank takes its own B streams out of world_size * B, so ranks see disjoint text.
     """
 
-    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1,
-                 pin_memory: bool = False):
+    def __init__(
+        self,
+        ids: np.ndarray,
+        batch_size: int,
+        seq_len: int,
+        rank: int = 0,
+        world_size: int = 1,
+        pin_memory: bool = False,
+    ):
         total_streams = batch_size * world_size
         stream_len = (len(ids) - 1) // total_streams
         # Batch j reads columns j*T .. j*T+T of a stream row, so the last batch must end inside the row.
@@ -98,8 +105,9 @@ class DeviceFeeder:
     On CPU the batcher's own buffer is used directly.
     """
 
-    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, device: torch.device,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, ids: np.ndarray, batch_size: int, seq_len: int, device: torch.device, rank: int = 0, world_size: int = 1
+    ):
         self.device = device
         cuda = device.type == "cuda"
         n = 2 if cuda else 1

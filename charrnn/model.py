@@ -50,7 +50,9 @@ class ModelConfig:
         if self.embed_size == 0:
             self.embed_size = self.hidden_size
         if self.hidden_size < 1 or self.num_layers < 1 or self.vocab_size < 2:
-            raise UsageError("--hidden-size and --num-layers must be at least 1 and the vocabulary at least 2 characters.")
+            raise UsageError(
+                "--hidden-size and --num-layers must be at least 1 and the vocabulary at least 2 characters."
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise UsageError(f"--dropout must be in [0, 1), not {self.dropout}.")
         if self.tie_weights and self.embed_size != self.hidden_size:
@@ -60,20 +62,23 @@ class ModelConfig:
         """Refuse, before anything is allocated, a model too large to train here (an allocator traceback after
         minutes otherwise). Sampling a model from a checkpoint is bounded by the file instead."""
         if self.hidden_size > MAX_WIDTH or self.embed_size > MAX_WIDTH or self.num_layers > MAX_LAYERS:
-            raise UsageError(f"--hidden-size and --embed-size must be at most {MAX_WIDTH:,} and --num-layers at most "
-                             f"{MAX_LAYERS}.")
+            raise UsageError(
+                f"--hidden-size and --embed-size must be at most {MAX_WIDTH:,} and --num-layers at most {MAX_LAYERS}."
+            )
         params = sum(math.prod(shape) for shape in weight_shapes(self).values())
         if params > MAX_TRAIN_PARAMS:
-            raise UsageError(f"a {self.num_layers}x{self.hidden_size} {self.model.upper()} over {self.vocab_size:,} "
-                             f"characters has {params:,} parameters, more than the {MAX_TRAIN_PARAMS:,} charrnn "
-                             "trains (16 bytes each with gradients and Adam's moments); use a smaller --hidden-size "
-                             "or --num-layers.")
+            raise UsageError(
+                f"a {self.num_layers}x{self.hidden_size} {self.model.upper()} over {self.vocab_size:,} "
+                f"characters has {params:,} parameters, more than the {MAX_TRAIN_PARAMS:,} charrnn "
+                "trains (16 bytes each with gradients and Adam's moments); use a smaller --hidden-size "
+                "or --num-layers."
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict, source=None) -> "ModelConfig":
+    def from_dict(cls, d: dict, source=None) -> ModelConfig:
         """The config stored in checkpoint `source`, every field type- and range-checked (CheckpointError
         naming the file and the field), so a crafted file cannot reach the constructor's allocations."""
         if not isinstance(d, dict):
@@ -86,9 +91,12 @@ class ModelConfig:
                 require(d[name], rule, f"model_config.{name}", source)
         embed = d.get("embed_size", 0) or d["hidden_size"]
         if d.get("tie_weights") and embed != d["hidden_size"]:
-            raise field_error(source, "model_config.tie_weights",
-                              "is true but embed_size differs from hidden_size, so no weights can be shared",
-                              LOAD_ADVICE)
+            raise field_error(
+                source,
+                "model_config.tie_weights",
+                "is true but embed_size differs from hidden_size, so no weights can be shared",
+                LOAD_ADVICE,
+            )
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -113,8 +121,12 @@ def weight_shapes(c: ModelConfig) -> dict[str, tuple[int, ...]]:
     gh = GATES[c.model] * c.hidden_size
     shapes: dict[str, tuple[int, ...]] = {"embed.weight": (c.vocab_size, c.embed_size)}
     for k in range(c.num_layers):
-        shapes |= {f"rnn.weight_ih_l{k}": (gh, c.embed_size if k == 0 else c.hidden_size),
-                   f"rnn.weight_hh_l{k}": (gh, c.hidden_size), f"rnn.bias_ih_l{k}": (gh,), f"rnn.bias_hh_l{k}": (gh,)}
+        shapes |= {
+            f"rnn.weight_ih_l{k}": (gh, c.embed_size if k == 0 else c.hidden_size),
+            f"rnn.weight_hh_l{k}": (gh, c.hidden_size),
+            f"rnn.bias_ih_l{k}": (gh,),
+            f"rnn.bias_hh_l{k}": (gh,),
+        }
     return shapes | {"head.weight": (c.vocab_size, c.hidden_size), "head.bias": (c.vocab_size,)}
 
 
@@ -188,8 +200,12 @@ def load_model(path, device: torch.device | str = "cpu"):
     config = ModelConfig.from_dict(ckpt["model_config"], path)
     vocab = load_vocab(ckpt, path)
     if len(vocab) != config.vocab_size:
-        raise field_error(path, "vocab", f"has {len(vocab)} characters but model_config.vocab_size is "
-                          f"{config.vocab_size}", LOAD_ADVICE)
+        raise field_error(
+            path,
+            "vocab",
+            f"has {len(vocab)} characters but model_config.vocab_size is {config.vocab_size}",
+            LOAD_ADVICE,
+        )
     check_weights(ckpt["model"], weight_shapes(config), path)  # before CharRNN(config) allocates anything
     model = CharRNN(config)
     _copy_weights(model, ckpt["model"], path)

@@ -28,8 +28,10 @@ def append_metrics(path: Path, record: dict) -> None:
             f.write(json.dumps(clean, allow_nan=False) + "\n")
             f.flush()
     except OSError as exc:
-        raise CheckpointWriteError(f"could not append to {path} ({exc.strerror or exc}); the checkpoints written so "
-                                   "far are kept; free some disk space or fix its permissions, then --resume.") from None
+        raise CheckpointWriteError(
+            f"could not append to {path} ({exc.strerror or exc}); the checkpoints written so "
+            "far are kept; free some disk space or fix its permissions, then --resume."
+        ) from None
 
 
 def check_metrics_writable(path: Path) -> None:
@@ -38,8 +40,9 @@ def check_metrics_writable(path: Path) -> None:
         with open(path, "a", encoding="utf-8"):
             pass
     except OSError as exc:
-        raise CheckpointWriteError(f"cannot write {path} ({exc.strerror or exc}); fix its permissions or choose "
-                                   "another --run-dir.") from None
+        raise CheckpointWriteError(
+            f"cannot write {path} ({exc.strerror or exc}); fix its permissions or choose another --run-dir."
+        ) from None
 
 
 def format_duration(seconds: float) -> str:
@@ -112,22 +115,28 @@ class Reporter:
             self._progress.start()
             # The bar runs over the budget, steps or wall clock, and its ETA is the trainer's: Rich's own needs
             # many updates before it shows anything, and updates come once a log window.
-            self._task = self._progress.add_task("train", total=1.0, completed=_done(info), step=info["step"],
-                                                 stats="", eta=_eta_text(info.get("eta_s")))
+            self._task = self._progress.add_task(
+                "train", total=1.0, completed=_done(info), step=info["step"], stats="", eta=_eta_text(info.get("eta_s"))
+            )
 
     def _on_log(self, info: dict) -> None:
         if self.quiet:
             return
         if self._progress is not None:
             val = f"{self._last_val:.3f}" if math.isfinite(self._last_val) else "–"  # no evaluation yet
-            stats = (f"epoch {info['epoch']:.2f}  loss {info['train_loss']:.3f}  val {val}  "
-                     f"{info['chars_per_sec']:,.0f} char/s")
-            self._progress.update(self._task, completed=_done(info), step=info["step"], stats=stats,
-                                  eta=_eta_text(info.get("eta_s")))
+            stats = (
+                f"epoch {info['epoch']:.2f}  loss {info['train_loss']:.3f}  val {val}  "
+                f"{info['chars_per_sec']:,.0f} char/s"
+            )
+            self._progress.update(
+                self._task, completed=_done(info), step=info["step"], stats=stats, eta=_eta_text(info.get("eta_s"))
+            )
             return
         eta = info.get("eta_s")
-        line = (f"step {info['step']:>6}  epoch {info['epoch']:6.2f}  loss {info['train_loss']:.4f}  "
-                f"lr {info['lr']:.2e}  {info['chars_per_sec']:>8,.0f} char/s  elapsed {format_duration(info['elapsed_s'])}")
+        line = (
+            f"step {info['step']:>6}  epoch {info['epoch']:6.2f}  loss {info['train_loss']:.4f}  "
+            f"lr {info['lr']:.2e}  {info['chars_per_sec']:>8,.0f} char/s  elapsed {format_duration(info['elapsed_s'])}"
+        )
         if eta is not None:
             line += f"  eta {format_duration(eta)}"
         if info.get("skipped"):
@@ -138,8 +147,10 @@ class Reporter:
         self._last_val = info["val_loss"]
         if self.quiet:
             return
-        line = (f"step {info['step']:>6}  val loss {info['val_loss']:.4f} nats  {info['val_bpc']:.4f} bpc"
-                f"{'  (best)' if info.get('is_best') else ''}")
+        line = (
+            f"step {info['step']:>6}  val loss {info['val_loss']:.4f} nats  {info['val_bpc']:.4f} bpc"
+            f"{'  (best)' if info.get('is_best') else ''}"
+        )
         self.console.print(line)
 
     def _on_end(self, info: dict) -> None:

@@ -57,8 +57,9 @@ class RunLock:
             self.path.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise CheckpointWriteError(f"cannot use the run directory {self.path} ({exc.strerror}); "
-                                       "choose another --run-dir.") from exc
+            raise CheckpointWriteError(
+                f"cannot use the run directory {self.path} ({exc.strerror}); choose another --run-dir."
+            ) from exc
         note = None
         try:
             if fcntl is None:
@@ -69,14 +70,19 @@ class RunLock:
                 holder = _read_pid(fd)
                 os.close(fd)
                 who = f"another charrnn process (PID {holder})" if holder else "another charrnn process"
-                raise RunBusyError(f"{who} is using the run directory {self.path}; wait for it to finish, or give "
-                                   "this run another --run-dir.") from None
+                raise RunBusyError(
+                    f"{who} is using the run directory {self.path}; wait for it to finish, or give "
+                    "this run another --run-dir."
+                ) from None
             if exc.errno not in _NO_FLOCK:
                 os.close(fd)
-                raise CheckpointWriteError(f"cannot lock the run directory {self.path} ({exc.strerror}); "
-                                           "choose another --run-dir.") from exc
-            note = (f"this filesystem cannot lock {self.path} ({exc.strerror}); make sure no other charrnn process "
-                    "trains in it at the same time")
+                raise CheckpointWriteError(
+                    f"cannot lock the run directory {self.path} ({exc.strerror}); choose another --run-dir."
+                ) from exc
+            note = (
+                f"this filesystem cannot lock {self.path} ({exc.strerror}); make sure no other charrnn process "
+                "trains in it at the same time"
+            )
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode("ascii"))
         self._fd = fd
@@ -91,7 +97,7 @@ class RunLock:
             os.close(self._fd)  # closing the descriptor drops the flock
             self._fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         self.acquire()
         return self
 
@@ -114,11 +120,15 @@ def check_run_dir(path: Path, *, resume: bool, overwrite: bool) -> None:
     if path.exists() and not path.is_dir():
         raise UsageError(f"--run-dir {path} is a file, not a directory; choose another --run-dir.")
     if resume and not holds_run(path):
-        raise CheckpointError(f"no run to resume in {path} (no checkpoint there); check the path, or train "
-                              "without --resume to start a new run.")
+        raise CheckpointError(
+            f"no run to resume in {path} (no checkpoint there); check the path, or train "
+            "without --resume to start a new run."
+        )
     if not resume and not overwrite and holds_run(path):
-        raise UsageError(f"{path} already holds a run; continue it with --resume, replace it with --overwrite, "
-                         "or give this run another --run-dir.")
+        raise UsageError(
+            f"{path} already holds a run; continue it with --resume, replace it with --overwrite, "
+            "or give this run another --run-dir."
+        )
 
 
 def claim_run_dir(path: Path, *, explicit: bool, resume: bool, overwrite: bool) -> tuple[RunLock, Path, str | None]:
@@ -147,8 +157,10 @@ def claim_run_dir(path: Path, *, explicit: bool, resume: bool, overwrite: bool) 
             lock.close()
             continue
         if n > 1:
-            moved = (f"{path} holds an earlier run, so this run goes to {candidate} (--resume continues that run; "
-                     "--overwrite replaces it)")
+            moved = (
+                f"{path} holds an earlier run, so this run goes to {candidate} (--resume continues that run; "
+                "--overwrite replaces it)"
+            )
             note = moved if note is None else f"{moved}; {note}"
         return lock, candidate, note
     raise UsageError(f"{path}-2 … {path}-{MAX_SUFFIX} all hold runs; give this run a --run-dir.")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 import os
 import random
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -27,7 +27,9 @@ def select_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name == "mps":
         if not _mps_available():
-            raise UsageError("--device mps was asked for but this machine has no MPS backend; use --device cpu or auto.")
+            raise UsageError(
+                "--device mps was asked for but this machine has no MPS backend; use --device cpu or auto."
+            )
         return torch.device("mps")
     if name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
@@ -219,8 +221,9 @@ class Dist:
 def dist_from_env() -> Dist:
     """torchrun sets RANK, LOCAL_RANK and WORLD_SIZE for every worker."""
     try:
-        return Dist(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
-                    int(os.environ.get("WORLD_SIZE", 1)))
+        return Dist(
+            int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        )
     except ValueError:
         raise UsageError("RANK, LOCAL_RANK and WORLD_SIZE must be integers (they are set by torchrun).") from None
 

@@ -72,10 +72,12 @@ class SampleConfig:
         if not 1 <= self.num_samples <= MAX_NUM_SAMPLES:
             raise UsageError(f"--num-samples must be between 1 and {MAX_NUM_SAMPLES}, not {self.num_samples}.")
         if (self.num_samples - 1) * self.length > MAX_HELD_CHARS:
-            raise UsageError(f"--num-samples {self.num_samples} x --length {self.length} would hold "
-                             f"{(self.num_samples - 1) * self.length:,} characters in memory while sample 0 streams "
-                             f"(the limit is {MAX_HELD_CHARS:,}); ask for fewer or shorter samples, or run several "
-                             "commands with different --seed.")
+            raise UsageError(
+                f"--num-samples {self.num_samples} x --length {self.length} would hold "
+                f"{(self.num_samples - 1) * self.length:,} characters in memory while sample 0 streams "
+                f"(the limit is {MAX_HELD_CHARS:,}); ask for fewer or shorter samples, or run several "
+                "commands with different --seed."
+            )
         runtime.check_seed(self.seed, self.num_samples)
         check_precision(self.precision)
 
@@ -102,8 +104,14 @@ class _Product:
       on CPU (2x torch.mm's speed at 1-4 streams), else torch.mm on an (N, K)-laid-out W. The product, stored
       in bfloat16, is added to out."""
 
-    def __init__(self, w: torch.Tensor, bias: torch.Tensor | None, batch_size: int, precision: str,
-                 staging_out: torch.Tensor | None) -> None:
+    def __init__(
+        self,
+        w: torch.Tensor,
+        bias: torch.Tensor | None,
+        batch_size: int,
+        precision: str,
+        staging_out: torch.Tensor | None,
+    ) -> None:
         K = w.shape[0]  # w arrives float32 (K, N)
         self.bias = bias
         on_cpu = w.device.type == "cpu"
@@ -164,8 +172,14 @@ class Stepper:
     sigmoid_only: None picks the LSTM cell formulation by size (see the module docstring); True/False force it.
     """
 
-    def __init__(self, model: CharRNN, batch_size: int, device: torch.device, precision: str = "fp32",
-                 sigmoid_only: bool | None = None) -> None:
+    def __init__(
+        self,
+        model: CharRNN,
+        batch_size: int,
+        device: torch.device,
+        precision: str = "fp32",
+        sigmoid_only: bool | None = None,
+    ) -> None:
         c = model.config
         self.kind = c.model
         self.batch_size = B = batch_size
@@ -247,12 +261,12 @@ class Stepper:
     def _views(self) -> None:
         # Views are made once: per-step slicing would allocate Python tensor objects every step.
         H, L, g = self.hidden_size, self.num_layers, self._gates
-        self._h = [self.hs[:, l * H : (l + 1) * H] for l in range(L)]
-        self._xh = [self.hs[:, (l - 1) * H : (l + 1) * H] for l in range(1, L)]
-        self._x_in = [self.hs[:, (l - 1) * H : l * H] for l in range(1, L)]
+        self._h = [self.hs[:, k * H : (k + 1) * H] for k in range(L)]
+        self._xh = [self.hs[:, (k - 1) * H : (k + 1) * H] for k in range(1, L)]
+        self._x_in = [self.hs[:, (k - 1) * H : k * H] for k in range(1, L)]
         self._h_top = self._h[L - 1]
         if self.kind == "lstm":
-            self._c = [self.cs[:, l * H : (l + 1) * H] for l in range(L)]
+            self._c = [self.cs[:, k * H : (k + 1) * H] for k in range(L)]
             self._sig, self._g = g[:, : 3 * H], g[:, 3 * H :]  # sigmoid gates i, f, o | tanh gate g
             self._i, self._f, self._o = g[:, :H], g[:, H : 2 * H], g[:, 2 * H : 3 * H]
         elif self.kind == "gru":
@@ -444,7 +458,9 @@ def generate(model: CharRNN, prime_ids: list[int], cfg: SampleConfig, device: to
     if cfg.precision == "bf16" and device.type not in ("cpu", "cuda"):
         raise UsageError(f"--precision bf16 runs on cpu and cuda, not {device.type}; use --precision fp32 there.")
     if cfg.precision == "bf16" and device.type == "cuda" and not bf16_is_native(device):
-        raise UsageError("this GPU has no bfloat16 matrix units (it needs compute capability 8.0+); use --precision fp32.")
+        raise UsageError(
+            "this GPU has no bfloat16 matrix units (it needs compute capability 8.0+); use --precision fp32."
+        )
     return _generate(model, list(prime_ids), cfg, device)
 
 

@@ -71,8 +71,7 @@ def int_in(lo: int, hi: int = _INT64_MAX) -> Rule:
 
 def real_in(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> Rule:
     def ok(v) -> bool:
-        return (is_real(v) and math.isfinite(v) and (lo < v if lo_open else lo <= v)
-                and (v < hi if hi_open else v <= hi))
+        return is_real(v) and math.isfinite(v) and (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
 
     return ok, f"a finite number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
 
@@ -109,11 +108,27 @@ LOSS: Rule = (lambda v: is_real(v) and v >= 0 and not math.isnan(v)), "a number 
 # Types and ranges as TrainConfig.validate() enforces them on the command line; the seed takes what torch takes,
 # which older charrnn versions accepted on the command line too.
 TRAIN_RULES: dict[str, Rule] = {
-    "seq_len": int_in(1), "batch_size": int_in(1), "val_frac": FRACTION, "lr": POSITIVE, "min_lr_frac": UNIT, "decay_frac": UNIT,
-    "warmup_steps": int_in(0), "weight_decay": NON_NEGATIVE, "grad_clip": POSITIVE,
-    "max_steps": optional(int_in(1)), "max_epochs": optional(POSITIVE), "max_time": optional(POSITIVE),
-    "eval_every": int_in(1), "eval_streams": int_in(1), "eval_chars": optional(int_in(1)), "log_every": int_in(1),
-    "keep": int_in(0), "max_skips": int_in(1), "seed": int_in(-(2**63), 2**64 - 1), "device": TEXT, "threads": optional(int_in(1)),
+    "seq_len": int_in(1),
+    "batch_size": int_in(1),
+    "val_frac": FRACTION,
+    "lr": POSITIVE,
+    "min_lr_frac": UNIT,
+    "decay_frac": UNIT,
+    "warmup_steps": int_in(0),
+    "weight_decay": NON_NEGATIVE,
+    "grad_clip": POSITIVE,
+    "max_steps": optional(int_in(1)),
+    "max_epochs": optional(POSITIVE),
+    "max_time": optional(POSITIVE),
+    "eval_every": int_in(1),
+    "eval_streams": int_in(1),
+    "eval_chars": optional(int_in(1)),
+    "log_every": int_in(1),
+    "keep": int_in(0),
+    "max_skips": int_in(1),
+    "seed": int_in(-(2**63), 2**64 - 1),
+    "device": TEXT,
+    "threads": optional(int_in(1)),
     "amp": BOOL,
 }
 
@@ -129,14 +144,26 @@ RESUME_FIELDS: dict[str, tuple[Rule, bool]] = {
 }
 
 SCALER_RULES: dict[str, Rule] = {
-    "scale": POSITIVE, "growth_factor": POSITIVE, "backoff_factor": real_in(0.0, 1.0, lo_open=True),
-    "growth_interval": int_in(1), "_growth_tracker": int_in(0),
+    "scale": POSITIVE,
+    "growth_factor": POSITIVE,
+    "backoff_factor": real_in(0.0, 1.0, lo_open=True),
+    "growth_interval": int_in(1),
+    "_growth_tracker": int_in(0),
 }
 
 GROUP_RULES: dict[str, Rule] = {
-    "lr": NON_NEGATIVE, "eps": POSITIVE, "weight_decay": NON_NEGATIVE, "initial_lr": NON_NEGATIVE,
-    "betas": ((lambda v: isinstance(v, (tuple, list)) and len(v) == 2
-               and all(real_in(0.0, 1.0, hi_open=True)[0](b) for b in v)), "two numbers in [0, 1)"),
+    "lr": NON_NEGATIVE,
+    "eps": POSITIVE,
+    "weight_decay": NON_NEGATIVE,
+    "initial_lr": NON_NEGATIVE,
+    "betas": (
+        (
+            lambda v: (
+                isinstance(v, (tuple, list)) and len(v) == 2 and all(real_in(0.0, 1.0, hi_open=True)[0](b) for b in v)
+            )
+        ),
+        "two numbers in [0, 1)",
+    ),
     **{flag: BOOL for flag in _OPT_FLAGS_MUST_MATCH},
     **{flag: optional(BOOL) for flag in _OPT_FLAGS_DEVICE},
 }
@@ -151,8 +178,17 @@ def check_fields(values: Mapping, rules: Mapping[str, Rule], prefix: str, path, 
 # ---------------------------------------------------------------- tensors
 
 
-def check_tensor(t, field: str, path, advice: str = LOAD_ADVICE, *, shape=None, dtype=None,
-                 floating: bool = False, finite: bool = False) -> torch.Tensor:
+def check_tensor(
+    t,
+    field: str,
+    path,
+    advice: str = LOAD_ADVICE,
+    *,
+    shape=None,
+    dtype=None,
+    floating: bool = False,
+    finite: bool = False,
+) -> torch.Tensor:
     """A dense, contiguous CPU tensor (charrnn writes no other kind) with the given shape and dtype.
 
     Contiguity also rules out stride-0 views, which claim more elements than their storage (and the file) holds.
@@ -224,9 +260,17 @@ def _check_data_position(data: dict, path) -> None:
     require(data.get("batch_index"), index, "data.batch_index", path, a)
 
 
-def check_resume_state(ckpt: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, path, *,
-                       batch_size: int, world_size: int, uses_scaler: bool,
-                       batches_per_epoch: int | None = None) -> None:
+def check_resume_state(
+    ckpt: dict,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    path,
+    *,
+    batch_size: int,
+    world_size: int,
+    uses_scaler: bool,
+    batches_per_epoch: int | None = None,
+) -> None:
     """Everything resume hands to a kernel or a setter, checked against the live model and optimizer.
 
     batch_size: streams per process, the B of the carried (L, B, H) state;
@@ -256,7 +300,7 @@ def _check_ranks(ckpt: dict, saved_world: int, hidden_shape, tensors: int, path)
     rule: Rule = (lambda v: isinstance(v, (list, tuple)) and len(v) == saved_world), f"a list of {saved_world} entries"
     hidden_ranks = require(ckpt.get("hidden_ranks"), rule, "hidden_ranks", path, RESUME_ADVICE)
     rng_ranks = require(ckpt.get("rng_ranks"), rule, "rng_ranks", path, RESUME_ADVICE)
-    for rank, (hidden, rng) in enumerate(zip(hidden_ranks, rng_ranks)):
+    for rank, (hidden, rng) in enumerate(zip(hidden_ranks, rng_ranks, strict=False)):
         check_hidden(hidden, hidden_shape, tensors, f"hidden_ranks[{rank}]", path)
         check_rng(rng, f"rng_ranks[{rank}]", path)
 
@@ -279,11 +323,15 @@ def check_optimizer_state(opt_state, optimizer: torch.optim.Optimizer, path) -> 
     saved_groups = opt_state.get("param_groups")
     live_groups = optimizer.param_groups
     if not isinstance(saved_groups, list) or len(saved_groups) != len(live_groups):
-        raise field_error(path, "optimizer.param_groups",
-                          f"is {show(saved_groups)}, not a list of {len(live_groups)} parameter groups", a)
+        raise field_error(
+            path,
+            "optimizer.param_groups",
+            f"is {show(saved_groups)}, not a list of {len(live_groups)} parameter groups",
+            a,
+        )
     params: dict[int, tuple[torch.Tensor, dict]] = {}
-    for g, (saved, live) in enumerate(zip(saved_groups, live_groups)):
-        for pid, param in zip(_check_group(saved, live, g, path), live["params"]):
+    for g, (saved, live) in enumerate(zip(saved_groups, live_groups, strict=False)):
+        for pid, param in zip(_check_group(saved, live, g, path), live["params"], strict=False):
             if pid in params:
                 raise field_error(path, f"optimizer.param_groups[{g}].params", f"repeats parameter {pid}", a)
             params[pid] = (param, saved)
@@ -339,8 +387,12 @@ def _check_param_state(entry, param: torch.Tensor, amsgrad: bool, pid: int, path
     for key in keys[1:]:
         where = f"{field} ({key})"
         if isinstance(entry[key], torch.Tensor) and tuple(entry[key].shape) != tuple(param.shape):
-            raise field_error(path, where, f"has shape {_shape(entry[key].shape)} but the parameter has shape "
-                              f"{_shape(param.shape)}", a)
+            raise field_error(
+                path,
+                where,
+                f"has shape {_shape(entry[key].shape)} but the parameter has shape {_shape(param.shape)}",
+                a,
+            )
         moment = check_tensor(entry[key], where, path, a, shape=param.shape, dtype=param.dtype, finite=True)
         if key != "exp_avg" and bool((moment < 0).any()):
             raise field_error(path, where, "holds negative values, which a mean of squares cannot", a)
@@ -364,8 +416,14 @@ def check_rng(rng, field: str, path) -> None:
     for key in ("python", "numpy", "torch"):
         if key not in rng:
             raise field_error(path, field, f"lacks {key!r}", RESUME_ADVICE)
-    check_tensor(rng["torch"], f"{field}['torch']", path, RESUME_ADVICE, dtype=torch.uint8,
-                 shape=(torch.get_rng_state().numel(),))
+    check_tensor(
+        rng["torch"],
+        f"{field}['torch']",
+        path,
+        RESUME_ADVICE,
+        dtype=torch.uint8,
+        shape=(torch.get_rng_state().numel(),),
+    )
     _check_cuda_rng(rng.get("cuda"), f"{field}['cuda']", path)
     _check_python_rng(rng["python"], f"{field}['python']", path)
     _check_numpy_rng(rng["numpy"], f"{field}['numpy']", path)
@@ -407,8 +465,7 @@ def _check_numpy_rng(state, field: str, path) -> None:
     """The dict np.random.get_state(legacy=False) returns: MT19937, 624 key words, a position, a cached gauss."""
     a = RESUME_ADVICE
     state = require_dict(state, field, path, a)
-    require(state.get("bit_generator"), ((lambda v: v == "MT19937"), "'MT19937'"), f"{field}['bit_generator']",
-            path, a)
+    require(state.get("bit_generator"), ((lambda v: v == "MT19937"), "'MT19937'"), f"{field}['bit_generator']", path, a)
     inner = require_dict(state.get("state"), f"{field}['state']", path, a)
     require(inner.get("key"), _words(_MT_WORDS), f"{field}['state']['key']", path, a)
     require(inner.get("pos"), int_in(0, _MT_WORDS), f"{field}['state']['pos']", path, a)

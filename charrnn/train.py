@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -20,12 +20,12 @@ import torch.nn.functional as F
 from charrnn import __version__, runtime
 from charrnn.checkpoint import FORMAT_NAME, FORMAT_VERSION, RunDir, load_checkpoint
 from charrnn.corpus import Corpus
-from charrnn.vocab import Vocab
 from charrnn.data import DeviceFeeder, min_corpus_chars, split
 from charrnn.errors import CheckpointError, CorpusError, DivergedError, UsageError
 from charrnn.model import CharRNN, ModelConfig, State, detach_state, load_weights
 from charrnn.report import append_metrics, check_metrics_writable, format_duration
 from charrnn.state import RESUME_ADVICE, check_resume_header, check_resume_state, load_vocab
+from charrnn.vocab import Vocab
 
 Reporter = Callable[[str, dict], None]
 
@@ -76,8 +76,14 @@ class TrainConfig:
     amp: bool = True  # fp16 autocast + GradScaler on CUDA; ignored elsewhere
 
     def validate(self) -> None:
-        positive = {"seq_len": self.seq_len, "batch_size": self.batch_size, "eval_every": self.eval_every,
-                    "log_every": self.log_every, "eval_streams": self.eval_streams, "max_skips": self.max_skips}
+        positive = {
+            "seq_len": self.seq_len,
+            "batch_size": self.batch_size,
+            "eval_every": self.eval_every,
+            "log_every": self.log_every,
+            "eval_streams": self.eval_streams,
+            "max_skips": self.max_skips,
+        }
         for name, value in positive.items():
             if value < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, not {value}.")
@@ -98,8 +104,10 @@ class TrainConfig:
         for name in LIMITS:
             value = getattr(self, name)
             if value is not None and not (value > 0 and math.isfinite(value)):
-                raise UsageError(f"--{name.replace('_', '-')} must be a positive finite number, not {value}; "
-                                 "leave it out for no limit from that side.")
+                raise UsageError(
+                    f"--{name.replace('_', '-')} must be a positive finite number, not {value}; "
+                    "leave it out for no limit from that side."
+                )
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads must be at least 1, not {self.threads}.")
         runtime.check_seed(self.seed)
@@ -108,7 +116,7 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         d = {"decay_frac": 1.0, **d}  # saved before decay_frac existed: the cosine ran over the whole budget
         return cls(**{k: v for k, v in d.items() if k in known})
@@ -171,8 +179,15 @@ def stop_reason(step: int, epoch_float: float, elapsed: float, cfg: TrainConfig)
 
 
 @torch.no_grad()
-def evaluate(model: CharRNN, ids: np.ndarray, num_streams: int, seq_len: int, device: torch.device,
-             amp: bool = False, max_chars: int | None = None) -> float:
+def evaluate(
+    model: CharRNN,
+    ids: np.ndarray,
+    num_streams: int,
+    seq_len: int,
+    device: torch.device,
+    amp: bool = False,
+    max_chars: int | None = None,
+) -> float:
     """Mean cross-entropy (nats/char) over `ids`, cut into `num_streams` contiguous streams scored with the
     hidden state carried through each stream, so every character (but each stream's first) is scored once."""
     if max_chars is not None:
@@ -193,8 +208,9 @@ def evaluate(model: CharRNN, ids: np.ndarray, num_streams: int, seq_len: int, de
         chunk = torch.from_numpy(ids[starts + cols].astype(np.int64)).to(device)  # (S, T+1)
         with runtime.autocast(device, amp):
             logits, state = model(chunk[:, :-1], state)
-        total += F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), chunk[:, 1:].reshape(-1),
-                                 reduction="sum").double()
+        total += F.cross_entropy(
+            logits.float().reshape(-1, logits.size(-1)), chunk[:, 1:].reshape(-1), reduction="sum"
+        ).double()
     model.train(was_training)
     return total.item() / (num_streams * stream_len)
 
@@ -219,8 +235,10 @@ def resolve_init_vocab(corpus: Corpus, ckpt_vocab: Vocab) -> np.ndarray:
     missing = [c for c in corpus.vocab.chars if c not in set(ckpt_vocab.chars)]
     if missing:
         shown = ", ".join(repr(c) for c in missing[:20]) + (" …" if len(missing) > 20 else "")
-        raise CorpusError(f"the corpus has {len(missing)} character(s) the --init-from checkpoint's vocabulary lacks "
-                          f"({shown}); fine-tune on text that uses only its characters, or train from scratch.")
+        raise CorpusError(
+            f"the corpus has {len(missing)} character(s) the --init-from checkpoint's vocabulary lacks "
+            f"({shown}); fine-tune on text that uses only its characters, or train from scratch."
+        )
     stoi = {c: i for i, c in enumerate(ckpt_vocab.chars)}
     lut = np.array([stoi[c] for c in corpus.vocab.chars], dtype=ckpt_vocab.dtype)
     return lut[np.asarray(corpus.ids)]
@@ -228,11 +246,15 @@ def resolve_init_vocab(corpus: Corpus, ckpt_vocab: Vocab) -> np.ndarray:
 
 def resume_conflict(flags: list[str], run_dir) -> str:
     """The one sentence that refuses flags a resumed run cannot take."""
-    may = ("--max-steps, --max-epochs, --max-time, --eval-every, --log-every, --keep, --max-skips, --threads, --device "
-           "and --quiet")
-    return (f"{' and '.join(flags)} cannot change on --resume: the run in {run_dir} continues with the settings it "
-            f"was started with (only {may} may change); leave {'them' if len(flags) > 1 else 'it'} out, or start a "
-            "new run, with --init-from to begin from its weights.")
+    may = (
+        "--max-steps, --max-epochs, --max-time, --eval-every, --log-every, --keep, --max-skips, --threads, --device "
+        "and --quiet"
+    )
+    return (
+        f"{' and '.join(flags)} cannot change on --resume: the run in {run_dir} continues with the settings it "
+        f"was started with (only {may} may change); leave {'them' if len(flags) > 1 else 'it'} out, or start a "
+        "new run, with --init-from to begin from its weights."
+    )
 
 
 def check_corpus_size(n: int, cfg: TrainConfig, vocab_size: int | None = None) -> None:
@@ -260,9 +282,19 @@ def check_corpus_size(n: int, cfg: TrainConfig, vocab_size: int | None = None) -
 class Trainer:
     """State of one training run; `run()` is the loop. Split into small methods so each reads on its own."""
 
-    def __init__(self, corpus: Corpus, model_config: ModelConfig | None, cfg: TrainConfig, run_dir: RunDir,
-                 report: Reporter, should_stop: Callable[[], int | None], resume: bool, init_from: Path | None,
-                 given: set[str] | None = None, started: float | None = None):
+    def __init__(
+        self,
+        corpus: Corpus,
+        model_config: ModelConfig | None,
+        cfg: TrainConfig,
+        run_dir: RunDir,
+        report: Reporter,
+        should_stop: Callable[[], int | None],
+        resume: bool,
+        init_from: Path | None,
+        given: set[str] | None = None,
+        started: float | None = None,
+    ):
         # The budget is the user's wall clock: it counts from `started` (the command's start), so corpus
         # loading, auto-sizing and this set-up are inside --max-time, not added to it.
         self.started = time.perf_counter() if started is None else started
@@ -285,8 +317,9 @@ class Trainer:
         check_corpus_size(len(ids), cfg)
         self.train_ids, self.val_ids = split(ids, cfg.val_frac)
         # Under torchrun each rank trains its own batch_size streams out of batch_size * world_size.
-        self.feeder = DeviceFeeder(self.train_ids, cfg.batch_size, cfg.seq_len, self.device,
-                                   self.dist.rank, self.dist.world_size)
+        self.feeder = DeviceFeeder(
+            self.train_ids, cfg.batch_size, cfg.seq_len, self.device, self.dist.rank, self.dist.world_size
+        )
 
         runtime.seed_everything(cfg.seed)
         model_config.check_trainable()  # with the real vocabulary now
@@ -299,7 +332,9 @@ class Trainer:
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.net = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
             runtime.seed_everything(cfg.seed + 1_000_003 * self.dist.rank)  # distinct dropout masks per rank
         self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
 
@@ -321,13 +356,17 @@ class Trainer:
             self.report("warning", {"text": w})
         for key in ("train_config", "optimizer", "step", "rng", "data"):
             if key not in ckpt:
-                raise CheckpointError(f"{path} lacks '{key}', so it cannot be resumed; use --init-from to start a "
-                                      "new run from its weights.")
+                raise CheckpointError(
+                    f"{path} lacks '{key}', so it cannot be resumed; use --init-from to start a "
+                    "new run from its weights."
+                )
         check_resume_header(ckpt, path)  # types first: the corpus hash and the config are read next
         self.resume_path = path
         if ckpt.get("corpus", {}).get("sha256") != self.corpus.sha256:
-            raise CorpusError(f"the corpus differs from the one {self.run_dir.path} was trained on (its content hash "
-                              "changed); resume with the same text, or start a new run with another --run-dir.")
+            raise CorpusError(
+                f"the corpus differs from the one {self.run_dir.path} was trained on (its content hash "
+                "changed); resume with the same text, or start a new run with another --run-dir."
+            )
         self.report("message", {"text": f"resuming from {path} at step {ckpt['step']}"})
         return ckpt
 
@@ -350,8 +389,11 @@ class Trainer:
 
     def _resolve_vocab(self, corpus, model_config, ckpt, init_from):
         if ckpt:
-            return (corpus.ids, load_vocab(ckpt, self.resume_path, RESUME_ADVICE),
-                    ModelConfig.from_dict(ckpt["model_config"], self.resume_path))
+            return (
+                corpus.ids,
+                load_vocab(ckpt, self.resume_path, RESUME_ADVICE),
+                ModelConfig.from_dict(ckpt["model_config"], self.resume_path),
+            )
         if init_from is not None:
             self.init_ckpt = load_checkpoint(init_from)
             vocab = load_vocab(self.init_ckpt, init_from)
@@ -371,9 +413,16 @@ class Trainer:
     def _restore(self, ckpt: dict) -> None:
         # Every tensor is checked before any kernel touches it: a crafted optimizer moment of the wrong shape
         # would otherwise make the fused AdamW step write past its buffer.
-        check_resume_state(ckpt, self.model, self.optimizer, self.resume_path, batch_size=self.cfg.batch_size,
-                           world_size=self.dist.world_size, uses_scaler=self.scaler is not None,
-                           batches_per_epoch=self.feeder.batches_per_epoch)
+        check_resume_state(
+            ckpt,
+            self.model,
+            self.optimizer,
+            self.resume_path,
+            batch_size=self.cfg.batch_size,
+            world_size=self.dist.world_size,
+            uses_scaler=self.scaler is not None,
+            batches_per_epoch=self.feeder.batches_per_epoch,
+        )
         load_weights(self.model, ckpt["model"], self.resume_path, RESUME_ADVICE)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scaler is not None and ckpt.get("scaler"):
@@ -390,13 +439,19 @@ class Trainer:
         if saved_world == self.dist.world_size and self.dist.enabled:
             hidden, rng = ckpt["hidden_ranks"][self.dist.rank], ckpt["rng_ranks"][self.dist.rank]
         elif saved_world != self.dist.world_size:
-            self.report("warning", {"text": f"the run was saved with {saved_world} process(es) and resumes with "
-                                            f"{self.dist.world_size}: streams are re-sharded, so this resume is not bit-exact"})
+            self.report(
+                "warning",
+                {
+                    "text": f"the run was saved with {saved_world} process(es) and resumes with "
+                    f"{self.dist.world_size}: streams are re-sharded, so this resume is not bit-exact"
+                },
+            )
             hidden = None
             # Same fraction of the epoch: batches per epoch scale with 1 / world size.
             saved_bpe = int(ckpt["data"].get("batches_per_epoch", self.feeder.batches_per_epoch))
-            self.batch_index = min(self.batch_index * self.feeder.batches_per_epoch // max(saved_bpe, 1),
-                                   self.feeder.batches_per_epoch - 1)
+            self.batch_index = min(
+                self.batch_index * self.feeder.batches_per_epoch // max(saved_bpe, 1), self.feeder.batches_per_epoch - 1
+            )
         if hidden and self.batch_index != 0:
             # float32: an AMP run carries fp16 state, which a CPU resume could not feed to its LSTM.
             self.state = tuple(h.to(self.device, torch.float32) for h in hidden)
@@ -426,12 +481,19 @@ class Trainer:
             "model_config": self.model.config.to_dict(),
             "vocab": self.vocab.to_dict(),
             "train_config": self.cfg.to_dict(),
-            "corpus": {"name": self.corpus.name, "sha256": self.corpus.sha256, "num_chars": int(len(self.corpus.ids)),
-                       "sources": list(self.corpus.sources)},
+            "corpus": {
+                "name": self.corpus.name,
+                "sha256": self.corpus.sha256,
+                "num_chars": int(len(self.corpus.ids)),
+                "sources": list(self.corpus.sources),
+            },
             "step": self.step,
             "epoch": self.epoch_float,
-            "data": {"epoch": self.epoch, "batch_index": self.batch_index,
-                     "batches_per_epoch": self.feeder.batches_per_epoch},
+            "data": {
+                "epoch": self.epoch,
+                "batch_index": self.batch_index,
+                "batches_per_epoch": self.feeder.batches_per_epoch,
+            },
             "hidden": hidden,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -453,8 +515,10 @@ class Trainer:
 
     def save(self, train_loss: float, is_best: bool) -> None:
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
-            raise DivergedError(f"diverged at step {self.step}: the weights are no longer finite; "
-                                f"{self._kept_checkpoint()}; try a lower --lr.")
+            raise DivergedError(
+                f"diverged at step {self.step}: the weights are no longer finite; "
+                f"{self._kept_checkpoint()}; try a lower --lr."
+            )
         state = self.checkpoint_state(train_loss)
         if self.dist.is_main:
             self.run_dir.save(state, self.step, is_best)
@@ -508,8 +572,9 @@ class Trainer:
         seq_len = max(cfg.seq_len, 256)
         sample = min(val_chars, 2 * cfg.eval_streams * seq_len)
         ids = self.val_ids[: sample + 1]
-        evaluate(self.model, ids[: min(len(ids), cfg.eval_streams + 1)], cfg.eval_streams, seq_len, self.device,
-                 self.amp)
+        evaluate(
+            self.model, ids[: min(len(ids), cfg.eval_streams + 1)], cfg.eval_streams, seq_len, self.device, self.amp
+        )
         t = time.perf_counter()
         evaluate(self.model, ids, cfg.eval_streams, seq_len, self.device, self.amp)
         scoring = (time.perf_counter() - t) * val_chars / max(1, sample)
@@ -591,8 +656,17 @@ class Trainer:
         steps_in_window, window_t, train_loss = 0, time.perf_counter(), math.nan
         self.first_step = self.step
         eta = max(0.0, cfg.max_time - self.elapsed) if cfg.max_time else None
-        self.report("start", {"step": self.step, "total_steps": self.total_steps(), "max_time": cfg.max_time,
-                              "elapsed_s": self.elapsed, "eta_s": eta, "plan": self.plan()})
+        self.report(
+            "start",
+            {
+                "step": self.step,
+                "total_steps": self.total_steps(),
+                "max_time": cfg.max_time,
+                "elapsed_s": self.elapsed,
+                "eta_s": eta,
+                "plan": self.plan(),
+            },
+        )
         reason, signum = None, None
         while True:
             elapsed, signum = self._agree(self.budget_elapsed, self.should_stop())
@@ -638,16 +712,22 @@ class Trainer:
         if cfg.max_steps:
             limits.append(f"{cfg.max_steps:,} steps")
         if cfg.max_epochs:
-            limits.append(f"{cfg.max_epochs:g} passes ({math.ceil(cfg.max_epochs * self.feeder.batches_per_epoch):,} steps)")
+            limits.append(
+                f"{cfg.max_epochs:g} passes ({math.ceil(cfg.max_epochs * self.feeder.batches_per_epoch):,} steps)"
+            )
         start = f"from step {self.step:,} " if self.step else ""
-        return (f"training {c.num_layers}x{c.hidden_size} {c.model.upper()} ({self.model.num_params():,} parameters, "
-                f"dropout {c.dropout:g}) on {self.device}, batch {cfg.batch_size}x{cfg.seq_len}, {start}for "
-                f"{' or '.join(limits)}{', whichever comes first' if len(limits) > 1 else ''}")
+        return (
+            f"training {c.num_layers}x{c.hidden_size} {c.model.upper()} ({self.model.num_params():,} parameters, "
+            f"dropout {c.dropout:g}) on {self.device}, batch {cfg.batch_size}x{cfg.seq_len}, {start}for "
+            f"{' or '.join(limits)}{', whichever comes first' if len(limits) > 1 else ''}"
+        )
 
     def _fit_threads(self) -> None:
         threads = self.governor.check()
         if threads is not None:
-            busy = "other processes are using the CPU" if threads < self.governor.max_threads else "the CPU is free again"
+            busy = (
+                "other processes are using the CPU" if threads < self.governor.max_threads else "the CPU is free again"
+            )
             self.report("message", {"text": f"{busy}: training with {threads} thread(s) (--threads fixes the count)"})
 
     def _log(self, lr: float, steps: int, seconds: float) -> float:
@@ -671,9 +751,18 @@ class Trainer:
             eta = (total - self.step) * seconds / steps
         if self.cfg.max_time:
             eta = min(eta if eta is not None else math.inf, max(0.0, self.cfg.max_time - self.elapsed))
-        self.last_log = {"step": self.step, "epoch": self.epoch_float, "train_loss": train_loss, "lr": lr,
-                         "chars_per_sec": chars_per_sec, "elapsed_s": self.elapsed, "eta_s": eta,
-                         "skipped": self.skipped, "total_steps": total, "max_time": self.cfg.max_time}
+        self.last_log = {
+            "step": self.step,
+            "epoch": self.epoch_float,
+            "train_loss": train_loss,
+            "lr": lr,
+            "chars_per_sec": chars_per_sec,
+            "elapsed_s": self.elapsed,
+            "eta_s": eta,
+            "skipped": self.skipped,
+            "total_steps": total,
+            "max_time": self.cfg.max_time,
+        }
         self.report("log", self.last_log)
         return train_loss
 
@@ -681,9 +770,14 @@ class Trainer:
         """A checkpoint on the evaluation cadence when evaluating would exceed EVAL_SHARE: a crash still loses at
         most eval_every steps. Its val_loss is NaN, not the last evaluation's, which was of other weights."""
         if not self.eval_skipped:
-            self.report("message", {"text": f"evaluating less often, to keep it under {EVAL_SHARE:.0%} of the time "
-                                            "(checkpoints still every --eval-every steps; give --eval-every to "
-                                            "evaluate at each)"})
+            self.report(
+                "message",
+                {
+                    "text": f"evaluating less often, to keep it under {EVAL_SHARE:.0%} of the time "
+                    "(checkpoints still every --eval-every steps; give --eval-every to "
+                    "evaluate at each)"
+                },
+            )
             self.eval_skipped = True
         self.last_val = math.nan
         self.save(train_loss, is_best=False)
@@ -700,27 +794,41 @@ class Trainer:
         self.evaluated_step = self.step
         val = math.nan  # other ranks wait in the save's gather while rank 0 scores the validation text
         if self.dist.is_main:
-            val = evaluate(self.model, self.val_ids, cfg.eval_streams, max(cfg.seq_len, 256), self.device,
-                           self.amp, cfg.eval_chars)
+            val = evaluate(
+                self.model, self.val_ids, cfg.eval_streams, max(cfg.seq_len, 256), self.device, self.amp, cfg.eval_chars
+            )
         self.last_val = val
         is_best = math.isfinite(val) and val < self.best_val  # a NaN validation loss never becomes best
         if is_best:
             self.best_val, self.best_step = val, self.step
-        record = {"step": self.step, "epoch": round(self.epoch_float, 4), "train_loss": train_loss,
-                  "val_loss": val, "val_bpc": val / math.log(2),
-                  "lr": lr_at(self.step, budget_progress(self.step, self.elapsed, cfg, self.feeder.batches_per_epoch), cfg),
-                  "chars_per_sec": getattr(self, "last_log", {}).get("chars_per_sec", 0.0),
-                  "elapsed_s": round(self.elapsed, 3)}
+        record = {
+            "step": self.step,
+            "epoch": round(self.epoch_float, 4),
+            "train_loss": train_loss,
+            "val_loss": val,
+            "val_bpc": val / math.log(2),
+            "lr": lr_at(self.step, budget_progress(self.step, self.elapsed, cfg, self.feeder.batches_per_epoch), cfg),
+            "chars_per_sec": getattr(self, "last_log", {}).get("chars_per_sec", 0.0),
+            "elapsed_s": round(self.elapsed, 3),
+        }
         self.save(train_loss, is_best)
         if self.dist.is_main:
             append_metrics(self.run_dir.metrics_path, record)
             self.report("eval", {**record, "is_best": is_best})
 
 
-def train(corpus: Corpus, model_config: ModelConfig | None, cfg: TrainConfig, run_dir: RunDir,
-          report: Reporter = lambda event, info: None, should_stop: Callable[[], int | None] = lambda: None,
-          resume: bool = False, init_from: Path | None = None, given: set[str] | None = None,
-          started: float | None = None) -> TrainResult:
+def train(
+    corpus: Corpus,
+    model_config: ModelConfig | None,
+    cfg: TrainConfig,
+    run_dir: RunDir,
+    report: Reporter = lambda event, info: None,
+    should_stop: Callable[[], int | None] = lambda: None,
+    resume: bool = False,
+    init_from: Path | None = None,
+    given: set[str] | None = None,
+    started: float | None = None,
+) -> TrainResult:
     """Train (or resume) a run; raises CharRNNError subclasses for problems the user can fix.
 
     `given`: the TrainConfig fields the user set explicitly (see Trainer._merge_resume_config).

@@ -71,7 +71,7 @@ class Vocab:
         return {"chars": list(self.chars)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Vocab":
+    def from_dict(cls, d: dict) -> Vocab:
         chars = d.get("chars") if isinstance(d, dict) else None
         if not isinstance(chars, list) or any(not isinstance(c, str) or len(c) != 1 for c in chars):
             raise CorpusError("the stored vocabulary is not a list of single characters; it is corrupt or foreign.")

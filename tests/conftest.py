@@ -31,8 +31,26 @@ def small_corpus(tmp_path) -> Path:
     return path
 
 
-TINY_TRAIN = ["--hidden-size", "32", "--num-layers", "1", "--batch-size", "4", "--seq-len", "16",
-              "--eval-every", "10", "--log-every", "5", "--max-steps", "20", "--seed", "7", "--device", "cpu"]
+TINY_TRAIN = [
+    "--hidden-size",
+    "32",
+    "--num-layers",
+    "1",
+    "--batch-size",
+    "4",
+    "--seq-len",
+    "16",
+    "--eval-every",
+    "10",
+    "--log-every",
+    "5",
+    "--max-steps",
+    "20",
+    "--seed",
+    "7",
+    "--device",
+    "cpu",
+]
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +62,13 @@ def trained_run(tmp_path_factory) -> Path:
     corpus = work / "words.txt"
     corpus.write_text(word_text(), encoding="utf-8")
     env = dict(os.environ, CHARRNN_CACHE_DIR=str(work / "cache"))
-    proc = subprocess.run([sys.executable, "-m", "charrnn", "train", str(corpus), "--run-dir", str(work / "run"),
-                           *TINY_TRAIN], cwd=work, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "charrnn", "train", str(corpus), "--run-dir", str(work / "run"), *TINY_TRAIN],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     return work / "run"

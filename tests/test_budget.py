@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -29,9 +28,29 @@ from tests.test_never_lose import _env, cli
 def test_max_time_ends_the_whole_command_within_a_few_seconds_of_the_budget(tmp_path, small_corpus):
     budget = 6.0
     t = time.perf_counter()
-    r = cli(["train", small_corpus, "--run-dir", tmp_path / "run", "--hidden-size", "64", "--num-layers", "1",
-             "--batch-size", "4", "--seq-len", "16", "--max-time", f"{budget:g}s", "--seed", "1", "--device", "cpu"],
-            cwd=tmp_path)
+    r = cli(
+        [
+            "train",
+            small_corpus,
+            "--run-dir",
+            tmp_path / "run",
+            "--hidden-size",
+            "64",
+            "--num-layers",
+            "1",
+            "--batch-size",
+            "4",
+            "--seq-len",
+            "16",
+            "--max-time",
+            f"{budget:g}s",
+            "--seed",
+            "1",
+            "--device",
+            "cpu",
+        ],
+        cwd=tmp_path,
+    )
     wall = time.perf_counter() - t
     assert r.returncode == 0, r.stderr
     # Python and torch start-up before the command begins are the only time outside the budget.
@@ -56,8 +75,19 @@ def test_no_limit_gets_a_budget_from_the_corpus_size_and_says_so(tmp_path, small
     assert default_budget(14_000) == MIN_BUDGET
     assert default_budget(1_115_394) == pytest.approx(669)  # tiny-shakespeare: about 11 minutes
     assert default_budget(500_000_000) == MAX_BUDGET
-    args = [sys.executable, "-m", "charrnn", "train", str(small_corpus), "--run-dir", str(tmp_path / "run"),
-            "--device", "cpu", "--seed", "1"]
+    args = [
+        sys.executable,
+        "-m",
+        "charrnn",
+        "train",
+        str(small_corpus),
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--device",
+        "cpu",
+        "--seed",
+        "1",
+    ]
     proc = subprocess.Popen(args, cwd=tmp_path, env=_env(tmp_path), stderr=subprocess.PIPE, text=True)
     seen = []
     try:
@@ -95,12 +125,19 @@ def test_evaluation_stays_a_small_share_of_a_time_budget(tmp_path):
     path.write_text(word_text(2000), encoding="utf-8")
     corpus = load_corpus([str(path)])
     said = []
-    cfg = TrainConfig(batch_size=4, seq_len=16, max_time=4.0, eval_every=2, log_every=50, seed=1, device="cpu",
-                      eval_chars=None)
+    cfg = TrainConfig(
+        batch_size=4, seq_len=16, max_time=4.0, eval_every=2, log_every=50, seed=1, device="cpu", eval_chars=None
+    )
     from charrnn.model import ModelConfig
 
-    result = train(corpus, ModelConfig(vocab_size=len(corpus.vocab), hidden_size=64, num_layers=1), cfg,
-                   RunDir(tmp_path / "run", keep=0), report=lambda e, i: said.append((e, i)), given=set())
+    result = train(
+        corpus,
+        ModelConfig(vocab_size=len(corpus.vocab), hidden_size=64, num_layers=1),
+        cfg,
+        RunDir(tmp_path / "run", keep=0),
+        report=lambda e, i: said.append((e, i)),
+        given=set(),
+    )
     evals = [i for e, i in said if e == "eval"]
     messages = [i["text"] for e, i in said if e == "message"]
     assert any("evaluating less often" in m for m in messages), messages
@@ -116,22 +153,51 @@ def test_eval_every_given_evaluates_at_every_one_even_under_a_budget(tmp_path):
     path.write_text(word_text(2000), encoding="utf-8")
     corpus = load_corpus([str(path)])
     said = []
-    cfg = TrainConfig(batch_size=4, seq_len=16, max_time=60.0, max_steps=12, eval_every=2, log_every=50, seed=1,
-                      device="cpu")
+    cfg = TrainConfig(
+        batch_size=4, seq_len=16, max_time=60.0, max_steps=12, eval_every=2, log_every=50, seed=1, device="cpu"
+    )
     from charrnn.model import ModelConfig
 
-    train(corpus, ModelConfig(vocab_size=len(corpus.vocab), hidden_size=32, num_layers=1), cfg,
-          RunDir(tmp_path / "run", keep=0), report=lambda e, i: said.append((e, i)), given={"eval_every"})
+    train(
+        corpus,
+        ModelConfig(vocab_size=len(corpus.vocab), hidden_size=32, num_layers=1),
+        cfg,
+        RunDir(tmp_path / "run", keep=0),
+        report=lambda e, i: said.append((e, i)),
+        given={"eval_every"},
+    )
     assert [i["step"] for e, i in said if e == "eval"] == [2, 4, 6, 8, 10, 12]
 
 
 def test_the_progress_bar_shows_the_trainers_eta_from_the_first_report():
     buf = io.StringIO()
     reporter = Reporter(console=Console(file=buf, force_terminal=True, width=160, color_system=None))
-    reporter("start", {"step": 0, "total_steps": None, "max_time": 600.0, "elapsed_s": 2.0, "eta_s": 598.0,
-                       "plan": "training 2x512 LSTM"})
-    reporter("log", {"step": 1, "epoch": 0.0, "train_loss": 4.1, "lr": 1e-4, "chars_per_sec": 6000.0,
-                     "elapsed_s": 3.0, "eta_s": 597.0, "skipped": 0, "total_steps": None, "max_time": 600.0})
+    reporter(
+        "start",
+        {
+            "step": 0,
+            "total_steps": None,
+            "max_time": 600.0,
+            "elapsed_s": 2.0,
+            "eta_s": 598.0,
+            "plan": "training 2x512 LSTM",
+        },
+    )
+    reporter(
+        "log",
+        {
+            "step": 1,
+            "epoch": 0.0,
+            "train_loss": 4.1,
+            "lr": 1e-4,
+            "chars_per_sec": 6000.0,
+            "elapsed_s": 3.0,
+            "eta_s": 597.0,
+            "skipped": 0,
+            "total_steps": None,
+            "max_time": 600.0,
+        },
+    )
     reporter.close()
     out = buf.getvalue()
     assert "training 2x512 LSTM" in out
@@ -142,8 +208,20 @@ def test_a_silent_reporter_draws_no_bar_even_on_a_terminal_and_a_quiet_one_only_
     buf = io.StringIO()
     silent = Reporter(silent=True, console=Console(file=buf, force_terminal=True, width=120, color_system=None))
     silent("start", {"step": 0, "total_steps": 10, "plan": "training 1x32 LSTM"})
-    silent("log", {"step": 1, "epoch": 0.0, "train_loss": 4.1, "lr": 1e-4, "chars_per_sec": 6000.0,
-                   "elapsed_s": 1.0, "eta_s": 9.0, "skipped": 0, "total_steps": 10})
+    silent(
+        "log",
+        {
+            "step": 1,
+            "epoch": 0.0,
+            "train_loss": 4.1,
+            "lr": 1e-4,
+            "chars_per_sec": 6000.0,
+            "elapsed_s": 1.0,
+            "eta_s": 9.0,
+            "skipped": 0,
+            "total_steps": 10,
+        },
+    )
     silent.warn("disk nearly full")
     silent.close()
     assert silent._progress is None and buf.getvalue() == ""  # under torchrun, ranks > 0 say nothing at all

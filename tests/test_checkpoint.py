@@ -630,8 +630,9 @@ def test_a_file_that_is_not_regular_is_refused_before_it_is_opened(tmp_path, kin
         server.bind(str(path))
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
-    assert str(info.value) == (f"checkpoint {path} is a {kind}, not a checkpoint file; save the checkpoint to a file "
-                               "and pass its path.")
+    assert str(info.value) == (
+        f"checkpoint {path} is a {kind}, not a checkpoint file; save the checkpoint to a file and pass its path."
+    )
 
 
 def test_torch_save_stores_records_uncompressed(tmp_path):
@@ -840,9 +841,7 @@ def test_find_latest_run_picks_the_most_recently_updated_run(tmp_path):
 
 def test_find_latest_run_errors_clearly(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    message = (
-        "no checkpoint found under checkpoints/; train one with `charrnn train CORPUS` or pass a checkpoint path."
-    )
+    message = "no checkpoint found under checkpoints/; train one with `charrnn train CORPUS` or pass a checkpoint path."
     with pytest.raises(CheckpointError) as info:
         find_latest_run()
     assert str(info.value) == message

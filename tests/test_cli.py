@@ -70,8 +70,15 @@ def test_default_run_dir_is_corpus_name_and_sample_finds_it(tmp_path, small_corp
 def test_info_describes_the_checkpoint(trained_run):
     r = run(["info", trained_run / "best.pt"])
     assert r.exit_code == 0, r.stderr
-    for expected in ("LSTM, 1 layer x 32 hidden", "parameters:", "vocabulary:", "corpus:         words",
-                     "steps:          20", "bits/char", "trained on:     cpu"):
+    for expected in (
+        "LSTM, 1 layer x 32 hidden",
+        "parameters:",
+        "vocabulary:",
+        "corpus:         words",
+        "steps:          20",
+        "bits/char",
+        "trained on:     cpu",
+    ):
         assert expected in r.stdout
 
 
@@ -95,8 +102,22 @@ def test_random_seed_is_printed_to_stderr(trained_run):
 
 
 def test_num_samples_are_separated_by_a_blank_line(trained_run):
-    r = run(["sample", trained_run / "best.pt", "-n", "40", "--seed", "1", "--num-samples", "3",
-             "--prime", "the", "-t", "0.5"])
+    r = run(
+        [
+            "sample",
+            trained_run / "best.pt",
+            "-n",
+            "40",
+            "--seed",
+            "1",
+            "--num-samples",
+            "3",
+            "--prime",
+            "the",
+            "-t",
+            "0.5",
+        ]
+    )
     assert r.exit_code == 0, r.stderr
     parts = r.stdout.split("\n\nthe")
     assert len(parts) >= 3
@@ -118,7 +139,8 @@ def test_prime_from_stdin(trained_run):
 
 def test_sample_into_a_closed_pipe_is_quiet(trained_run, tmp_path):
     env = dict(os.environ)
-    cmd = f"{sys.executable} -m charrnn sample {trained_run / 'best.pt'} -n 100000 --seed 1 2>{tmp_path / 'err'} | head -c 10"
+    ckpt, err = trained_run / "best.pt", tmp_path / "err"
+    cmd = f"{sys.executable} -m charrnn sample {ckpt} -n 100000 --seed 1 2>{err} | head -c 10"
     proc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, env=env, timeout=120)
     assert proc.returncode == 0
     assert len(proc.stdout) == 10
@@ -201,16 +223,19 @@ def test_train_empty_stdin(tmp_path):
     assert "standard input is empty" in assert_one_error(r, 1).lower()
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--device", "cuda"], "cuda"),
-    (["--max-time", "soon"], "duration"),
-    (["--val-frac", "1.5"], "val-frac"),
-    (["--seq-len", "0"], "seq-len"),
-    (["--lr", "-1"], "lr"),
-    (["--model", "transformer"], "model"),
-    (["--min-lr-frac", "1.5"], "min-lr-frac"),
-    (["--embed-size", "-3"], "embed-size"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--device", "cuda"], "cuda"),
+        (["--max-time", "soon"], "duration"),
+        (["--val-frac", "1.5"], "val-frac"),
+        (["--seq-len", "0"], "seq-len"),
+        (["--lr", "-1"], "lr"),
+        (["--model", "transformer"], "model"),
+        (["--min-lr-frac", "1.5"], "min-lr-frac"),
+        (["--embed-size", "-3"], "embed-size"),
+    ],
+)
 def test_train_bad_options_are_usage_errors(args, needle, tmp_path, small_corpus):
     if "cuda" in args and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
@@ -223,16 +248,19 @@ def test_train_bad_options_are_usage_errors(args, needle, tmp_path, small_corpus
 # bad input: sample
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--temp", "-1"], "temperature"),
-    (["--temp", "nan"], "temperature"),
-    (["--top-p", "0"], "top-p"),
-    (["--top-p", "1.5"], "top-p"),
-    (["--top-k", "0"], "top-k"),
-    (["--length", "-1"], "length"),
-    (["--num-samples", "0"], "num-samples"),
-    (["--precision", "fp16"], "precision"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--temp", "-1"], "temperature"),
+        (["--temp", "nan"], "temperature"),
+        (["--top-p", "0"], "top-p"),
+        (["--top-p", "1.5"], "top-p"),
+        (["--top-k", "0"], "top-k"),
+        (["--length", "-1"], "length"),
+        (["--num-samples", "0"], "num-samples"),
+        (["--precision", "fp16"], "precision"),
+    ],
+)
 def test_sample_out_of_range_options(args, needle, trained_run):
     r = run(["sample", trained_run / "best.pt", "--seed", "1", *args])
     assert needle in assert_one_error(r, 2).lower()
@@ -275,7 +303,9 @@ def _bad_checkpoint(tmp_path: Path, trained_run: Path, kind: str) -> Path:
     return p
 
 
-@pytest.mark.parametrize("kind", ["missing", "directory", "empty", "text", "truncated", "foreign", "pickle", "malicious"])
+@pytest.mark.parametrize(
+    "kind", ["missing", "directory", "empty", "text", "truncated", "foreign", "pickle", "malicious"]
+)
 @pytest.mark.parametrize("command", ["sample", "info"])
 def test_bad_checkpoints(kind, command, tmp_path, trained_run):
     path = _bad_checkpoint(tmp_path, trained_run, kind)

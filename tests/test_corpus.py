@@ -128,7 +128,7 @@ def test_invalid_utf8_names_the_file_and_the_absolute_byte_offset(tmp_path, cach
 
 @pytest.mark.parametrize("chunk_bytes", [1, 2, 4096])
 def test_truncated_multibyte_character_at_the_end_is_reported_where_it_starts(tmp_path, cache, chunk_bytes):
-    data = "ab中".encode("utf-8")[:-1]  # the last character lacks its final byte
+    data = "ab中".encode()[:-1]  # the last character lacks its final byte
     path = write(tmp_path / "cut.txt", data)
     with pytest.raises(CorpusError, match="cut.txt is not valid UTF-8 at byte 2 "):
         load_corpus([path], cache_dir=cache, chunk_bytes=chunk_bytes)
@@ -206,8 +206,12 @@ def test_directory_reads_text_files_in_sorted_order_skipping_hidden_and_binary(t
     corpus = load_corpus([str(root)], cache_dir=cache)
     assert decoded(corpus) == "AB1B2C"
     assert corpus.name == "books" and corpus.sources == [str(root.resolve())]
-    assert corpus.skipped == [(str(root / ".git"), "hidden"), (str(root / ".notes.txt"), "hidden"),
-                              (str(root / "blob.dat"), "binary"), (str(root / "latin1.txt"), "not UTF-8 at byte 3")]
+    assert corpus.skipped == [
+        (str(root / ".git"), "hidden"),
+        (str(root / ".notes.txt"), "hidden"),
+        (str(root / "blob.dat"), "binary"),
+        (str(root / "latin1.txt"), "not UTF-8 at byte 3"),
+    ]
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")

@@ -21,10 +21,37 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="to
 
 
 def torchrun(corpus: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-            "-m", "charrnn", "train", str(corpus), "--run-dir", str(run_dir), "--hidden-size", "48",
-            "--num-layers", "2", "--dropout", "0.1", "--batch-size", "4", "--seq-len", "16", "--seed", "3",
-            "--device", "cpu", "--log-every", "1", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "charrnn",
+        "train",
+        str(corpus),
+        "--run-dir",
+        str(run_dir),
+        "--hidden-size",
+        "48",
+        "--num-layers",
+        "2",
+        "--dropout",
+        "0.1",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "16",
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
+        "--log-every",
+        "1",
+        *extra,
+    ]
 
 
 @pytest.fixture
@@ -37,8 +64,13 @@ def setup(tmp_path):
 
 def test_two_ranks_train_and_only_rank_0_writes(setup, tmp_path):
     corpus, env = setup
-    proc = subprocess.run(torchrun(corpus, tmp_path / "run", "--max-steps", "12", "--eval-every", "6"), env=env,
-                          capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        torchrun(corpus, tmp_path / "run", "--max-steps", "12", "--eval-every", "6"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.splitlines() == [str(tmp_path / "run" / "best.pt")]  # one path, from rank 0 only
     ck = load_checkpoint(tmp_path / "run" / "last.pt")
@@ -50,9 +82,26 @@ def test_two_ranks_train_and_only_rank_0_writes(setup, tmp_path):
     assert len(metrics) == 2  # evaluations at steps 6 and 12, written once
 
     # resuming the two-rank run in one process re-shards the streams, says so, and carries on
-    single = subprocess.run([sys.executable, "-m", "charrnn", "train", str(corpus), "--run-dir", str(tmp_path / "run"),
-                             "--resume", "--max-steps", "16", "--device", "cpu"], env=env, capture_output=True,
-                            text=True, timeout=120)
+    single = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "charrnn",
+            "train",
+            str(corpus),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--resume",
+            "--max-steps",
+            "16",
+            "--device",
+            "cpu",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     assert "re-sharded" in single.stderr
     assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 16
@@ -79,8 +128,13 @@ def _worker_pids(agent_pid: int) -> dict[int, int]:
 
 def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(setup, tmp_path):
     corpus, env = setup
-    proc = subprocess.Popen(torchrun(corpus, tmp_path / "run", "--max-steps", "100000", "--eval-every", "1000"),
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        torchrun(corpus, tmp_path / "run", "--max-steps", "100000", "--eval-every", "1000"),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline, lines = time.time() + 120, []
     while time.time() < deadline:  # wait until training is under way (rank 0 logs steps)
         line = proc.stderr.readline()

@@ -26,15 +26,33 @@ from charrnn.state import MAX_TEXT, check_resume_state, describe_fields
 from charrnn.train import TrainConfig, make_optimizer
 from tests.conftest import word_text
 
-TRAIN = ["--hidden-size", "32", "--num-layers", "1", "--batch-size", "8", "--seq-len", "16", "--max-steps", "4",
-         "--eval-every", "2", "--seed", "1", "--device", "cpu", "-q"]
+TRAIN = [
+    "--hidden-size",
+    "32",
+    "--num-layers",
+    "1",
+    "--batch-size",
+    "8",
+    "--seq-len",
+    "16",
+    "--max-steps",
+    "4",
+    "--eval-every",
+    "2",
+    "--seed",
+    "1",
+    "--device",
+    "cpu",
+    "-q",
+]
 L, B, H = 1, 8, 32
 
 
 def _cli(args: list[str], cwd: Path, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
     env = dict(os.environ, CHARRNN_CACHE_DIR=str(cwd / "cache"), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "charrnn", *args], cwd=cwd, env=env, capture_output=True,
-                          timeout=timeout, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "charrnn", *args], cwd=cwd, env=env, capture_output=True, timeout=timeout, **kwargs
+    )
 
 
 def _one_error_line(proc: subprocess.CompletedProcess) -> str:
@@ -89,21 +107,32 @@ def _nan_at(name: str, index):
 # name -> (edit, what the one-line error must say)
 RESUME_TAMPERS = {
     "NaN weight": (_nan_at("rnn.weight_hh_l0", (0, 0)), "model['rnn.weight_hh_l0'] holds NaN"),
-    "exp_avg of another shape": (_put(_opt, "exp_avg", torch.zeros(3)),
-                                 "optimizer state for parameter 0 (exp_avg) has shape (3,) but the parameter has "
-                                 "shape (128, 32)"),
-    "negative exp_avg_sq": (lambda c: _opt(c)["exp_avg_sq"].fill_(-1.0),
-                            "optimizer state for parameter 0 (exp_avg_sq) holds negative values"),
+    "exp_avg of another shape": (
+        _put(_opt, "exp_avg", torch.zeros(3)),
+        "optimizer state for parameter 0 (exp_avg) has shape (3,) but the parameter has shape (128, 32)",
+    ),
+    "negative exp_avg_sq": (
+        lambda c: _opt(c)["exp_avg_sq"].fill_(-1.0),
+        "optimizer state for parameter 0 (exp_avg_sq) holds negative values",
+    ),
     "empty step": (_put(_opt, "step", torch.zeros(0)), "optimizer state for parameter 0 (step) has shape (0,)"),
-    "stride-0 moment": (_put(_opt, "exp_avg", torch.zeros(1, H).expand(4 * H, H)),
-                        "optimizer state for parameter 0 (exp_avg) is a non-contiguous view"),
-    "hidden of another batch size": (_put(lambda c: c["hidden"], 0, torch.zeros(L, 3, H)),
-                                     "hidden[0] has shape (1, 3, 32) but must have shape (1, 8, 32)"),
-    "short torch RNG state": (_put(lambda c: c["rng"], "torch", torch.zeros(10, dtype=torch.uint8)),
-                              "rng['torch'] has shape (10,)"),
+    "stride-0 moment": (
+        _put(_opt, "exp_avg", torch.zeros(1, H).expand(4 * H, H)),
+        "optimizer state for parameter 0 (exp_avg) is a non-contiguous view",
+    ),
+    "hidden of another batch size": (
+        _put(lambda c: c["hidden"], 0, torch.zeros(L, 3, H)),
+        "hidden[0] has shape (1, 3, 32) but must have shape (1, 8, 32)",
+    ),
+    "short torch RNG state": (
+        _put(lambda c: c["rng"], "torch", torch.zeros(10, dtype=torch.uint8)),
+        "rng['torch'] has shape (10,)",
+    ),
     "short python RNG state": (_put(lambda c: c["rng"], "python", (3, tuple(range(5)), None)), "rng['python'][1]"),
-    "short numpy RNG key": (_put(lambda c: c["rng"]["numpy"]["state"], "key", [1, 2, 3]),
-                            "rng['numpy']['state']['key']"),
+    "short numpy RNG key": (
+        _put(lambda c: c["rng"]["numpy"]["state"], "key", [1, 2, 3]),
+        "rng['numpy']['state']['key']",
+    ),
     "string in train_config": (_put(lambda c: c["train_config"], "seq_len", "16"), "train_config.seq_len is '16'"),
     "batch_index past the epoch": (_put(lambda c: c["data"], "batch_index", 10**6), "data.batch_index"),
     "best_val_loss None": (_put(lambda c: c, "best_val_loss", None), "best_val_loss is None"),
@@ -116,8 +145,9 @@ def test_resume_refuses_a_hostile_checkpoint_in_one_sentence(base, tmp_path, cas
     shutil.copy(base / "small.txt", tmp_path)
     shutil.copytree(base / "r", tmp_path / "r")  # copies break the hard links: only last.pt is tampered
     _tamper(base / "r" / "last.pt", tmp_path / "r" / "last.pt", edit)
-    proc = _cli(["train", "small.txt", "--resume", "--run-dir", "r", "--max-steps", "8", "--device", "cpu", "-q"],
-                tmp_path)
+    proc = _cli(
+        ["train", "small.txt", "--resume", "--run-dir", "r", "--max-steps", "8", "--device", "cpu", "-q"], tmp_path
+    )
     line = _one_error_line(proc)
     assert f"checkpoint {Path('r') / 'last.pt'}: " in line and expected in line, line
     assert line.endswith("start a new run.")
@@ -154,8 +184,10 @@ LIBRARY_TAMPERS = {
     **RESUME_TAMPERS,
     "inf bias": (lambda c: c["model"]["head.bias"].__setitem__(0, math.inf), "model['head.bias'] holds NaN or inf"),
     "missing weight": (lambda c: c["model"].pop("head.bias"), "lacks head.bias"),
-    "float64 moment": (lambda c: _opt(c).__setitem__("exp_avg", _opt(c)["exp_avg"].double()),
-                       "(exp_avg) has dtype float64, not float32"),
+    "float64 moment": (
+        lambda c: _opt(c).__setitem__("exp_avg", _opt(c)["exp_avg"].double()),
+        "(exp_avg) has dtype float64, not float32",
+    ),
     "transposed moment": (lambda c: _opt(c).__setitem__("exp_avg", torch.zeros(H, 4 * H).t()), "non-contiguous"),
     "shared moments": (_alias, "shares its memory with optimizer state for parameter 0 (exp_avg)"),
     "missing exp_avg": (lambda c: _opt(c).pop("exp_avg"), "optimizer state for parameter 0 lacks exp_avg"),
@@ -168,19 +200,30 @@ LIBRARY_TAMPERS = {
     "NaN lr": (_put(lambda c: c["optimizer"]["param_groups"][0], "lr", math.nan), "param_groups[0].lr is nan"),
     "string eps": (_put(lambda c: c["optimizer"]["param_groups"][0], "eps", "1e-8"), "param_groups[0].eps"),
     "beta of 1": (_put(lambda c: c["optimizer"]["param_groups"][1], "betas", (0.9, 1.0)), "param_groups[1].betas"),
-    "capturable on CPU": (_put(lambda c: c["optimizer"]["param_groups"][0], "capturable", True),
-                          "param_groups[0].capturable is True but charrnn's AdamW uses False"),
+    "capturable on CPU": (
+        _put(lambda c: c["optimizer"]["param_groups"][0], "capturable", True),
+        "param_groups[0].capturable is True but charrnn's AdamW uses False",
+    ),
     "hidden of one tensor": (lambda c: c["hidden"].pop(), "hidden is"),
     "NaN hidden": (lambda c: c["hidden"][1].fill_(math.nan), "hidden[1] holds NaN"),
     "int hidden": (_put(lambda c: c["hidden"], 0, torch.zeros(L, B, H, dtype=torch.int64)), "not a floating-point"),
-    "torch RNG of another dtype": (lambda c: c["rng"].__setitem__("torch", c["rng"]["torch"].float()),
-                                   "rng['torch'] has dtype float32, not uint8"),
+    "torch RNG of another dtype": (
+        lambda c: c["rng"].__setitem__("torch", c["rng"]["torch"].float()),
+        "rng['torch'] has dtype float32, not uint8",
+    ),
     "cuda RNG not tensors": (_put(lambda c: c["rng"], "cuda", [b"x"]), "rng['cuda'][0]"),
-    "python RNG version 2": (lambda c: c["rng"].__setitem__("python", (2, *c["rng"]["python"][1:])), "rng['python'][0]"),
-    "python RNG word too big": (lambda c: c["rng"].__setitem__("python", (3, (2**40,) * 625, None)),
-                                "rng['python'][1]"),
-    "python RNG gauss a string": (lambda c: c["rng"].__setitem__("python", (*c["rng"]["python"][:2], "x")),
-                                  "rng['python'][2]"),
+    "python RNG version 2": (
+        lambda c: c["rng"].__setitem__("python", (2, *c["rng"]["python"][1:])),
+        "rng['python'][0]",
+    ),
+    "python RNG word too big": (
+        lambda c: c["rng"].__setitem__("python", (3, (2**40,) * 625, None)),
+        "rng['python'][1]",
+    ),
+    "python RNG gauss a string": (
+        lambda c: c["rng"].__setitem__("python", (*c["rng"]["python"][:2], "x")),
+        "rng['python'][2]",
+    ),
     "numpy RNG pos": (_put(lambda c: c["rng"]["numpy"]["state"], "pos", 625), "rng['numpy']['state']['pos']"),
     "numpy RNG generator": (_put(lambda c: c["rng"]["numpy"], "bit_generator", "PCG64"), "bit_generator"),
     "no RNG": (lambda c: c.pop("rng"), "rng is None"),
@@ -224,14 +267,17 @@ def _scaler(**changes) -> dict:
     return {**state, **changes}
 
 
-@pytest.mark.parametrize("scaler, expected", [
-    (_scaler(scale=math.nan), "scaler.scale is nan"),
-    (_scaler(scale=0.0), "scaler.scale is 0.0"),
-    (_scaler(growth_interval="2000"), "scaler.growth_interval is '2000'"),
-    (_scaler(backoff_factor=2.0), "scaler.backoff_factor is 2.0"),
-    ({k: v for k, v in _scaler().items() if k != "_growth_tracker"}, "scaler lacks _growth_tracker"),
-    ([1.0], "scaler is [1.0] (a list), not a dict"),
-])
+@pytest.mark.parametrize(
+    "scaler, expected",
+    [
+        (_scaler(scale=math.nan), "scaler.scale is nan"),
+        (_scaler(scale=0.0), "scaler.scale is 0.0"),
+        (_scaler(growth_interval="2000"), "scaler.growth_interval is '2000'"),
+        (_scaler(backoff_factor=2.0), "scaler.backoff_factor is 2.0"),
+        ({k: v for k, v in _scaler().items() if k != "_growth_tracker"}, "scaler lacks _growth_tracker"),
+        ([1.0], "scaler is [1.0] (a list), not a dict"),
+    ],
+)
 def test_scaler_state_is_checked_when_this_run_uses_one(resume_check, scaler, expected):
     resume_check(_put(lambda c: c, "scaler", _scaler()), uses_scaler=True)
     resume_check(_put(lambda c: c, "scaler", scaler), uses_scaler=False)  # not read without a scaler
@@ -253,20 +299,29 @@ def test_per_rank_states_are_checked(resume_check):
     with pytest.raises(CheckpointError, match=r"hidden_ranks is .* but it must be a list of 2 entries"):
         resume_check(lambda c: _two_ranks(c, hidden_ranks=[c["hidden"]]), world_size=2)
     with pytest.raises(CheckpointError, match=r"rng_ranks\[1\]\['torch'\] has shape \(3,\)"):
-        resume_check(lambda c: (_two_ranks(c), c["rng_ranks"][1].__setitem__("torch", torch.zeros(3, dtype=torch.uint8))),
-                     world_size=2)
+        resume_check(
+            lambda c: (_two_ranks(c), c["rng_ranks"][1].__setitem__("torch", torch.zeros(3, dtype=torch.uint8))),
+            world_size=2,
+        )
 
 
 # ---------------------------------------------------------------- info and sample (load_model)
 
 INFO_TAMPERS = {
-    "hidden_size a string": (_put(lambda c: c["model_config"], "hidden_size", "32"), "model_config.hidden_size is '32'"),
+    "hidden_size a string": (
+        _put(lambda c: c["model_config"], "hidden_size", "32"),
+        "model_config.hidden_size is '32'",
+    ),
     "hidden_size a list": (_put(lambda c: c["model_config"], "hidden_size", [32]), "model_config.hidden_size is [32]"),
-    "vocab_size 1e9": (_put(lambda c: c["model_config"], "vocab_size", 10**9),
-                       "model_config.vocab_size is 1000000000 (an int), but it must be an integer from 2 to 1114112"),
+    "vocab_size 1e9": (
+        _put(lambda c: c["model_config"], "vocab_size", 10**9),
+        "model_config.vocab_size is 1000000000 (an int), but it must be an integer from 2 to 1114112",
+    ),
     "model an int": (_put(lambda c: c["model_config"], "model", 5), "model_config.model is 5"),
-    "config wider than its weights": (_put(lambda c: c["model_config"], "hidden_size", 40_000),
-                                      "model['rnn.weight_ih_l0'] has shape (128, 32) but must have shape (160000, 32)"),
+    "config wider than its weights": (
+        _put(lambda c: c["model_config"], "hidden_size", 40_000),
+        "model['rnn.weight_ih_l0'] has shape (128, 32) but must have shape (160000, 32)",
+    ),
     "NaN weight": (_nan_at("head.weight", (0, 0)), "model['head.weight'] holds NaN"),
     "inf bias": (lambda c: c["model"]["head.bias"].__setitem__(0, math.inf), "model['head.bias'] holds NaN or inf"),
     "best_val_loss None": (_put(lambda c: c, "best_val_loss", None), "best_val_loss is None"),  # needs cli.info wiring
@@ -294,27 +349,37 @@ def test_sample_refuses_a_crafted_checkpoint_in_one_sentence(base, tmp_path, cas
 def test_describe_fields_types_what_info_prints(live):
     ckpt = live[0]
     fields = describe_fields(ckpt, "r/best.pt")
-    assert fields == {"step": 4, "epoch": pytest.approx(ckpt["epoch"]), "best_val_loss": ckpt["best_val_loss"],
-                      "best_step": ckpt["best_step"], "corpus_name": "small", "corpus_chars": ckpt["corpus"]["num_chars"],
-                      "device": "cpu", "torch_version": str(torch.__version__)}
+    assert fields == {
+        "step": 4,
+        "epoch": pytest.approx(ckpt["epoch"]),
+        "best_val_loss": ckpt["best_val_loss"],
+        "best_step": ckpt["best_step"],
+        "corpus_name": "small",
+        "corpus_chars": ckpt["corpus"]["num_chars"],
+        "device": "cpu",
+        "torch_version": str(torch.__version__),
+    }
     assert describe_fields({}, "x") == dict.fromkeys(fields)
     never = describe_fields({"best_val_loss": math.inf, "best_step": -1, "epoch": 0}, "x")
     assert never["best_val_loss"] is None and never["best_step"] is None and never["epoch"] == 0.0
 
 
-@pytest.mark.parametrize("changes, expected", [
-    ({"best_val_loss": None}, "best_val_loss is None"),
-    ({"best_val_loss": "3.2"}, "best_val_loss is '3.2'"),
-    ({"best_val_loss": math.nan}, "best_val_loss is nan"),
-    ({"step": 4.5}, "step is 4.5"),
-    ({"epoch": math.inf}, "epoch is inf"),
-    ({"best_step": [4]}, "best_step is [4]"),
-    ({"corpus": "small"}, "corpus is 'small' (a str), not a dict"),
-    ({"corpus": {"num_chars": "many"}}, "corpus.num_chars is 'many'"),
-    ({"corpus": {"name": "x" * (MAX_TEXT + 1)}}, "corpus.name is"),
-    ({"device": 0}, "device is 0"),
-    ({"torch_version": None}, "torch_version is None"),
-])
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"best_val_loss": None}, "best_val_loss is None"),
+        ({"best_val_loss": "3.2"}, "best_val_loss is '3.2'"),
+        ({"best_val_loss": math.nan}, "best_val_loss is nan"),
+        ({"step": 4.5}, "step is 4.5"),
+        ({"epoch": math.inf}, "epoch is inf"),
+        ({"best_step": [4]}, "best_step is [4]"),
+        ({"corpus": "small"}, "corpus is 'small' (a str), not a dict"),
+        ({"corpus": {"num_chars": "many"}}, "corpus.num_chars is 'many'"),
+        ({"corpus": {"name": "x" * (MAX_TEXT + 1)}}, "corpus.name is"),
+        ({"device": 0}, "device is 0"),
+        ({"torch_version": None}, "torch_version is None"),
+    ],
+)
 def test_describe_fields_names_a_wrong_type(changes, expected):
     with pytest.raises(CheckpointError) as info:
         describe_fields(changes, "r/best.pt")
@@ -369,8 +434,13 @@ def test_a_zip_bomb_is_refused_before_anything_is_inflated(base, tmp_path):
     shutil.copy(base / "r" / "best.pt", path)
     _add_bomb(path, 512)
     assert path.stat().st_size < 2 << 20
-    proc = subprocess.run([sys.executable, "-c", ZIP_BOMB_LOAD, str(path)], capture_output=True, text=True,
-                          timeout=60, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = subprocess.run(
+        [sys.executable, "-c", ZIP_BOMB_LOAD, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert proc.returncode == 3, proc.stderr[-2000:]
     message = proc.stdout.strip()
     assert message.startswith(f"checkpoint {path} declares 5") and "which torch.save never writes" in message
@@ -408,7 +478,8 @@ def test_a_config_asking_for_gigabytes_is_refused_within_a_small_memory_limit(fi
     torch.save(ckpt, tmp_path / "big.pt")
     args = [command, str(tmp_path / "big.pt")] + (["--seed", "1", "-n", "5"] if command == "sample" else [])
     env = dict(os.environ, CHARRNN_CACHE_DIR=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", UNDER_LIMIT, *args], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", UNDER_LIMIT, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     line = _one_error_line(proc)  # exit 1 and one sentence, not a failed allocation
     assert "big.pt" in line and ("model_config" in line or "must have shape" in line), line

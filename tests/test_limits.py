@@ -21,16 +21,18 @@ from charrnn.sample import MAX_HELD_CHARS, MAX_NUM_SAMPLES
 from tests.conftest import TINY_TRAIN
 from tests.test_cli import assert_one_error, run
 
-
 # ---------------------------------------------------------------------------------------------------
 # hangs
 
 
-@pytest.mark.parametrize("args", [
-    ["--val-frac", "0.99999999"],
-    ["--val-frac", "0.9999"],
-    ["--seq-len", "1000000000", "--batch-size", "1000000"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--val-frac", "0.99999999"],
+        ["--val-frac", "0.9999"],
+        ["--seq-len", "1000000000", "--batch-size", "1000000"],
+    ],
+)
 def test_huge_minimum_sizes_are_computed_at_once(args, tmp_path, small_corpus):
     started = time.monotonic()
     r = run(["train", small_corpus, "--run-dir", tmp_path / "r", *TINY_TRAIN, *args])
@@ -58,13 +60,16 @@ def test_the_closed_form_minimum_is_the_smallest_size_that_works():
 # sampling: counts, primes, tiny temperatures and top-p, seeds
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--num-samples", str(10**9)], f"between 1 and {MAX_NUM_SAMPLES}"),
-    (["--num-samples", "1000", "-n", "1000000"], f"{MAX_HELD_CHARS:,}"),
-    (["--temp", "3e-39"], "at least"),
-    (["--seed", str(2**64)], "--seed"),
-    (["--seed", str(-2**63 - 1)], "--seed"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--num-samples", str(10**9)], f"between 1 and {MAX_NUM_SAMPLES}"),
+        (["--num-samples", "1000", "-n", "1000000"], f"{MAX_HELD_CHARS:,}"),
+        (["--temp", "3e-39"], "at least"),
+        (["--seed", str(2**64)], "--seed"),
+        (["--seed", str(-(2**63) - 1)], "--seed"),
+    ],
+)
 def test_sample_limits_are_usage_errors_with_the_limit_stated(args, needle, trained_run):
     base = ["--seed", "1"] if "--seed" not in args else []
     r = run(["sample", trained_run / "best.pt", *base, *args])
@@ -101,7 +106,7 @@ def test_a_long_prime_runs_in_bounded_chunks_and_matches_one_pass(monkeypatch):
         last, state = sample_mod._run_prime(model, prime, torch.device("cpu"))
     assert max(lengths) == 256 and sum(lengths) == 3000
     torch.testing.assert_close(last, whole_logits[:, -1], rtol=1e-4, atol=1e-5)
-    for a, b in zip(state, whole_state):
+    for a, b in zip(state, whole_state, strict=False):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
@@ -126,8 +131,9 @@ with torch.inference_mode():
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmSize from /proc")
 def test_a_long_prime_samples_under_a_memory_limit_that_one_pass_exceeds():
     def attempt(mode):
-        return subprocess.run([sys.executable, "-c", PRIME_UNDER_LIMIT, mode], capture_output=True, text=True,
-                              timeout=300)
+        return subprocess.run(
+            [sys.executable, "-c", PRIME_UNDER_LIMIT, mode], capture_output=True, text=True, timeout=300
+        )
 
     chunked = attempt("chunked")
     assert chunked.returncode == 0 and chunked.stdout.split() == ["5"], chunked.stderr
@@ -145,8 +151,28 @@ def test_a_vocabulary_too_large_for_one_step_is_refused_with_the_limit(tmp_path)
     text = "".join(map(chr, [*range(0x4E00, 0x4E00 + 20_000), *range(0x20000, 0x20000 + 40_000)])) * 2
     path = tmp_path / "wide.txt"
     path.write_text(text, encoding="utf-8")
-    r = run(["train", path, "--run-dir", tmp_path / "r", "--batch-size", "64", "--seq-len", "100",
-             "--hidden-size", "16", "--num-layers", "1", "--max-steps", "1", "--device", "cpu", "--seed", "1"])
+    r = run(
+        [
+            "train",
+            path,
+            "--run-dir",
+            tmp_path / "r",
+            "--batch-size",
+            "64",
+            "--seq-len",
+            "100",
+            "--hidden-size",
+            "16",
+            "--num-layers",
+            "1",
+            "--max-steps",
+            "1",
+            "--device",
+            "cpu",
+            "--seed",
+            "1",
+        ]
+    )
     err = assert_one_error(r, 1)
     assert f"{train_mod.MAX_LOGITS:,}" in err and "--batch-size" in err
     assert not (tmp_path / "r" / "last.pt").exists()

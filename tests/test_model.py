@@ -61,8 +61,15 @@ def test_weight_shapes_match_the_built_model_without_building_it(kind, layers, e
     assert list(weight_shapes(c).items()) == list(built.items())
 
 
-GOOD = {"vocab_size": 30, "model": "gru", "hidden_size": 20, "num_layers": 3, "embed_size": 20, "dropout": 0.2,
-        "tie_weights": False}
+GOOD = {
+    "vocab_size": 30,
+    "model": "gru",
+    "hidden_size": 20,
+    "num_layers": 3,
+    "embed_size": 20,
+    "dropout": 0.2,
+    "tie_weights": False,
+}
 
 BAD_CONFIGS = [
     ({"hidden_size": "32"}, f"hidden_size is '32' (a str), but it must be an integer from 1 to {MAX_WIDTH}"),
@@ -133,8 +140,11 @@ def test_load_model_checks_the_weights_before_building_the_model(small_checkpoin
         raise AssertionError("CharRNN was built before the weights were checked")
 
     monkeypatch.setattr(model_mod, "CharRNN", build)
-    with pytest.raises(CheckpointError, match=r"model\['embed.weight'\] has shape \(5, 8\) but must have shape "
-                                              r"\(5, 40000\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"model\['embed.weight'\] has shape \(5, 8\) but must have shape "
+        r"\(5, 40000\)",
+    ):
         load_model(path)
 
 
@@ -147,8 +157,13 @@ def test_load_model_refuses_non_finite_weights(small_checkpoint, name, index, va
         load_model(path)
 
 
-@pytest.mark.parametrize("chars, expected", [("abc", "vocab has 3 characters but model_config.vocab_size is 5"),
-                                             ("edcba", "vocab is not a sorted list of distinct single characters")])
+@pytest.mark.parametrize(
+    "chars, expected",
+    [
+        ("abc", "vocab has 3 characters but model_config.vocab_size is 5"),
+        ("edcba", "vocab is not a sorted list of distinct single characters"),
+    ],
+)
 def test_load_model_names_a_bad_vocabulary(small_checkpoint, chars, expected):
     path, config, weights = small_checkpoint
     _write(path, config, weights, chars)

@@ -35,8 +35,19 @@ def corpus(tmp_path_factory):
 
 
 def cfg(**kw) -> TrainConfig:
-    base = dict(seq_len=16, batch_size=4, lr=5e-3, warmup_steps=5, eval_every=1000, log_every=1,
-                max_steps=N_STEPS, seed=11, device="cpu", eval_streams=2, keep=1)
+    base = dict(
+        seq_len=16,
+        batch_size=4,
+        lr=5e-3,
+        warmup_steps=5,
+        eval_every=1000,
+        log_every=1,
+        max_steps=N_STEPS,
+        seed=11,
+        device="cpu",
+        eval_streams=2,
+        keep=1,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -56,8 +67,15 @@ def run_losses(corpus, run_dir: Path, resume=False, stop_after: int | None = Non
     def should_stop():
         return signal.SIGINT if stop_after is not None and len(losses) >= stop_after else None
 
-    train(corpus, model_cfg(corpus), cfg(**kw), RunDir(run_dir, keep=1), report=report, should_stop=should_stop,
-          resume=resume)
+    train(
+        corpus,
+        model_cfg(corpus),
+        cfg(**kw),
+        RunDir(run_dir, keep=1),
+        report=report,
+        should_stop=should_stop,
+        resume=resume,
+    )
     return losses
 
 
@@ -113,13 +131,16 @@ def _fresh_rng(ck):
     ck["rng"] = runtime.rng_state()
 
 
-@pytest.mark.parametrize("name,tamper", [
-    ("rng", _fresh_rng),
-    ("data position", lambda ck: ck["data"].update(batch_index=0)),
-    ("schedule/step", lambda ck: ck.update(step=0)),
-    ("optimizer", lambda ck: ck.update(optimizer={"state": {}, "param_groups": ck["optimizer"]["param_groups"]})),
-    ("hidden state", lambda ck: ck.update(hidden=[torch.zeros_like(h) for h in ck["hidden"]])),
-])
+@pytest.mark.parametrize(
+    "name,tamper",
+    [
+        ("rng", _fresh_rng),
+        ("data position", lambda ck: ck["data"].update(batch_index=0)),
+        ("schedule/step", lambda ck: ck.update(step=0)),
+        ("optimizer", lambda ck: ck.update(optimizer={"state": {}, "param_groups": ck["optimizer"]["param_groups"]})),
+        ("hidden state", lambda ck: ck.update(hidden=[torch.zeros_like(h) for h in ck["hidden"]])),
+    ],
+)
 def test_resume_test_has_teeth(name, tamper, corpus, uninterrupted, tmp_path):
     """Negative controls: forgetting any one piece of state changes the loss curve, so the test above can fail."""
     losses_a, _ = uninterrupted
@@ -144,8 +165,14 @@ def test_resume_falls_back_when_the_newest_checkpoint_is_corrupt(corpus, tmp_pat
     os.unlink(d / "last.pt")  # break the hard link first so only last.pt is damaged
     (d / "last.pt").write_bytes(data[: len(data) // 3])
     warnings = []
-    train(corpus, None, cfg(max_steps=8), RunDir(d, keep=3), resume=True,
-          report=lambda e, i: warnings.append(i["text"]) if e == "warning" else None)
+    train(
+        corpus,
+        None,
+        cfg(max_steps=8),
+        RunDir(d, keep=3),
+        resume=True,
+        report=lambda e, i: warnings.append(i["text"]) if e == "warning" else None,
+    )
     assert any("last.pt" in w and "corrupt" in w for w in warnings), warnings
     assert load_checkpoint(d / "last.pt")["step"] == 8
 
@@ -173,13 +200,22 @@ class NaNAt:
 def test_nan_loss_is_skipped_without_touching_weights(corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(train_mod.F, "cross_entropy", NaNAt({5}))
     snapshots = []
-    trainer = Trainer(corpus, model_cfg(corpus), cfg(max_steps=8), RunDir(tmp_path / "r"),
-                      report=lambda e, i: snapshots.append([p.detach().clone() for p in trainer.model.parameters()])
-                      if e == "log" else None, should_stop=lambda: None, resume=False, init_from=None)
+    trainer = Trainer(
+        corpus,
+        model_cfg(corpus),
+        cfg(max_steps=8),
+        RunDir(tmp_path / "r"),
+        report=lambda e, i: (
+            snapshots.append([p.detach().clone() for p in trainer.model.parameters()]) if e == "log" else None
+        ),
+        should_stop=lambda: None,
+        resume=False,
+        init_from=None,
+    )
     trainer.run()
     after4, after5, after6 = snapshots[3], snapshots[4], snapshots[5]
-    assert all(torch.equal(a, b) for a, b in zip(after4, after5))  # the NaN step changed nothing
-    assert not all(torch.equal(a, b) for a, b in zip(after5, after6))  # and training went on
+    assert all(torch.equal(a, b) for a, b in zip(after4, after5, strict=False))  # the NaN step changed nothing
+    assert not all(torch.equal(a, b) for a, b in zip(after5, after6, strict=False))  # and training went on
     ck = load_checkpoint(tmp_path / "r" / "last.pt")
     assert ck["skipped_steps"] == 1 and ck["step"] == 8
     assert all(torch.isfinite(t).all() for t in ck["model"].values())
@@ -188,17 +224,29 @@ def test_nan_loss_is_skipped_without_touching_weights(corpus, tmp_path, monkeypa
 def test_nan_step_is_skipped_with_a_non_fused_optimizer(corpus, tmp_path, monkeypatch):
     """The foreach AdamW path (used on MPS, which has no found_inf) skips a bad step with a host check."""
     real = train_mod.make_optimizer
-    monkeypatch.setattr(train_mod, "make_optimizer",
-                        lambda m, c, d: torch.optim.AdamW(real(m, c, d).param_groups, fused=False, foreach=True))
+    monkeypatch.setattr(
+        train_mod,
+        "make_optimizer",
+        lambda m, c, d: torch.optim.AdamW(real(m, c, d).param_groups, fused=False, foreach=True),
+    )
     monkeypatch.setattr(train_mod.F, "cross_entropy", NaNAt({3}))
     snapshots = []
-    trainer = Trainer(corpus, model_cfg(corpus), cfg(max_steps=5), RunDir(tmp_path / "r"),
-                      report=lambda e, i: snapshots.append([p.detach().clone() for p in trainer.model.parameters()])
-                      if e == "log" else None, should_stop=lambda: None, resume=False, init_from=None)
+    trainer = Trainer(
+        corpus,
+        model_cfg(corpus),
+        cfg(max_steps=5),
+        RunDir(tmp_path / "r"),
+        report=lambda e, i: (
+            snapshots.append([p.detach().clone() for p in trainer.model.parameters()]) if e == "log" else None
+        ),
+        should_stop=lambda: None,
+        resume=False,
+        init_from=None,
+    )
     assert not trainer.fused
     trainer.run()
-    assert all(torch.equal(a, b) for a, b in zip(snapshots[1], snapshots[2]))
-    assert not all(torch.equal(a, b) for a, b in zip(snapshots[2], snapshots[3]))
+    assert all(torch.equal(a, b) for a, b in zip(snapshots[1], snapshots[2], strict=False))
+    assert not all(torch.equal(a, b) for a, b in zip(snapshots[2], snapshots[3], strict=False))
 
 
 def test_persistent_nan_stops_as_diverged_and_keeps_the_last_good_checkpoint(corpus, tmp_path, monkeypatch):
@@ -256,9 +304,36 @@ def test_interrupts_outside_the_loop_exit_with_the_signal_code(exc, code):
 
 
 def _train_cmd(corpus_path: Path, run_dir: Path, *extra) -> list[str]:
-    return [sys.executable, "-m", "charrnn", "train", str(corpus_path), "--run-dir", str(run_dir),
-            "--hidden-size", "96", "--num-layers", "2", "--dropout", "0.2", "--batch-size", "8", "--seq-len", "32",
-            "--log-every", "1", "--eval-every", "25", "--seed", "5", "--device", "cpu", "--threads", "1", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "charrnn",
+        "train",
+        str(corpus_path),
+        "--run-dir",
+        str(run_dir),
+        "--hidden-size",
+        "96",
+        "--num-layers",
+        "2",
+        "--dropout",
+        "0.2",
+        "--batch-size",
+        "8",
+        "--seq-len",
+        "32",
+        "--log-every",
+        "1",
+        "--eval-every",
+        "25",
+        "--seed",
+        "5",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        *extra,
+    ]
 
 
 def _wait_for_step(proc, step: int, timeout: float = 60.0) -> list[str]:
@@ -270,7 +345,7 @@ def _wait_for_step(proc, step: int, timeout: float = 60.0) -> list[str]:
         lines.append(line)
         if line.startswith("step") and "loss" in line and int(line.split()[1]) >= step:
             return lines
-    raise AssertionError("training never reached step %d: %s" % (step, "".join(lines)))
+    raise AssertionError(f"training never reached step {step}: {''.join(lines)}")
 
 
 TOTAL = 150  # the reference and the interrupted run share this budget, so their lr schedules are the same
@@ -282,8 +357,9 @@ def reference_run(tmp_path_factory):
     text = work / "words.txt"
     text.write_text(word_text(200, seed=9))
     env = dict(os.environ, CHARRNN_CACHE_DIR=str(work / "cache"))
-    ref = subprocess.run(_train_cmd(text, work / "A", "--max-steps", str(TOTAL)), env=env, capture_output=True,
-                         text=True, timeout=180)
+    ref = subprocess.run(
+        _train_cmd(text, work / "A", "--max-steps", str(TOTAL)), env=env, capture_output=True, text=True, timeout=180
+    )
     assert ref.returncode == 0, ref.stderr
     return text, env, load_checkpoint(work / "A" / "last.pt")
 
@@ -292,8 +368,13 @@ def reference_run(tmp_path_factory):
 def test_signal_saves_and_resume_matches_an_uninterrupted_run(sig, code, tmp_path, reference_run):
     text, env, a = reference_run
     total = TOTAL
-    proc = subprocess.Popen(_train_cmd(text, tmp_path / "B", "--max-steps", str(total)), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _train_cmd(text, tmp_path / "B", "--max-steps", str(total)),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_for_step(proc, 10)
     sent = time.time()
     proc.send_signal(sig)
@@ -304,8 +385,13 @@ def test_signal_saves_and_resume_matches_an_uninterrupted_run(sig, code, tmp_pat
     stopped = load_checkpoint(tmp_path / "B" / "last.pt")["step"]
     assert 10 <= stopped < total
 
-    resumed = subprocess.run(_train_cmd(text, tmp_path / "B", "--max-steps", str(total), "--resume"), env=env,
-                             capture_output=True, text=True, timeout=180)
+    resumed = subprocess.run(
+        _train_cmd(text, tmp_path / "B", "--max-steps", str(total), "--resume"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert resumed.returncode == 0, resumed.stderr
     b = load_checkpoint(tmp_path / "B" / "last.pt")
     assert a["step"] == b["step"] == total
@@ -317,8 +403,13 @@ def test_double_sigint_exits_without_corrupting(tmp_path):
     text = tmp_path / "words.txt"
     text.write_text(word_text(200, seed=9))
     env = dict(os.environ, CHARRNN_CACHE_DIR=str(tmp_path / "cache"))
-    proc = subprocess.Popen(_train_cmd(text, tmp_path / "C", "--max-steps", "100000", "--eval-every", "5"), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _train_cmd(text, tmp_path / "C", "--max-steps", "100000", "--eval-every", "5"),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_for_step(proc, 12)
     proc.send_signal(signal.SIGINT)
     proc.send_signal(signal.SIGINT)

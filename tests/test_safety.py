@@ -6,8 +6,17 @@ import pytest
 from charrnn import _torch_is_safe
 
 
-@pytest.mark.parametrize("version,ok", [("2.5.1", False), ("2.4.0+cu121", False), ("1.13.1", False),
-                                        ("2.6.0", True), ("2.13.0+cpu", True), ("3.0.0", True)])
+@pytest.mark.parametrize(
+    "version,ok",
+    [
+        ("2.5.1", False),
+        ("2.4.0+cu121", False),
+        ("1.13.1", False),
+        ("2.6.0", True),
+        ("2.13.0+cpu", True),
+        ("3.0.0", True),
+    ],
+)
 def test_torch_version_gate(version, ok):
     assert _torch_is_safe(version) is ok
 

@@ -63,7 +63,9 @@ def test_stepper_matches_model_logits_and_state(kind, num_layers, batch_size):
     model = make_model(kind, num_layers, hidden_size=48, embed_size=24)
     gen = torch.Generator().manual_seed(1)
     H = 48
-    state = tuple(torch.randn(num_layers, batch_size, H, generator=gen) * 0.5 for _ in range(2 if kind == "lstm" else 1))
+    state = tuple(
+        torch.randn(num_layers, batch_size, H, generator=gen) * 0.5 for _ in range(2 if kind == "lstm" else 1)
+    )
     stepper = Stepper(model, batch_size, CPU)
     stepper.set_state(state)
     for _ in range(20):
@@ -75,7 +77,7 @@ def test_stepper_matches_model_logits_and_state(kind, num_layers, batch_size):
         assert (ours - logits[:, 0]).abs().max().item() <= 1e-5
         got = stepper.get_state()
         assert len(got) == len(state)
-        for a, b in zip(got, state):
+        for a, b in zip(got, state, strict=False):
             assert a.shape == (num_layers, batch_size, H)
             assert (a - b).abs().max().item() <= 1e-5
 
@@ -84,7 +86,9 @@ def _max_gap_to_model(model: CharRNN, stepper: Stepper, batch_size: int, steps: 
     """Largest |logit| difference between the stepper and the model over `steps` random tokens from a random state."""
     gen = torch.Generator().manual_seed(2)
     L, H = model.config.num_layers, model.config.hidden_size
-    state = tuple(torch.randn(L, batch_size, H, generator=gen) * 0.5 for _ in range(2 if model.config.model == "lstm" else 1))
+    state = tuple(
+        torch.randn(L, batch_size, H, generator=gen) * 0.5 for _ in range(2 if model.config.model == "lstm" else 1)
+    )
     stepper.set_state(state)
     gap = 0.0
     for _ in range(steps):
@@ -176,8 +180,9 @@ def test_every_kernel_matches_the_model_with_and_without_onednn(kind, monkeypatc
     model = make_model(kind, 2, hidden_size=48, embed_size=24)
     real = cpu_kernels.onednn_linear_available
     for off in (False, True):  # the machine's own answer per dtype, then no oneDNN at all: never claim a missing path
-        monkeypatch.setattr(cpu_kernels, "onednn_linear_available",
-                            lambda dtype=torch.float32, off=off: not off and real(dtype))
+        monkeypatch.setattr(
+            cpu_kernels, "onednn_linear_available", lambda dtype=torch.float32, off=off: not off and real(dtype)
+        )
         assert _max_gap_to_model(model, Stepper(model, 4, CPU), 4) <= 1e-5
         assert 0 < _max_gap_to_model(model, Stepper(model, 4, CPU, precision="bf16"), 4) <= 0.05
 

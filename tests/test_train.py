@@ -14,8 +14,18 @@ PHRASE = "hello world, hello there, hello charrnn.\n"
 
 
 def quick_cfg(**kw) -> TrainConfig:
-    base = dict(seq_len=16, batch_size=4, lr=1e-2, warmup_steps=5, eval_every=50, log_every=5, max_steps=50,
-                seed=1, device="cpu", eval_streams=2)
+    base = dict(
+        seq_len=16,
+        batch_size=4,
+        lr=1e-2,
+        warmup_steps=5,
+        eval_every=50,
+        log_every=5,
+        max_steps=50,
+        seed=1,
+        device="cpu",
+        eval_streams=2,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -24,13 +34,19 @@ def test_memorises_text_and_greedy_sampling_reproduces_it(tmp_path):
     path = tmp_path / "phrase.txt"
     path.write_text(PHRASE * 120)
     corpus = load_corpus([str(path)])
-    result = train(corpus, ModelConfig(vocab_size=len(corpus.vocab), hidden_size=64, num_layers=1, dropout=0.0),
-                   quick_cfg(max_steps=300, seq_len=32, eval_every=100, lr=1e-2), RunDir(tmp_path / "run"))
+    result = train(
+        corpus,
+        ModelConfig(vocab_size=len(corpus.vocab), hidden_size=64, num_layers=1, dropout=0.0),
+        quick_cfg(max_steps=300, seq_len=32, eval_every=100, lr=1e-2),
+        RunDir(tmp_path / "run"),
+    )
     assert result.best_val_loss < 0.05  # nats/char: the text is memorised
     model, vocab, _ = load_model(result.best_path)
     prime = "hello world, "
     ids = [int(i) for i in vocab.encode(prime)]
-    out = torch.cat(list(generate(model, ids, SampleConfig(temperature=0.0, length=len(PHRASE) * 2), torch.device("cpu"))), 1)
+    out = torch.cat(
+        list(generate(model, ids, SampleConfig(temperature=0.0, length=len(PHRASE) * 2), torch.device("cpu"))), 1
+    )
     text = vocab.decode(out[0].tolist())
     assert (prime + text).startswith((PHRASE * 3)[: len(prime) + len(text)])
 
@@ -40,7 +56,7 @@ def test_lr_schedule_warms_up_then_decays():
     lrs = [lr_at(s, budget_progress(s, 0.0, cfg, 1000), cfg) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1, rel=0.02)  # 1/10 of the peak at the first step
     assert max(lrs) == pytest.approx(lrs[9], rel=1e-6)  # peak right at the end of warm-up
-    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))  # then monotone decay
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))  # then monotone decay
     assert lr_at(100, 1.0, cfg) == pytest.approx(0.1)  # ends at lr * min_lr_frac
     # warm-up, stable, decay: with decay_frac 0.2 the rate holds its peak until 80 % of the budget
     wsd = quick_cfg(lr=1.0, warmup_steps=10, min_lr_frac=0.1, max_steps=100, decay_frac=0.2)
@@ -60,7 +76,9 @@ def test_lr_schedule_warms_up_then_decays():
 def test_stops_at_max_epochs_and_writes_metrics(tmp_path, small_corpus):
     corpus = load_corpus([str(small_corpus)])
     cfg = quick_cfg(max_steps=None, max_epochs=0.05, eval_every=10)
-    result = train(corpus, ModelConfig(vocab_size=len(corpus.vocab), hidden_size=16, num_layers=1), cfg, RunDir(tmp_path / "r"))
+    result = train(
+        corpus, ModelConfig(vocab_size=len(corpus.vocab), hidden_size=16, num_layers=1), cfg, RunDir(tmp_path / "r")
+    )
     assert result.stop_reason == "max_epochs"
     ck = load_checkpoint(result.last_path)
     assert ck["epoch"] >= 0.05 and ck["step"] == result.step
