@@ -865,7 +865,7 @@ def sample(
         seed_text = text or ("\n" if "\n" in vocab.chars else vocab.chars[0])  # an unprinted start when no prime
         prime_ids = [int(i) for i in vocab.encode(seed_text)]
         with torch.inference_mode():
-            stream_samples(generate(model, prime_ids, cfg, dev), text, vocab.chars, num_samples)
+            stream_samples(generate(model, prime_ids, cfg, dev), text, vocab, num_samples)
 
 
 def _progress_line(ckpt: dict, path: Path) -> str:
@@ -880,19 +880,19 @@ def _progress_line(ckpt: dict, path: Path) -> str:
     return f"step {step}, " + (f"val {val:.4f} nats/char" if val is not None else "not evaluated yet")
 
 
-def stream_samples(blocks, prime: str, chars: list[str], num_samples: int) -> None:
+def stream_samples(blocks, prime: str, vocab, num_samples: int) -> None:
     """Sample 0 streams live; the others (generated in the same batch) follow it, a blank line apart."""
     write_out(prime)
     rest: list[list[str]] = [[prime] for _ in range(num_samples - 1)]
     last = prime
     for block in blocks:  # (B, k) ids
         rows = block.tolist()
-        piece = "".join(chars[i] for i in rows[0])
+        piece = vocab.decode(rows[0])
         if piece:
             write_out(piece)
             last = piece
         for r, row in zip(rest, rows[1:], strict=False):
-            r.append("".join(chars[i] for i in row))
+            r.append(vocab.decode(row))
     for r in rest:
         write_out(("\n" if not last.endswith("\n") else "") + "\n")
         body = "".join(r)

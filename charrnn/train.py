@@ -342,6 +342,14 @@ class Trainer:
         self.elapsed_prior = 0.0
         self.best_val, self.best_step, self.last_val = math.inf, -1, math.nan
         self.skipped = 0
+        # Divergence counters live on the device, so the step never waits for the host (read once per log window).
+        self.streak, self.max_streak, self.bad_count = (self._zero(torch.int64) for _ in range(3))
+        self.loss_sum = self._zero(torch.float32)
+        self.last_log: dict = {}
+        self.first_step = 0  # the step this process started at (after a resume, the checkpoint's)
+        # The time budget's bookkeeping: seconds spent evaluating, the expected cost of the final evaluation and
+        # save (kept back from --max-time), and the last step that was evaluated.
+        self.eval_s, self.eval_skipped, self.closing_s, self.evaluated_step = 0.0, False, 0.0, -1
         self.state: State = self.model.init_state(cfg.batch_size, self.device)
         if ckpt:
             self._restore(ckpt)
@@ -548,6 +556,9 @@ class Trainer:
         elapsed, sig = flags.tolist()
         return elapsed, int(sig) or None
 
+    def _zero(self, dtype: torch.dtype) -> torch.Tensor:
+        return torch.zeros((), dtype=dtype, device=self.device)
+
     # -- progress --------------------------------------------------------------------------------
     @property
     def epoch_float(self) -> float:
@@ -647,12 +658,7 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         cfg = self.cfg
-        self.eval_s, self.eval_skipped = 0.0, False
         self.closing_s = self._estimate_closing() if cfg.max_time and self.dist.is_main else 0.0
-        self.evaluated_step = -1
-        zeros = lambda dtype: torch.zeros((), dtype=dtype, device=self.device)  # noqa: E731
-        self.streak, self.max_streak, self.bad_count = zeros(torch.int64), zeros(torch.int64), zeros(torch.int64)
-        self.loss_sum = zeros(torch.float32)
         steps_in_window, window_t, train_loss = 0, time.perf_counter(), math.nan
         self.first_step = self.step
         eta = max(0.0, cfg.max_time - self.elapsed) if cfg.max_time else None
@@ -808,7 +814,7 @@ class Trainer:
             "val_loss": val,
             "val_bpc": val / math.log(2),
             "lr": lr_at(self.step, budget_progress(self.step, self.elapsed, cfg, self.feeder.batches_per_epoch), cfg),
-            "chars_per_sec": getattr(self, "last_log", {}).get("chars_per_sec", 0.0),
+            "chars_per_sec": self.last_log.get("chars_per_sec", 0.0),
             "elapsed_s": round(self.elapsed, 3),
         }
         self.save(train_loss, is_best)
