@@ -25,6 +25,32 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def wait_for_line(proc, match, timeout: float = 120.0) -> list[str]:
+    """Lines of `proc`'s stderr up to and including the first one for which match(line) is true. A process that
+    hangs without printing fails the test after `timeout` s: select() on the pipe, never a blocking readline."""
+    import select
+    import time
+
+    fd, buf, lines = proc.stderr.fileno(), b"", []
+    deadline = time.monotonic() + timeout
+    while True:
+        while b"\n" in buf:
+            raw, buf = buf.split(b"\n", 1)
+            lines.append(raw.decode("utf-8", "replace") + "\n")
+            if match(lines[-1]):
+                return lines
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            proc.kill()
+            raise AssertionError(f"no awaited line in {timeout:.0f} s; stderr so far:\n{''.join(lines)}")
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise AssertionError(f"the process ended before the awaited line; stderr:\n{''.join(lines)}")
+            buf += chunk
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CHARRNN_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from rich.console import Console
@@ -232,3 +233,48 @@ def test_a_silent_reporter_draws_no_bar_even_on_a_terminal_and_a_quiet_one_only_
     quiet.warn("disk nearly full")
     quiet.close()
     assert buf.getvalue().strip() == "warning: disk nearly full"
+
+
+# A throughput table (chars/s by size) for a machine where each size is ~2x slower than the one before it.
+RATES = {128: 64_000.0, 192: 40_000.0, 256: 24_000.0, 384: 12_000.0, 512: 6_400.0, 768: 2_900.0, 1024: 1_600.0}
+
+
+@pytest.mark.parametrize(
+    "seconds,expected",
+    [(180, 384), (600, 512), (60, 192), (1800, 512)],  # 30 min: the 8-parameters-per-character cap keeps 2x512
+)
+def test_auto_sizing_picks_the_largest_size_that_gets_its_passes(monkeypatch, seconds, expected):
+    monkeypatch.setattr(autosize, "measure_chars_per_sec", lambda config, *a, **k: RATES[config.hidden_size])
+    cfg = TrainConfig()
+    size = autosize.choose_model_size(1_115_394, seconds, torch.device("cpu"), cfg, vocab_size=65)
+    assert (size["hidden_size"], size["num_layers"]) == (expected, 2)
+    train_chars = 1_115_394 * 0.9 * (1 - autosize.CALIBRATION_FRACTION - autosize.EVAL_FRACTION)
+    passes = RATES[expected] * seconds / train_chars
+    assert passes >= autosize.TARGET_EPOCHS
+    assert size["dropout"] == autosize.dropout_for(passes)
+
+
+def test_init_from_starts_a_new_run_from_the_weights(tmp_path, small_corpus, trained_run):
+    r = cli(["train", small_corpus, "--run-dir", tmp_path / "tuned", "--init-from", trained_run / "best.pt",
+             "--max-steps", "4", "--eval-every", "2", "--batch-size", "4", "--seq-len", "16", "--device", "cpu"],
+            cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    base, tuned = load_checkpoint(trained_run / "best.pt"), load_checkpoint(tmp_path / "tuned" / "last.pt")
+    assert tuned["step"] == 4  # a new run: its own step count, not the base's
+    assert tuned["model_config"] == base["model_config"] and tuned["vocab"] == base["vocab"]
+    # Four steps move the weights a little from the base's, nowhere near a fresh initialisation.
+    gap = max((tuned["model"][k] - base["model"][k]).abs().max().item() for k in base["model"])
+    assert 0 < gap < 0.1
+
+
+def test_evaluation_scores_at_most_eval_chars_of_the_validation_text():
+    from charrnn.model import CharRNN, ModelConfig
+    from charrnn.train import evaluate
+
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=5, hidden_size=8, num_layers=1))
+    head = torch.randint(0, 5, (301,)).numpy().astype("uint8")
+    ids = np.concatenate([head, np.zeros(5000, dtype="uint8")])  # the tail would change the mean if scored
+    capped = evaluate(model, ids, num_streams=1, seq_len=64, device=torch.device("cpu"), max_chars=300)
+    assert capped == pytest.approx(evaluate(model, head, num_streams=1, seq_len=64, device=torch.device("cpu")))
+    assert capped != pytest.approx(evaluate(model, ids, num_streams=1, seq_len=64, device=torch.device("cpu")))

@@ -8,14 +8,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from charrnn.checkpoint import load_checkpoint
-from tests.conftest import word_text
+from tests.conftest import wait_for_line, word_text
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
 
@@ -135,15 +134,10 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(setup, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline, lines = time.time() + 120, []
-    while time.time() < deadline:  # wait until training is under way (rank 0 logs steps)
-        line = proc.stderr.readline()
-        lines.append(line)
-        if re.match(r"step\s+(\d+)\s+epoch", line) and int(line.split()[1]) >= 5:
-            break
-    else:
-        proc.kill()
-        pytest.fail("training never started: " + "".join(lines))
+    # wait until training is under way (rank 0 logs steps)
+    lines = wait_for_line(
+        proc, lambda line: bool(re.match(r"step\s+(\d+)\s+epoch", line)) and int(line.split()[1]) >= 5
+    )
     workers = _worker_pids(proc.pid)
     assert set(workers) == {0, 1}
     os.kill(workers[1], signal.SIGTERM)  # only rank 1 is told to stop

@@ -20,7 +20,7 @@ import torch
 
 from charrnn.checkpoint import load_checkpoint
 from charrnn.train import TrainConfig
-from tests.conftest import TINY_TRAIN, word_text
+from tests.conftest import TINY_TRAIN, wait_for_line, word_text
 from tests.test_cli import assert_one_error, run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,14 +162,7 @@ def _slow_train(tmp_path: Path) -> subprocess.Popen:
 
 
 def _wait_for_first_step(proc: subprocess.Popen) -> None:
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        if line.startswith("step"):
-            return
-    pytest.fail("training never logged a step")
+    wait_for_line(proc, lambda line: line.startswith("step"))
 
 
 def test_a_second_sigint_exits_within_a_second_even_mid_step(tmp_path):

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from charrnn.corpus import load_corpus
 from charrnn.errors import CorpusError, DivergedError
 from charrnn.model import ModelConfig
 from charrnn.train import TrainConfig, Trainer, train
-from tests.conftest import word_text
+from tests.conftest import wait_for_line, word_text
 
 N_STEPS = 40
 
@@ -30,7 +29,6 @@ N_STEPS = 40
 def corpus(tmp_path_factory):
     path = tmp_path_factory.mktemp("resume") / "words.txt"
     path.write_text(word_text(60, seed=3))  # small: an epoch is ~16 steps, so runs cross epoch boundaries
-    os.environ.setdefault("CHARRNN_CACHE_DIR", str(path.parent / "cache"))
     return load_corpus([str(path)], cache_dir=path.parent / "cache")
 
 
@@ -337,15 +335,9 @@ def _train_cmd(corpus_path: Path, run_dir: Path, *extra) -> list[str]:
 
 
 def _wait_for_step(proc, step: int, timeout: float = 60.0) -> list[str]:
-    lines, deadline = [], time.time() + timeout
-    while time.time() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        lines.append(line)
-        if line.startswith("step") and "loss" in line and int(line.split()[1]) >= step:
-            return lines
-    raise AssertionError(f"training never reached step {step}: {''.join(lines)}")
+    return wait_for_line(
+        proc, lambda line: line.startswith("step") and "loss" in line and int(line.split()[1]) >= step, timeout
+    )
 
 
 TOTAL = 150  # the reference and the interrupted run share this budget, so their lr schedules are the same
@@ -376,11 +368,9 @@ def test_signal_saves_and_resume_matches_an_uninterrupted_run(sig, code, tmp_pat
         text=True,
     )
     _wait_for_step(proc, 10)
-    sent = time.time()
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=60)  # a signalled run that does not stop fails here
     assert proc.returncode == code, err
-    assert time.time() - sent < 15
     assert out == "" and "Traceback" not in err and "--resume" in err
     stopped = load_checkpoint(tmp_path / "B" / "last.pt")["step"]
     assert 10 <= stopped < total
