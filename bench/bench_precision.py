@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_sample import ours  # noqa: E402
 from bench.common import bench_corpus_path, machine  # noqa: E402
 from charrnn.corpus import load_corpus  # noqa: E402
-from charrnn.cpu_kernels import bf16_is_native  # noqa: E402
 from charrnn.data import split  # noqa: E402
+from charrnn.kernels import bf16_is_native  # noqa: E402
 from charrnn.model import CharRNN, load_model  # noqa: E402
 from charrnn.sample import Stepper  # noqa: E402
 

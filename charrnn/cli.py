@@ -824,8 +824,8 @@ def sample(
     import torch
 
     from charrnn import runtime
-    from charrnn.cpu_kernels import bf16_is_native
     from charrnn.errors import CorpusError
+    from charrnn.kernels import bf16_is_native
     from charrnn.model import load_model
     from charrnn.sample import SampleConfig, generate
 

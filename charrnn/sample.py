@@ -31,9 +31,9 @@ from dataclasses import dataclass
 
 import torch
 
-from charrnn import cpu_kernels, runtime
-from charrnn.cpu_kernels import bf16_is_native
+from charrnn import kernels, runtime
 from charrnn.errors import UsageError
+from charrnn.kernels import bf16_is_native
 from charrnn.model import CharRNN, State
 
 PRECISIONS = ("fp32", "bf16")
@@ -119,15 +119,15 @@ class _Product:
             self.kernel = "bf16"
             self.xs = torch.empty(batch_size, K, device=w.device, dtype=torch.bfloat16)  # (B, K)
             w_nk = w.t().to(torch.bfloat16).contiguous()  # (N, K)
-            self.packed = on_cpu and cpu_kernels.onednn_linear_available(torch.bfloat16)
+            self.packed = on_cpu and kernels.onednn_linear_available(torch.bfloat16)
             if self.packed:
-                self.w = cpu_kernels.pack_linear_weight(w_nk, batch_size)  # opaque (N, K)
+                self.w = kernels.pack_linear_weight(w_nk, batch_size)  # opaque (N, K)
             else:
                 self.w = w_nk.t()  # (K, N) view: the layout cuBLAS / oneDNN mm run fastest
                 self.ys = staging_out  # (B, N) bfloat16, shared by every product of this width
-        elif on_cpu and batch_size >= ONEDNN_MIN_BATCH and cpu_kernels.onednn_linear_available():
+        elif on_cpu and batch_size >= ONEDNN_MIN_BATCH and kernels.onednn_linear_available():
             self.kernel = "onednn"
-            self.w = cpu_kernels.pack_linear_weight(w.t().contiguous(), batch_size)  # opaque (N, K)
+            self.w = kernels.pack_linear_weight(w.t().contiguous(), batch_size)  # opaque (N, K)
         else:
             self.kernel = "addmm"
             self.w = w
@@ -143,7 +143,7 @@ class _Product:
             torch.addmm(self.bias, x, self.w, out=out)
 
     def _onednn(self, x: torch.Tensor, out: torch.Tensor) -> None:
-        y = cpu_kernels.onednn_linear(x, self.w, self.bias)  # (B, N)
+        y = kernels.onednn_linear(x, self.w, self.bias)  # (B, N)
         if self.bias is None:
             out.add_(y)
         else:
@@ -152,7 +152,7 @@ class _Product:
     def _bf16(self, x: torch.Tensor, out: torch.Tensor) -> None:
         self.xs.copy_(x)
         if self.packed:
-            y = cpu_kernels.onednn_linear(self.xs, self.w, None)  # (B, N) bfloat16
+            y = kernels.onednn_linear(self.xs, self.w, None)  # (B, N) bfloat16
         else:
             y = torch.mm(self.xs, self.w, out=self.ys)
         if self.bias is None:

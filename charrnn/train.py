@@ -346,6 +346,7 @@ class Trainer:
         self.streak, self.max_streak, self.bad_count = (self._zero(torch.int64) for _ in range(3))
         self.loss_sum = self._zero(torch.float32)
         self.last_log: dict = {}
+        self.lr = cfg.lr  # the rate of the latest step
         self.first_step = 0  # the step this process started at (after a resume, the checkpoint's)
         # The time budget's bookkeeping: seconds spent evaluating, the expected cost of the final evaluation and
         # save (kept back from --max-time), and the last step that was evaluated.

@@ -125,7 +125,7 @@ def test_num_samples_are_separated_by_a_blank_line(trained_run):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_bf16_sampling_streams_text_and_warns_where_it_is_emulated(native, trained_run, monkeypatch):
-    monkeypatch.setattr("charrnn.cpu_kernels.bf16_is_native", lambda device: native)
+    monkeypatch.setattr("charrnn.kernels.bf16_is_native", lambda device: native)
     r = run(["sample", trained_run / "best.pt", "-n", "60", "--seed", "2", "--num-samples", "2", "--precision", "bf16"])
     assert r.exit_code == 0, r.stderr
     assert len(r.stdout) >= 2 * 60

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from charrnn import cpu_kernels
+from charrnn import kernels
 from charrnn.errors import UsageError
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.sample import SIGMOID_ONLY_MIN_ELEMS, SampleConfig, Stepper, _Sampler, generate
@@ -133,8 +133,8 @@ def _kernels(stepper: Stepper) -> set[str]:
 @pytest.mark.parametrize("onednn", [True, False])
 def test_product_kernels_are_chosen_by_batch_size_precision_and_the_probe(onednn, monkeypatch):
     # Packing is stubbed, so the choice is tested for both answers of the probe on any CPU.
-    monkeypatch.setattr(cpu_kernels, "onednn_linear_available", lambda dtype=torch.float32: onednn)
-    monkeypatch.setattr(cpu_kernels, "pack_linear_weight", lambda w, batch_size: w)
+    monkeypatch.setattr(kernels, "onednn_linear_available", lambda dtype=torch.float32: onednn)
+    monkeypatch.setattr(kernels, "pack_linear_weight", lambda w, batch_size: w)
     model = make_model("lstm", 2, hidden_size=32)
     assert _kernels(Stepper(model, 1, CPU)) == {"addmm"}  # MKL's mat-vec is best at one stream
     assert _kernels(Stepper(model, 4, CPU)) == ({"onednn"} if onednn else {"addmm"})
@@ -146,42 +146,42 @@ def test_product_kernels_are_chosen_by_batch_size_precision_and_the_probe(onednn
 def test_the_bf16_probe_asks_torch_before_touching_the_op(monkeypatch):
     """On a CPU without avx512bw/vl/dq or avx_ne_convert, torch's bf16 oneDNN ops raise; the probe must say no
     without calling them. Faked here: torch answers no, and the op would fail the test if called."""
-    cpu_kernels.onednn_linear_available.cache_clear()
+    kernels.onednn_linear_available.cache_clear()
     try:
-        monkeypatch.setattr(cpu_kernels, "torch_supports_onednn_bf16", lambda: False)
+        monkeypatch.setattr(kernels, "torch_supports_onednn_bf16", lambda: False)
 
         def refuse(*args):
             raise AssertionError("the bf16 op was called on a CPU torch says cannot run it")
 
-        monkeypatch.setattr(cpu_kernels, "pack_linear_weight", refuse)
-        assert cpu_kernels.onednn_linear_available(torch.bfloat16) is False
+        monkeypatch.setattr(kernels, "pack_linear_weight", refuse)
+        assert kernels.onednn_linear_available(torch.bfloat16) is False
         model = make_model("lstm", 2, hidden_size=32)
         stepper = Stepper(model, 4, CPU, precision="bf16")  # falls back to torch.mm on bfloat16 weights
         assert not stepper._hh0.packed
         assert 0 < _max_gap_to_model(model, stepper, 4) <= 0.05
     finally:
-        cpu_kernels.onednn_linear_available.cache_clear()
+        kernels.onednn_linear_available.cache_clear()
 
 
 def test_the_probes_fall_back_to_no_when_torch_lacks_them(monkeypatch):
-    cpu_kernels.onednn_linear_available.cache_clear()
+    kernels.onednn_linear_available.cache_clear()
     try:
         monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
-        assert cpu_kernels.onednn_linear_available() is False
+        assert kernels.onednn_linear_available() is False
         monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
         monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
-        assert cpu_kernels.bf16_is_native(CPU) is False
+        assert kernels.bf16_is_native(CPU) is False
     finally:
-        cpu_kernels.onednn_linear_available.cache_clear()
+        kernels.onednn_linear_available.cache_clear()
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 def test_every_kernel_matches_the_model_with_and_without_onednn(kind, monkeypatch):
     model = make_model(kind, 2, hidden_size=48, embed_size=24)
-    real = cpu_kernels.onednn_linear_available
+    real = kernels.onednn_linear_available
     for off in (False, True):  # the machine's own answer per dtype, then no oneDNN at all: never claim a missing path
         monkeypatch.setattr(
-            cpu_kernels, "onednn_linear_available", lambda dtype=torch.float32, off=off: not off and real(dtype)
+            kernels, "onednn_linear_available", lambda dtype=torch.float32, off=off: not off and real(dtype)
         )
         assert _max_gap_to_model(model, Stepper(model, 4, CPU), 4) <= 1e-5
         assert 0 < _max_gap_to_model(model, Stepper(model, 4, CPU, precision="bf16"), 4) <= 0.05
