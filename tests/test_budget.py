@@ -170,6 +170,12 @@ def test_eval_every_given_evaluates_at_every_one_even_under_a_budget(tmp_path):
     assert [i["step"] for e, i in said if e == "eval"] == [2, 4, 6, 8, 10, 12]
 
 
+def log_event(step: int, elapsed: float, eta: float, total_steps=None, max_time=None) -> dict:
+    """A "log" event as the trainer reports it."""
+    return {"step": step, "epoch": 0.0, "train_loss": 4.1, "lr": 1e-4, "chars_per_sec": 6000.0, "elapsed_s": elapsed,
+            "eta_s": eta, "skipped": 0, "total_steps": total_steps, "max_time": max_time}  # fmt: skip
+
+
 def test_the_progress_bar_shows_the_trainers_eta_from_the_first_report():
     buf = io.StringIO()
     reporter = Reporter(console=Console(file=buf, force_terminal=True, width=160, color_system=None))
@@ -184,21 +190,7 @@ def test_the_progress_bar_shows_the_trainers_eta_from_the_first_report():
             "plan": "training 2x512 LSTM",
         },
     )
-    reporter(
-        "log",
-        {
-            "step": 1,
-            "epoch": 0.0,
-            "train_loss": 4.1,
-            "lr": 1e-4,
-            "chars_per_sec": 6000.0,
-            "elapsed_s": 3.0,
-            "eta_s": 597.0,
-            "skipped": 0,
-            "total_steps": None,
-            "max_time": 600.0,
-        },
-    )
+    reporter("log", log_event(1, elapsed=3.0, eta=597.0, max_time=600.0))
     reporter.close()
     out = buf.getvalue()
     assert "training 2x512 LSTM" in out
@@ -209,20 +201,7 @@ def test_a_silent_reporter_draws_no_bar_even_on_a_terminal_and_a_quiet_one_only_
     buf = io.StringIO()
     silent = Reporter(silent=True, console=Console(file=buf, force_terminal=True, width=120, color_system=None))
     silent("start", {"step": 0, "total_steps": 10, "plan": "training 1x32 LSTM"})
-    silent(
-        "log",
-        {
-            "step": 1,
-            "epoch": 0.0,
-            "train_loss": 4.1,
-            "lr": 1e-4,
-            "chars_per_sec": 6000.0,
-            "elapsed_s": 1.0,
-            "eta_s": 9.0,
-            "skipped": 0,
-            "total_steps": 10,
-        },
-    )
+    silent("log", log_event(1, elapsed=1.0, eta=9.0, total_steps=10))
     silent.warn("disk nearly full")
     silent.close()
     assert silent._progress is None and buf.getvalue() == ""  # under torchrun, ranks > 0 say nothing at all

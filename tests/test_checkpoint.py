@@ -200,14 +200,7 @@ class Zygote:
         next(line for line in iter(self.line, None) if line.startswith(f"{pid} "))
         time.sleep(delay)
         os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.01)
-        raise AssertionError(f"writer {pid} did not die")
+        self._wait_dead(pid)
 
     def kill_while_half_written(self, path: Path) -> None:
         """Start a plain torch.save writer; after its first save, SIGKILL it the moment the file it is rewriting
