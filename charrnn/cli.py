@@ -522,12 +522,8 @@ def train(
             model, hidden_size, num_layers, embed_size, dropout, tie_weights, fine_tune=init_from is not None
         )
         given_fields = {name for name in TRAIN_FIELDS if given(ctx, name)}
-        if resume:
-            from charrnn.train import resume_conflict
-
-            model_flags = [f"--{n.replace('_', '-')}" for n in MODEL_FIELDS if given(ctx, n)]
-            if model_flags:
-                raise UsageError(resume_conflict(model_flags, run_dir or "the run directory"))
+        if resume:  # checked against the run's model once its directory is known (_check_resume_model)
+            model_opts = {n: model_opts[n] for n in MODEL_FIELDS if n in model_opts and given(ctx, n)}
         if run_dir is not None:
             check_run_dir(run_dir, resume=resume, overwrite=overwrite)
         if init_from is not None:
@@ -679,6 +675,8 @@ def _train_claimed(
         if note:
             reporter.warn(note)
     try:
+        if resume:
+            _check_resume_model(path, model_opts)
         reporter.info(f"corpus {data.name}: {len(data.ids):,} characters, {vocab_size} distinct")
         _report_skipped(data, verbose, reporter)
         if not resume:
@@ -748,6 +746,21 @@ def _new_model_config(opts: dict, data, cfg, max_time_s, dist, reporter):
         dropout=0.1 if sized["dropout"] is None else sized["dropout"],
         tie_weights=opts["tie_weights"],
     )
+
+
+def _check_resume_model(path: Path, given_opts: dict) -> None:
+    """Model flags given again on --resume must match the run's model: a new value is refused, not ignored."""
+    from charrnn.checkpoint import RunDir
+    from charrnn.train import resume_conflict
+
+    if not given_opts:
+        return
+    saved = RunDir(path).load_latest()[0].get("model_config") or {}
+    if given_opts.get("embed_size") == 0:  # 0 means "the hidden size", which is what the run stored
+        given_opts = {**given_opts, "embed_size": saved.get("hidden_size")}
+    changed = [f"--{n.replace('_', '-')}" for n, v in given_opts.items() if v is not None and saved.get(n) != v]
+    if changed:
+        raise UsageError(resume_conflict(changed, path))
 
 
 def _report_skipped(data, verbose: bool, reporter) -> None:
