@@ -5,7 +5,6 @@ of each candidate on the chosen device.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 
@@ -13,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from charrnn import runtime
-from charrnn.model import CharRNN, ModelConfig, weight_shapes
+from charrnn.model import CharRNN, ModelConfig
 from charrnn.report import format_duration
 
 # (hidden_size, num_layers), smallest first. Char-level models on ~1 MB of text saturate around 2x512.
@@ -80,7 +79,7 @@ def dropout_for(epochs: float) -> float:
 
 
 def num_params(hidden: int, layers: int, vocab_size: int, model_type: str = "lstm") -> int:
-    return sum(math.prod(s) for s in weight_shapes(ModelConfig(vocab_size, model_type, hidden, layers)).values())
+    return ModelConfig(vocab_size, model_type, hidden, layers).num_params()
 
 
 def choose_model_size(

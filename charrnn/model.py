@@ -65,7 +65,7 @@ class ModelConfig:
             raise UsageError(
                 f"--hidden-size and --embed-size must be at most {MAX_WIDTH:,} and --num-layers at most {MAX_LAYERS}."
             )
-        params = sum(math.prod(shape) for shape in weight_shapes(self).values())
+        params = self.num_params()
         if params > MAX_TRAIN_PARAMS:
             raise UsageError(
                 f"a {self.num_layers}x{self.hidden_size} {self.model.upper()} over {self.vocab_size:,} "
@@ -73,6 +73,10 @@ class ModelConfig:
                 "trains (16 bytes each with gradients and Adam's moments); use a smaller --hidden-size "
                 "or --num-layers."
             )
+
+    def num_params(self) -> int:
+        """Parameters of CharRNN(self), counted from the shapes alone: nothing is allocated."""
+        return sum(math.prod(shape) for shape in weight_shapes(self).values())
 
     def to_dict(self) -> dict:
         return asdict(self)

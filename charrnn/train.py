@@ -793,8 +793,9 @@ class Trainer:
         t = time.perf_counter()
         self._evaluate_and_save_now(train_loss)
         # The final evaluation and save will cost what this one did: the budget reserves exactly that.
-        self.closing_s = time.perf_counter() - t + CLOSING_MARGIN
-        self.eval_s += self.closing_s - CLOSING_MARGIN
+        spent = time.perf_counter() - t
+        self.eval_s += spent
+        self.closing_s = spent + CLOSING_MARGIN
 
     def _evaluate_and_save_now(self, train_loss: float) -> None:
         cfg = self.cfg
