@@ -24,10 +24,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_sample import ours  # noqa: E402
 from bench.common import bench_corpus_path, machine  # noqa: E402
+from charrnn.checkpoint import load_model  # noqa: E402
 from charrnn.corpus import load_corpus  # noqa: E402
 from charrnn.data import split  # noqa: E402
 from charrnn.kernels import bf16_is_native  # noqa: E402
-from charrnn.model import CharRNN, load_model  # noqa: E402
+from charrnn.model import CharRNN  # noqa: E402
 from charrnn.sample import Stepper  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16")
@@ -79,7 +80,8 @@ def main() -> None:
     corpus_path = bench_corpus_path()
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.checkpoint or train_checkpoint(corpus_path, args.max_time, Path(tmp) / "run")
-        model, vocab, _ = load_model(ckpt, "cpu")
+        model, bundle = load_model(ckpt, "cpu")
+        vocab = bundle.vocab
         corpus = load_corpus([corpus_path])
     if corpus.vocab.chars != vocab.chars:
         sys.exit(f"{ckpt} was not trained on {corpus_path}; pass a checkpoint trained on it.")

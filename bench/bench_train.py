@@ -25,11 +25,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import bench_corpus_path, machine  # noqa: E402
-from charrnn.checkpoint import RunDir  # noqa: E402
 from charrnn.corpus import load_corpus  # noqa: E402
+from charrnn.job import train  # noqa: E402
 from charrnn.model import ModelConfig  # noqa: E402
 from charrnn.report import Reporter  # noqa: E402
-from charrnn.train import TrainConfig, train  # noqa: E402
+from charrnn.train import TrainConfig  # noqa: E402
 
 
 def plain_loop(
@@ -88,7 +88,7 @@ def charrnn_train(corpus, hidden: int, layers: int, B: int, T: int, steps: int, 
     model_cfg = ModelConfig(vocab_size=len(corpus.vocab), hidden_size=hidden, num_layers=layers, dropout=0.0)
     with tempfile.TemporaryDirectory() as d:
         # log_every=warmup: window 1 is the warm-up; later windows cover `warmup` steps each.
-        train(corpus, model_cfg, cfg, RunDir(Path(d) / "run", keep=0), report=report)
+        train(corpus, model_cfg, cfg, Path(d) / "run", report=report)
     timed = list(zip(windows[1:], windows, strict=False))  # (window, previous window)
     chars = sum((w["step"] - p["step"]) * B * T for w, p in timed)
     seconds = sum((w["step"] - p["step"]) * B * T / w["chars_per_sec"] for w, p in timed)

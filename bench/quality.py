@@ -31,14 +31,15 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import bench_corpus_path, machine  # noqa: E402
+from charrnn.checkpoint import load_model  # noqa: E402
 from charrnn.corpus import load_corpus  # noqa: E402
 from charrnn.data import split  # noqa: E402
-from charrnn.model import load_model  # noqa: E402
 from charrnn.train import evaluate  # noqa: E402
 
 
 def score_one_stream(ckpt: Path, corpus_path: str, val_frac: float = 0.1) -> float:
-    model, vocab, _ = load_model(ckpt, "cpu")
+    model, bundle = load_model(ckpt, "cpu")
+    vocab = bundle.vocab
     corpus = load_corpus([corpus_path])
     assert corpus.vocab.chars == vocab.chars, "the checkpoint was trained on another corpus"
     _, val = split(corpus.ids, val_frac)

@@ -9,11 +9,10 @@ import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
-from charrnn import runtime
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.report import format_duration
+from charrnn.step import TrainStep, make_optimizer
 
 # (hidden_size, num_layers), smallest first. Char-level models on ~1 MB of text saturate around 2x512.
 CANDIDATES = [(128, 2), (192, 2), (256, 2), (384, 2), (512, 2), (768, 2), (1024, 2), (1024, 3)]
@@ -30,40 +29,19 @@ PARAMS_PER_CHAR = 8
 
 
 def measure_chars_per_sec(config: ModelConfig, cfg, device: torch.device, steps: int = 3) -> float:
-    """Forward + backward + optimizer steps per second of a fresh model, times the characters per step, with
-    training's own optimizer and precision (fused AdamW; fp16 autocast and a GradScaler on CUDA)."""
-    from charrnn.train import make_optimizer
-
+    """Characters per second of training's own step (step.py: fused AdamW, the divergence guard, fp16 autocast
+    and a GradScaler on CUDA) on a fresh model and random batches."""
     model = CharRNN(config).to(device)
-    opt = make_optimizer(model, cfg, device)
     amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda") if amp else None
-    x = torch.randint(0, config.vocab_size, (cfg.batch_size, cfg.seq_len + 1), device=device)
-    state = None
-
-    def one_step():
-        nonlocal state
-        with runtime.autocast(device, amp):
-            logits, state = model(x[:, :-1], state)
-            loss = F.cross_entropy(logits.float().reshape(-1, config.vocab_size), x[:, 1:].reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
-        state = tuple(s.detach() for s in state)
-        return loss
-
-    one_step()  # warm-up: allocator, oneDNN/cuDNN primitive creation
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    step = TrainStep(model, make_optimizer(model, cfg, device), device, cfg.grad_clip, amp=amp)
+    xy = torch.randint(0, config.vocab_size, (cfg.batch_size, cfg.seq_len + 1), device=device)  # (B, T+1)
+    x, y = xy[:, :-1], xy[:, 1:]
+    state = step(x, y, model.init_state(cfg.batch_size, device), cfg.lr)  # warm-up: allocator, kernel set-up
+    step.synchronize()
     t = time.perf_counter()
     for _ in range(steps):
-        loss = one_step()
-    loss.item()  # wait for the device
+        state = step(x, y, state, cfg.lr)
+    step.synchronize()
     return steps * cfg.batch_size * cfg.seq_len / (time.perf_counter() - t)
 
 
@@ -76,10 +54,6 @@ def dropout_for(epochs: float) -> float:
     if epochs < 16:
         return 0.1
     return 0.2
-
-
-def num_params(hidden: int, layers: int, vocab_size: int, model_type: str = "lstm") -> int:
-    return ModelConfig(vocab_size, model_type, hidden, layers).num_params()
 
 
 def choose_model_size(
@@ -97,14 +71,12 @@ def choose_model_size(
     train_chars = num_chars * (1.0 - cfg.val_frac)
     train_time = max_time * (1.0 - CALIBRATION_FRACTION - EVAL_FRACTION)  # what the loop itself will get
     budget = CALIBRATION_FRACTION * max_time
-    runtime.set_threads(cfg.threads)  # time it the way training will run
-    runtime.configure_backends(device)
     started = time.perf_counter()
     chosen, chosen_rate, capped = CANDIDATES[0], None, False
     for hidden, layers in CANDIDATES:
         if (
             chosen_rate is not None
-            and num_params(hidden, layers, vocab_size, model_type) > PARAMS_PER_CHAR * train_chars
+            and ModelConfig(vocab_size, model_type, hidden, layers).num_params() > PARAMS_PER_CHAR * train_chars
         ):
             capped = True
             break

@@ -32,10 +32,7 @@ from pathlib import Path
 import torch
 
 from charrnn.errors import CheckpointError, CheckpointWriteError, UsageError
-
-FORMAT_NAME = "charrnn"
-FORMAT_VERSION = 1
-REQUIRED_KEYS = ("format", "format_version", "model", "model_config", "vocab")  # enough to sample
+from charrnn.state import MODEL_KEYS, ModelBundle, check_format
 
 TEMP_PREFIX = ".ckpt-"
 TEMP_SUFFIX = ".tmp"
@@ -64,11 +61,9 @@ _FILE_KINDS = (
 def save_checkpoint(state: dict, path: Path, *, durable: bool = True) -> None:
     """Write `state` to `path` atomically; on any failure the old file is untouched and no temp file remains.
 
-    "format" and "format_version" are stamped in unless `state` sets them itself.
     Raises CheckpointWriteError; a KeyboardInterrupt is re-raised after the temp file is removed.
     """
     path = Path(path)
-    state = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **state}
     _check_plain(state, path)
     _atomic_write(path, lambda f: torch.save(state, f), durable=durable)
 
@@ -203,19 +198,15 @@ def _walk(value, where: str) -> Iterator[tuple[str, object]]:
 # ---------------------------------------------------------------- reading
 
 
-def _error(path: Path, problem: str, advice: str) -> CheckpointError:
-    err = CheckpointError(f"checkpoint {path} {problem}; {advice}.")
-    err.problem = problem  # load_latest reuses the short form in its warnings
-    return err
-
-
 def verify_checkpoint(path: Path) -> None:
     """Check that `path` is a complete zip archive whose every record matches its CRC32; unpickles nothing."""
     path = Path(path)
     if not path.exists():
-        raise _error(path, "does not exist", "check the path or train one with `charrnn train CORPUS`")
+        raise CheckpointError.about(path, "does not exist", "check the path or train one with `charrnn train CORPUS`")
     if path.is_dir():
-        raise _error(path, "is a directory, not a checkpoint file", "pass the last.pt or best.pt inside it")
+        raise CheckpointError.about(
+            path, "is a directory, not a checkpoint file", "pass the last.pt or best.pt inside it"
+        )
     try:
         st = path.stat()
         _check_regular(path, st.st_mode)  # before open(): opening a FIFO blocks until a writer comes
@@ -223,18 +214,22 @@ def verify_checkpoint(path: Path) -> None:
         with path.open("rb") as f:
             head = f.read(4)
     except OSError as exc:
-        raise _error(path, f"cannot be read ({_describe(exc)})", "check its permissions") from exc
+        raise CheckpointError.about(path, f"cannot be read ({_describe(exc)})", "check its permissions") from exc
     if size == 0:
-        raise _error(path, "is empty (0 bytes), probably from an interrupted write", "use an older checkpoint")
+        raise CheckpointError.about(
+            path, "is empty (0 bytes), probably from an interrupted write", "use an older checkpoint"
+        )
     if not zipfile.is_zipfile(path):
         if b"PK\x03\x04".startswith(head[:4]):  # starts like a zip but has no end: cut short
             problem = "is corrupt (truncated: the zip directory at its end is missing)"
-            raise _error(path, problem, "use an older checkpoint")
+            raise CheckpointError.about(path, problem, "use an older checkpoint")
         if head[:1] == b"\x80":
             # A raw pickle or torch's legacy format: unpickling is the only way to read it, and that can run code.
             problem = "is a raw Python pickle, not a charrnn checkpoint, and pickles can contain Python objects"
-            raise _error(path, f"{problem} that could run code", "refusing to load it")
-        raise _error(path, "is not a checkpoint (not a zip archive)", "pass a .pt file written by `charrnn train`")
+            raise CheckpointError.about(path, f"{problem} that could run code", "refusing to load it")
+        raise CheckpointError.about(
+            path, "is not a checkpoint (not a zip archive)", "pass a .pt file written by `charrnn train`"
+        )
     try:
         with zipfile.ZipFile(path) as archive:
             _check_expansion(path, archive.infolist(), size)
@@ -242,16 +237,18 @@ def verify_checkpoint(path: Path) -> None:
     except CheckpointError:
         raise
     except Exception as exc:  # BadZipFile, EOFError, zlib.error, …: all mean the archive is damaged
-        raise _error(path, f"is corrupt ({_describe(exc)})", "use an older checkpoint") from exc
+        raise CheckpointError.about(path, f"is corrupt ({_describe(exc)})", "use an older checkpoint") from exc
     if bad is not None:
-        raise _error(path, f"is corrupt (CRC mismatch in record {bad})", "use an older checkpoint")
+        raise CheckpointError.about(path, f"is corrupt (CRC mismatch in record {bad})", "use an older checkpoint")
 
 
 def _check_regular(path: Path, mode: int) -> None:
     if stat.S_ISREG(mode):
         return
     kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
-    raise _error(path, f"is {kind}, not a checkpoint file", "save the checkpoint to a file and pass its path")
+    raise CheckpointError.about(
+        path, f"is {kind}, not a checkpoint file", "save the checkpoint to a file and pass its path"
+    )
 
 
 def _check_expansion(path: Path, records: list[zipfile.ZipInfo], size: int) -> None:
@@ -264,10 +261,10 @@ def _check_expansion(path: Path, records: list[zipfile.ZipInfo], size: int) -> N
             f"({MAX_EXPANSION} times its size plus {EXPANSION_SLACK:,}) a checkpoint can hold, "
             "which torch.save never writes"
         )
-        raise _error(path, problem, "it was crafted or damaged, so refusing to load it")
+        raise CheckpointError.about(path, problem, "it was crafted or damaged, so refusing to load it")
 
 
-def load_checkpoint(path: Path | str, *, map_location="cpu", require: tuple[str, ...] = REQUIRED_KEYS) -> dict:
+def load_checkpoint(path: Path | str, *, map_location="cpu", require: tuple[str, ...] = MODEL_KEYS) -> dict:
     """Verify, then torch.load(weights_only=True), then check that it is a charrnn checkpoint this version reads."""
     path = Path(path)
     verify_checkpoint(path)
@@ -275,36 +272,17 @@ def load_checkpoint(path: Path | str, *, map_location="cpu", require: tuple[str,
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
         if "Weights only load failed" in str(exc):
-            raise _error(path, "contains Python objects that could run code", "refusing to load it") from exc
+            raise CheckpointError.about(
+                path, "contains Python objects that could run code", "refusing to load it"
+            ) from exc
         # The CRCs matched, so the archive is intact: it is simply not something torch.save wrote.
         problem = f"is a zip archive but not a torch checkpoint ({_describe(exc)})"
-        raise _error(path, problem, "pass a checkpoint from `charrnn train`") from exc
-    _check_format(path, state)
+        raise CheckpointError.about(path, problem, "pass a checkpoint from `charrnn train`") from exc
+    check_format(path, state)
     missing = [key for key in require if key not in state]
     if missing:
-        raise _error(path, f"lacks {', '.join(missing)}", "it is incomplete, so use another checkpoint")
+        raise CheckpointError.about(path, f"lacks {', '.join(missing)}", "it is incomplete, so use another checkpoint")
     return state
-
-
-def _check_format(path: Path, state: object) -> None:
-    if not isinstance(state, dict) or state.get("format") != FORMAT_NAME:
-        other = f" (its format is {state['format']!r})" if isinstance(state, dict) and "format" in state else ""
-        raise _error(path, f"was not written by charrnn{other}", "pass a checkpoint from `charrnn train`")
-    version = state.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise _error(path, f"has an invalid format_version {version!r}", "use another checkpoint")
-    if version > FORMAT_VERSION:
-        raise _error(
-            path,
-            f"has format_version {version}, newer than this charrnn reads ({FORMAT_VERSION})",
-            "upgrade charrnn to load it",
-        )
-    if version < FORMAT_VERSION:
-        raise _error(
-            path,
-            f"has format_version {version}, older than this charrnn reads ({FORMAT_VERSION})",
-            "load it with the charrnn version that wrote it, or retrain",
-        )
 
 
 # ---------------------------------------------------------------- run directories
@@ -447,7 +425,7 @@ class RunDir:
                 found.append((int(match.group(1)), p))
         return sorted(found)
 
-    def load_latest(self, require: tuple[str, ...] = REQUIRED_KEYS) -> tuple[dict, Path, list[str]]:
+    def load_latest(self, require: tuple[str, ...] = MODEL_KEYS) -> tuple[dict, Path, list[str]]:
         """Load the newest usable checkpoint: last.pt, then numbered ones newest first, then best.pt.
 
         Returns (state, path, warnings); each warning says which file was skipped and why.
@@ -463,7 +441,7 @@ class RunDir:
             try:
                 state = load_checkpoint(candidate, require=require)
             except CheckpointError as exc:
-                failures.append((candidate, getattr(exc, "problem", str(exc))))
+                failures.append((candidate, exc.problem))
                 continue
             warnings = [f"{p.name} {problem}; trying the next checkpoint" for p, problem in failures]
             if warnings:
@@ -502,3 +480,15 @@ def find_latest_run(root: Path = Path("checkpoints")) -> Path:
             "train one with `charrnn train CORPUS` or pass a checkpoint path."
         )
     return newest[2]
+
+
+def load_bundle(path: Path | str) -> ModelBundle:
+    """A checkpoint's model as data (config, vocabulary, weights, facts), every field checked."""
+    return ModelBundle.from_dict(load_checkpoint(path), Path(path))
+
+
+def load_model(path: Path | str, device: torch.device | str = "cpu"):
+    """A checkpoint -> (model in eval mode on `device`, its ModelBundle). GPU-trained checkpoints load on
+    CPU-only machines: everything is read to CPU first."""
+    bundle = load_bundle(path)
+    return bundle.build_model(device), bundle

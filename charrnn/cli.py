@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -25,7 +25,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from charrnn.errors import CharRNNError, UsageError
+from charrnn.errors import CharRNNError
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -200,10 +200,14 @@ class StopFlag:
     leaves with os._exit: checkpoint writes are atomic (temp file + rename), so no file is ever half-written.
     """
 
-    def __init__(self, on_abort=lambda: None) -> None:
+    def __init__(self) -> None:
         self.signum: int | None = None
         self._count = 0
-        self._on_abort = on_abort  # e.g. remove the temp file of a checkpoint write cut short
+        self._on_abort: Callable[[], None] = lambda: None
+
+    def on_abort(self, cleanup: Callable[[], None]) -> None:
+        """Run `cleanup` before an abrupt exit (e.g. remove the temp file of a checkpoint write cut short)."""
+        self._on_abort = cleanup
 
     def __call__(self) -> int | None:
         return self.signum
@@ -320,7 +324,6 @@ A run directory that holds a run is never reused silently: a new run goes to
 checkpoints/<name>-2, -3, ...; a --run-dir that holds a run needs --resume
 (continue it) or --overwrite (replace it)."""
 
-MODEL_FIELDS = ("model", "hidden_size", "num_layers", "embed_size", "dropout", "tie_weights")
 # TrainConfig fields that are also `train` options under the same name (flags map one-to-one onto the config).
 TRAIN_FIELDS = (
     "seq_len",
@@ -390,7 +393,8 @@ def train(
     dropout: Annotated[
         Optional[float],
         typer.Option(
-            help="Dropout on the embeddings, between layers and before the head \\[default: 0.1, or auto].",
+            help="Dropout on the embeddings, between layers and before the head \\[default: by the planned passes "
+            "over the text: 0 below 8, 0.1 below 16, else 0.2].",
             show_default=False,
             rich_help_panel=MODEL,
         ),
@@ -494,286 +498,67 @@ def train(
 ) -> None:
     """Train a character-level model on CORPUS and print the path of its best checkpoint."""
     started = time.perf_counter()  # --max-time is the user's wall clock: it counts from here, before torch loads
-    from charrnn import runtime
-    from charrnn.checkpoint import verify_checkpoint
+    from charrnn import job
     from charrnn.report import Reporter
-    from charrnn.rundir import check_run_dir
+    from charrnn.rundir import remove_temps
 
-    dist = runtime.dist_from_env()
-    reporter = Reporter(quiet=quiet, console=err, silent=not dist.is_main)  # under torchrun only rank 0 reports
+    options = locals()
+    reporter = Reporter(quiet=quiet, console=err)
     with user_errors(), reader_may_leave():
-        # Every option is checked before the corpus is touched, and nothing is printed before an error.
-        if resume and (init_from is not None or overwrite):
-            raise UsageError("--resume continues a run, so it cannot be combined with --init-from or --overwrite.")
-        if not corpus and not resume:
-            raise UsageError(
-                "give a corpus to train on (a file, a directory, '-' or pydocs), or --resume --run-dir DIR "
-                "to continue a run."
-            )
-        if resume and not corpus and run_dir is None:
-            raise UsageError("--resume without a corpus needs --run-dir: the run directory to continue.")
-        max_time_s = parse_duration(max_time)
-        if seed is None:
-            seed = runtime.draw_seed()
-        cfg = _train_config(locals(), max_time_s)
-        cfg.validate()
-        runtime.select_device(device)
-        model_opts = _model_options(
-            model, hidden_size, num_layers, embed_size, dropout, tie_weights, fine_tune=init_from is not None
+        train_job = job.TrainJob(
+            sources=list(corpus or []),
+            train=_train_config(options, parse_duration(max_time)),
+            model=job.ModelOptions(**{name: options[name] for name in job.MODEL_FIELDS}),
+            run_dir=run_dir,
+            resume=resume,
+            overwrite=overwrite,
+            init_from=init_from,
+            given={name for name in TRAIN_FIELDS + job.MODEL_FIELDS if given(ctx, name)},
+            verbose=verbose,
+            show_progress=not quiet,
+            started=started,
         )
-        given_fields = {name for name in TRAIN_FIELDS if given(ctx, name)}
-        if resume:  # checked against the run's model once its directory is known (_check_resume_model)
-            model_opts = {n: model_opts[n] for n in MODEL_FIELDS if n in model_opts and given(ctx, n)}
-        if run_dir is not None:
-            check_run_dir(run_dir, resume=resume, overwrite=overwrite)
-        if init_from is not None:
-            verify_checkpoint(init_from)
-
-        data = _load_training_corpus(corpus, run_dir, resume, quiet, dist, reporter)
-        result = _train_claimed(
-            data,
-            cfg,
-            model_opts,
-            run_dir,
-            resume,
-            overwrite,
-            init_from,
-            given_fields,
-            max_time_s,
-            verbose,
-            dist,
-            reporter,
-            started,
-        )
+        stop = StopFlag()
+        with stop.installed():
+            result = job.run(train_job, reporter, stop, on_claim=lambda path: stop.on_abort(lambda: remove_temps(path)))
         reporter.close()
-        if result.signal is not None:
-            who = f"rank {dist.rank}: " if dist.enabled else ""
-            again = (
-                "charrnn train --resume --run-dir " + _shell_quote(result.run_dir)
-                if "-" not in data.sources
-                else "the same text piped to charrnn train - --resume --run-dir " + _shell_quote(result.run_dir)
-            )
-            say(
-                f"{who}stopped by {signal.Signals(result.signal).name} at step {result.step}; checkpoint saved in "
-                f"{result.run_dir}; continue with: {again}"
-            )
-            raise typer.Exit(128 + result.signal)
-        if not dist.is_main:
-            return
-        if math.isfinite(result.best_val_loss):
-            say(f"best val loss {result.best_val_loss:.4f} nats ({result.best_val_loss / math.log(2):.4f} bpc)")
-        write_out(f"{result.best_path}\n")
+        _report_result(result, train_job)
+
+
+def _train_config(options: dict, max_time_s: float | None):
+    """The TrainConfig of the `train` flags; a seed left out is drawn here, so the run can print it."""
+    from charrnn import runtime
+    from charrnn.train import TrainConfig
+
+    values = {name: options[name] for name in TRAIN_FIELDS if name != "max_time"}
+    if values["seed"] is None:
+        values["seed"] = runtime.draw_seed()
+    return TrainConfig(**values, max_time=max_time_s)
+
+
+def _report_result(result, train_job) -> None:
+    """stdout: the best checkpoint's path (rank 0 only); stderr: the best loss, or how to continue after a signal."""
+    if result.signal is not None:
+        who = f"rank {result.rank}: " if result.world_size > 1 else ""
+        resume_hint = "charrnn train --resume --run-dir " + _shell_quote(result.run_dir)
+        if "-" in train_job.sources:
+            resume_hint = "the same text piped to " + resume_hint.replace("train --", "train - --", 1)
+        say(
+            f"{who}stopped by {signal.Signals(result.signal).name} at step {result.step}; checkpoint saved in "
+            f"{result.run_dir}; continue with: {resume_hint}"
+        )
+        raise typer.Exit(128 + result.signal)
+    if result.rank != 0:
+        return
+    if math.isfinite(result.best_val_loss):
+        say(f"best val loss {result.best_val_loss:.4f} nats ({result.best_val_loss / math.log(2):.4f} bpc)")
+    write_out(f"{result.best_path}\n")
 
 
 def _shell_quote(path: Path) -> str:
     import shlex
 
     return shlex.quote(str(path))
-
-
-def _train_config(options: dict, max_time_s: float | None):
-    from charrnn.train import TrainConfig
-
-    values = {name: options[name] for name in TRAIN_FIELDS if name != "max_time"}
-    return TrainConfig(**values, max_time=max_time_s)
-
-
-def _model_options(model, hidden_size, num_layers, embed_size, dropout, tie_weights, fine_tune: bool) -> dict:
-    """The model flags, checked now by building a ModelConfig from them; sizes left None stay None (auto-sized
-    under --max-time, else 2x512). When fine-tuning only dropout may change: the checkpoint fixes the rest."""
-    from charrnn.model import ModelConfig
-
-    ModelConfig(
-        vocab_size=2,
-        model=model,
-        hidden_size=512 if hidden_size is None else hidden_size,
-        num_layers=2 if num_layers is None else num_layers,
-        embed_size=embed_size,
-        dropout=0.1 if dropout is None else dropout,
-        tie_weights=tie_weights,
-    ).check_trainable()
-    if fine_tune:
-        return {"dropout": dropout}
-    return {
-        "model": model,
-        "hidden_size": hidden_size,
-        "num_layers": num_layers,
-        "embed_size": embed_size,
-        "dropout": dropout,
-        "tie_weights": tie_weights,
-    }
-
-
-def _load_training_corpus(corpus, run_dir, resume: bool, quiet: bool, dist, reporter):
-    from charrnn.corpus import load_corpus
-
-    if resume and not corpus:
-        corpus = _resume_sources(run_dir)
-    exclude = [Path("checkpoints").resolve()] + ([run_dir.resolve()] if run_dir is not None else [])
-    return load_corpus(corpus, show_progress=not quiet and dist.is_main, warn=reporter.warn, exclude=exclude)
-
-
-def _resume_sources(run_dir: Path) -> list[str]:
-    """The corpus sources recorded in the run's newest checkpoint, so --resume needs no corpus argument."""
-    from charrnn.checkpoint import RunDir
-
-    ckpt, path, _ = RunDir(run_dir).load_latest()
-    sources = ckpt.get("corpus", {}).get("sources") if isinstance(ckpt.get("corpus"), dict) else None
-    if not isinstance(sources, list) or not sources or not all(isinstance(s, str) for s in sources):
-        raise CharRNNError(
-            f"{path} does not record its corpus; give the corpus again: charrnn train CORPUS --resume "
-            f"--run-dir {run_dir}."
-        )
-    if "-" in sources:
-        raise UsageError(
-            f"the run in {run_dir} was trained on standard input; pipe the same text in again: "
-            f"... | charrnn train - --resume --run-dir {run_dir}."
-        )
-    return sources
-
-
-def _train_claimed(
-    data,
-    cfg,
-    model_opts,
-    run_dir,
-    resume,
-    overwrite,
-    init_from,
-    given_fields,
-    max_time_s,
-    verbose,
-    dist,
-    reporter,
-    started,
-):
-    """Lock the run directory, report what the run is about to do, size the model, and train."""
-    from charrnn.checkpoint import RunDir
-    from charrnn.model import ModelConfig
-    from charrnn.report import format_duration
-    from charrnn.rundir import claim_run_dir, remove_temps
-    from charrnn.train import check_corpus_size
-    from charrnn.train import train as run_training
-
-    vocab_size = len(data.vocab)
-    if not resume:
-        check_corpus_size(len(data.ids), cfg, vocab_size)  # before the run directory is created
-        if cfg.max_steps is None and cfg.max_epochs is None and cfg.max_time is None:
-            cfg.max_time = max_time_s = default_budget(len(data.ids))
-            reporter.info(
-                f"no limit given: a budget of {format_duration(max_time_s)} for {len(data.ids):,} characters "
-                "(10 min a million, 2 min to 1 h); --max-time, --max-steps or --max-epochs set one"
-            )
-    default_dir = Path("checkpoints") / data.name
-    path = run_dir or default_dir
-    lock = None
-    if dist.is_main:
-        # Under torchrun every rank must write to the same place, so no rank may pick a -2 on its own.
-        lock, path, note = claim_run_dir(
-            path, explicit=run_dir is not None or dist.enabled, resume=resume, overwrite=overwrite
-        )
-        if note:
-            reporter.warn(note)
-    try:
-        if resume:
-            _check_resume_model(path, model_opts)
-        reporter.info(f"corpus {data.name}: {len(data.ids):,} characters, {vocab_size} distinct")
-        _report_skipped(data, verbose, reporter)
-        if not resume:
-            reporter.info(f"seed {cfg.seed}")
-        model_cfg = None
-        if not resume and init_from is None:
-            model_cfg = _new_model_config(model_opts, data, cfg, max_time_s, dist, reporter)
-        elif init_from is not None and model_opts.get("dropout") is not None:
-            model_cfg = ModelConfig(vocab_size=vocab_size, dropout=model_opts["dropout"])
-        with StopFlag(on_abort=lambda: remove_temps(path)).installed() as stop:
-            return run_training(
-                data,
-                model_cfg,
-                cfg,
-                RunDir(path, keep=cfg.keep, overwrite=overwrite),
-                report=reporter,
-                should_stop=stop,
-                resume=resume,
-                init_from=init_from,
-                given=given_fields,
-                started=started,
-            )
-    finally:
-        if lock is not None:
-            lock.close()
-
-
-# With no limit given, a run gets a time budget from its corpus size: bench/README.md (issue 9) shows 10 minutes
-# of an auto-sized model on 2 CPU cores reaching tiny-shakespeare's (1.1 M characters) ~1.48 nats, with more
-# time helping little at that size. The device enters through auto-sizing: a GPU trains a larger model in it.
-BUDGET_PER_MILLION_CHARS = 600.0
-MIN_BUDGET, MAX_BUDGET = 120.0, 3600.0
-
-
-def default_budget(num_chars: int) -> float:
-    """Seconds of training for a corpus of `num_chars` when the user gave no limit."""
-    return float(round(min(MAX_BUDGET, max(MIN_BUDGET, BUDGET_PER_MILLION_CHARS * num_chars / 1e6))))
-
-
-def _new_model_config(opts: dict, data, cfg, max_time_s, dist, reporter):
-    """The flags' model, with sizes the user left out auto-sized under --max-time (else 2x512, dropout 0.1)."""
-    from charrnn import runtime
-    from charrnn.autosize import choose_model_size
-    from charrnn.model import ModelConfig
-
-    sized = {"hidden_size": opts["hidden_size"], "num_layers": opts["num_layers"], "dropout": opts["dropout"]}
-    if max_time_s is not None and sized["hidden_size"] is None and sized["num_layers"] is None:
-        if dist.enabled:
-            reporter.info("auto-sizing is off under torchrun (ranks would time it apart); using 2x512")
-        else:
-            sized = choose_model_size(
-                len(data.ids),
-                max_time_s,
-                runtime.select_device(cfg.device),
-                cfg,
-                opts["model"],
-                opts["dropout"],
-                report=reporter.info,
-                vocab_size=len(data.vocab),
-            )
-    return ModelConfig(
-        vocab_size=len(data.vocab),
-        model=opts["model"],
-        hidden_size=512 if sized["hidden_size"] is None else sized["hidden_size"],
-        num_layers=2 if sized["num_layers"] is None else sized["num_layers"],
-        embed_size=opts["embed_size"],
-        dropout=0.1 if sized["dropout"] is None else sized["dropout"],
-        tie_weights=opts["tie_weights"],
-    )
-
-
-def _check_resume_model(path: Path, given_opts: dict) -> None:
-    """Model flags given again on --resume must match the run's model: a new value is refused, not ignored."""
-    from charrnn.checkpoint import RunDir
-    from charrnn.train import resume_conflict
-
-    if not given_opts:
-        return
-    saved = RunDir(path).load_latest()[0].get("model_config") or {}
-    if given_opts.get("embed_size") == 0:  # 0 means "the hidden size", which is what the run stored
-        given_opts = {**given_opts, "embed_size": saved.get("hidden_size")}
-    changed = [f"--{n.replace('_', '-')}" for n, v in given_opts.items() if v is not None and saved.get(n) != v]
-    if changed:
-        raise UsageError(resume_conflict(changed, path))
-
-
-def _report_skipped(data, verbose: bool, reporter) -> None:
-    skipped = getattr(data, "skipped", None) or []
-    if not skipped:
-        return
-    reporter.warn(
-        f"skipped {len(skipped)} file(s) of the corpus directory (binary, not UTF-8, hidden or a run "
-        f"directory){'' if verbose else '; --verbose lists them'}"
-    )
-    if verbose:
-        for where, why in skipped:
-            reporter.warn(f"skipped {where}: {why}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -837,9 +622,9 @@ def sample(
     import torch
 
     from charrnn import runtime
+    from charrnn.checkpoint import load_model
     from charrnn.errors import CorpusError
     from charrnn.kernels import bf16_is_native
-    from charrnn.model import load_model
     from charrnn.sample import SampleConfig, generate
 
     with user_errors(), reader_may_leave():
@@ -858,7 +643,8 @@ def sample(
         cfg.validate()
         dev = runtime.select_device(device)
         path = resolve_checkpoint(checkpoint)
-        model, vocab, ckpt = load_model(path, dev)
+        model, bundle = load_model(path, dev)
+        vocab = bundle.vocab
         text = sys.stdin.read() if prime == "-" else (prime or "")
         unknown = vocab.unknown(text)
         if unknown:
@@ -867,7 +653,7 @@ def sample(
                 f"--prime has character(s) the model never saw: {shown}; remove them or train on text that has them."
             )
         if not quiet:
-            say(f"using {path} ({_progress_line(ckpt, path)})")
+            say(f"using {path} ({_progress_line(bundle.facts)})")
             if seed_drawn:
                 say(f"seed {seed}")
             if precision == "bf16" and dev.type == "cpu" and not bf16_is_native(dev):
@@ -881,15 +667,11 @@ def sample(
             stream_samples(generate(model, prime_ids, cfg, dev), text, vocab, num_samples)
 
 
-def _progress_line(ckpt: dict, path: Path) -> str:
-    """'step N, val X nats/char' for the checkpoint a command is about to use."""
-    from charrnn.state import describe_fields
-
-    d = describe_fields(ckpt, path)
-    val = ckpt.get("val_loss")  # this checkpoint's own evaluation; best.pt's is the best one
-    if not (isinstance(val, (int, float)) and not isinstance(val, bool) and math.isfinite(val)):
-        val = d["best_val_loss"]
-    step = "?" if d["step"] is None else d["step"]
+def _progress_line(facts) -> str:
+    """'step N, val X nats/char' for the checkpoint a command is about to use: its own evaluation, else (a
+    checkpoint saved between evaluations) the run's best."""
+    val = facts.val_loss if facts.val_loss is not None else facts.best_val_loss
+    step = "?" if facts.step is None else facts.step
     return f"step {step}, " + (f"val {val:.4f} nats/char" if val is not None else "not evaluated yet")
 
 
@@ -935,15 +717,14 @@ def info(
     ],
 ) -> None:
     """Describe a checkpoint: model, size, vocabulary, corpus, training progress."""
-    from charrnn.model import load_model
-    from charrnn.state import describe_fields
+    from charrnn.checkpoint import load_model
 
     with user_errors(), reader_may_leave():
         path = resolve_checkpoint(checkpoint)
-        model, vocab, ckpt = load_model(path, "cpu")
+        model, bundle = load_model(path, "cpu")
+        vocab = bundle.vocab
         d = {
-            k: ("?" if v is None else shown(v) if isinstance(v, str) else v)
-            for k, v in describe_fields(ckpt, path).items()
+            k: ("?" if v is None else shown(v) if isinstance(v, str) else v) for k, v in bundle.facts.as_dict().items()
         }
         c = model.config
         best = d["best_val_loss"]

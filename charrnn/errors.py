@@ -3,6 +3,8 @@
 cli.py turns these into one sentence on stderr and an exit code; library modules never print or exit.
 """
 
+from __future__ import annotations
+
 
 class CharRNNError(Exception):
     """A problem with the user's input, data or environment (exit code 1)."""
@@ -21,7 +23,17 @@ class CorpusError(CharRNNError):
 
 
 class CheckpointError(CharRNNError):
-    """A checkpoint is missing, unreadable, corrupt, foreign or unsafe."""
+    """A checkpoint is missing, unreadable, corrupt, foreign or unsafe.
+
+    `problem` is the short form ("is truncated") that a caller trying several files can list after each name."""
+
+    def __init__(self, message: str, problem: str | None = None) -> None:
+        super().__init__(message)
+        self.problem = problem or message
+
+    @classmethod
+    def about(cls, path, problem: str, advice: str) -> CheckpointError:
+        return cls(f"checkpoint {path} {problem}; {advice}.", problem)
 
 
 class CheckpointWriteError(CharRNNError):

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
+from charrnn.checks import BOOL, LOAD_ADVICE, Rule, check_weights, field_error, int_in, real_in, require
 from charrnn.errors import UsageError
-from charrnn.state import BOOL, LOAD_ADVICE, Rule, check_weights, field_error, int_in, load_vocab, real_in, require
 
 RNN_TYPES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # weight rows per hidden unit: i, f, g, o | r, z, n | one
@@ -184,34 +184,13 @@ def detach_state(state: State) -> State:
 def load_weights(model: CharRNN, weights: dict, source, advice: str = LOAD_ADVICE) -> None:
     """Copy checked weights into `model`: exact names and shapes, floating point, finite (else CheckpointError)."""
     check_weights(weights, weight_shapes(model.config), source, advice)
-    _copy_weights(model, weights, source, advice)
+    copy_weights(model, weights, source, advice)
 
 
-def _copy_weights(model: CharRNN, weights: dict, source, advice: str = LOAD_ADVICE) -> None:
+def copy_weights(model: CharRNN, weights: dict, source, advice: str = LOAD_ADVICE) -> None:
+    """Copy weights already checked against the model's config (check_weights) into it."""
     try:
         model.load_state_dict(weights)
     except (RuntimeError, KeyError) as e:  # checked above, so only a torch that reads state dicts differently
         first = str(e).strip().splitlines()[0][:200]
         raise field_error(source, "model (the weights)", f"does not fit its model_config ({first})", advice) from None
-
-
-def load_model(path, device: torch.device | str = "cpu"):
-    """A checkpoint -> (model in eval mode on `device`, Vocab, the checkpoint dict). Works for GPU-trained
-    checkpoints on CPU-only machines: everything is loaded to CPU first."""
-    from charrnn.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(path)
-    config = ModelConfig.from_dict(ckpt["model_config"], path)
-    vocab = load_vocab(ckpt, path)
-    if len(vocab) != config.vocab_size:
-        raise field_error(
-            path,
-            "vocab",
-            f"has {len(vocab)} characters but model_config.vocab_size is {config.vocab_size}",
-            LOAD_ADVICE,
-        )
-    check_weights(ckpt["model"], weight_shapes(config), path)  # before CharRNN(config) allocates anything
-    model = CharRNN(config)
-    _copy_weights(model, ckpt["model"], path)
-    model.to(device).eval()
-    return model, vocab, ckpt

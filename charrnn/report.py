@@ -52,6 +52,21 @@ def format_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+def chars_per_sec(steps: int, chars_per_step: int, seconds: float) -> float:
+    return steps * chars_per_step / seconds if seconds > 0 else 0.0
+
+
+def eta_seconds(
+    step: int, total_steps: int | None, seconds_per_step: float, max_time: float | None, elapsed: float
+) -> float | None:
+    """Seconds left: the steps left at the latest pace when steps bound the run, the time left under --max-time,
+    whichever is sooner; None when nothing bounds the run."""
+    eta = (total_steps - step) * seconds_per_step if total_steps else None
+    if max_time:
+        eta = min(eta if eta is not None else math.inf, max(0.0, max_time - elapsed))
+    return eta
+
+
 def _done(info: dict) -> float:
     """Fraction of the budget used: of the steps when they bound the run, else of --max-time (0 when neither)."""
     if info.get("total_steps"):

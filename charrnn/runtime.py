@@ -247,3 +247,47 @@ def close_distributed() -> None:
 
     if tdist.is_available() and tdist.is_initialized():
         tdist.destroy_process_group()
+
+
+# Rank agreement: every rank must take the same decisions (stop, skip a step) at the same step, or the
+# collective calls after it would hang and the weights drift apart. Each is a no-op in a single process.
+
+
+def any_rank(flag: torch.Tensor) -> torch.Tensor:
+    """A boolean tensor that is true on every rank when it is true on any (no host sync)."""
+    import torch.distributed as tdist
+
+    as_float = flag.to(torch.float32)
+    tdist.all_reduce(as_float, op=tdist.ReduceOp.MAX)
+    return as_float > 0
+
+
+def agree_to_stop(info: Dist, device: torch.device, elapsed: float, signum: int | None) -> tuple[float, int | None]:
+    """The largest elapsed time and any rank's signal, so all ranks stop at the same step and follow the same
+    time-based lr schedule. One tiny all-reduce per step under torchrun."""
+    if not info.enabled:
+        return elapsed, signum
+    import torch.distributed as tdist
+
+    flags = torch.tensor([elapsed, float(signum or 0)], dtype=torch.float64, device=device)
+    tdist.all_reduce(flags, op=tdist.ReduceOp.MAX)
+    elapsed, sig = flags.tolist()
+    return elapsed, int(sig) or None
+
+
+def gather(info: Dist, obj) -> list:
+    """Every rank's `obj`, in rank order, on every rank ([obj] in a single process)."""
+    if not info.enabled:
+        return [obj]
+    import torch.distributed as tdist
+
+    gathered: list = [None] * info.world_size
+    tdist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def barrier(info: Dist) -> None:
+    if info.enabled:
+        import torch.distributed as tdist
+
+        tdist.barrier()

@@ -1,26 +1,35 @@
 """Step-by-step sampling from a CharRNN: prime -> step -> temperature / top-k / top-p -> ids, streamed.
 
-Why not call model.rnn once per character: for seq_len 1 the fused nn.LSTM pays a per-call cost (oneDNN
-re-lays out the weights on every call on CPU), which dominates a batch-1 step. The Stepper instead keeps
-the weights pre-transposed and does the cell math itself: one addmm per layer per step (two for a GRU,
-whose candidate gate needs the hidden projection on its own), in-place gate nonlinearities, and buffers
-allocated once. Layer 0's input projection is a row gather from a precomputed (V, G) table, since the
-embedding is a lookup. On CUDA the step plus sampling is captured in a CUDA graph and replayed per character.
+The prime runs through the model's fused nn.LSTM / GRU / RNN. Each new character then runs through a Stepper,
+which does the cell math itself instead of calling model.rnn once per character: at seq_len 1 the fused module
+pays a per-call cost (on CPU oneDNN re-lays out the weights on every call) that dominates a one-stream step. The
+Stepper lays the weights out once, pre-transposed for the product they feed, and steps one Cell per recurrent
+kind (LSTMCell, GRUCell, RNNCell), chosen from the model's nn module type:
 
-On CPU the products use MKL's addmm at one stream and oneDNN's linear on prepacked weights from two streams up
-(MKL's small-batch GEMM is several times slower there; see _Product). With many streams the step is bound by
-its matrix products, and then by tanh: PyTorch's CPU tanh costs about four times a sigmoid per element and runs
-on one thread below 32k elements. So for large batches on CPU the LSTM cell uses tanh(x) = 2 sigmoid(2x) - 1,
-with the g-gate weights pre-scaled by 2: one sigmoid covers all four gates.
+- all hidden states live in one (B, L*H) buffer, so layer l >= 1 reads [h_{l-1} | h_l] as one slice and does one
+  product against the stacked [W_ih; W_hh]^T (a GRU keeps two: its candidate gate needs W_hh h on its own);
+- layer 0's input projection is a row gather from a precomputed (V, G) table, since the embedding is a lookup;
+- nonlinearities run in place on buffers allocated once, and every view of them is made once;
+- on CUDA the step plus sampling is captured in a CUDA graph and replayed per character.
+
+The products (_Product) use MKL's addmm at one stream and oneDNN's linear on weights prepacked for the batch size
+from ONEDNN_MIN_BATCH streams up, since MKL's small-batch GEMM is slow on CPU. With many streams the step is bound
+by its products and then by tanh, which PyTorch's CPU kernel computes at more than a sigmoid's cost and on one
+thread for small tensors. So from SIGMOID_ONLY_MIN_ELEMS (B*H) on CPU the LSTM uses tanh(x) = 2 sigmoid(2x) - 1,
+with the g-gate rows pre-doubled, and one sigmoid covers all four gates (LSTMCellOneSigmoid). On CUDA tanh costs
+what sigmoid does, so the plain cell is kept.
+
 `precision="bf16"` stores the recurrent weights in bfloat16 and rounds each layer's input to bfloat16 before its
 product; the kernel accumulates in float32 but stores the product in bfloat16 (CPU matmul has no float32 output
-for bfloat16 inputs), and it is then added to float32 gates. The cell math, state and output layer stay float32.
-On CPUs with AVX512-BF16 or AMX those products run about twice as fast as float32 at 64 streams, for a loss of
-accuracy measured below 0.0001 bits/char (bench/bench_precision.py).
+for bfloat16 inputs), and it is then added to float32 gates. The cell math, state and output layer stay float32,
+so the rounding stays in the products. It pays on CPUs with AVX512-BF16 or AMX and with many streams;
+bench/bench_precision.py measures both its speed and its accuracy cost.
 
-Sampling is inverse-CDF with one seeded torch.Generator per stream (seed + i), so stream i of a batch
-writes the same text as a single-sample run with seed + i. In fp32 the batch and the single run differ only by
-float rounding (~1e-7 in a logit), which changes a character only if a uniform lands that close to a CDF step.
+Sampling is inverse-CDF with one seeded torch.Generator per stream (seed + i), so stream i of a batch writes the
+same text as a single-sample run with seed + i. In fp32 the batch and the single run differ only by float
+rounding in the logits, which changes a character only if a uniform lands that close to a CDF step.
+
+The measured figures behind these choices live in bench/README.md, where they can be dated and rerun.
 """
 
 from __future__ import annotations
@@ -28,8 +37,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
+from torch import nn
 
 from charrnn import kernels, runtime
 from charrnn.errors import UsageError
@@ -97,11 +108,11 @@ class _Product:
 
     Three kernels, chosen once per Stepper:
     - "addmm": MKL's sgemm. Best at one stream, and the only one off the CPU.
-    - "onednn": oneDNN's fp32 linear on weights prepacked for this batch size. MKL's small-M GEMM is slow on
-      this class of CPU (4 streams cost 4x one stream at 2x512); oneDNN runs 2-16 streams at 2-4x MKL's speed and
-      64 at about 1.5x. Its op has no out= form, so each call allocates its (B, N) result.
+    - "onednn": oneDNN's fp32 linear on weights prepacked for this batch size, from ONEDNN_MIN_BATCH streams up:
+      MKL's small-M GEMM is slow on this class of CPU, and oneDNN's is not. Its op has no out= form, so each
+      call allocates its (B, N) result.
     - "bf16": x is rounded into a staging buffer and multiplied by bfloat16 weights: oneDNN's prepacked linear
-      on CPU (2x torch.mm's speed at 1-4 streams), else torch.mm on an (N, K)-laid-out W. The product, stored
+      on CPU (faster than torch.mm at few streams), else torch.mm on an (N, K)-laid-out W. The product, stored
       in bfloat16, is added to out."""
 
     def __init__(
@@ -161,15 +172,235 @@ class _Product:
             torch.add(self.bias, y, out=out)
 
 
+class _LayerWeights(NamedTuple):
+    """One layer's weights in float32, rows in the gate order its Cell's views expect."""
+
+    w_ih: torch.Tensor  # (G, input size)
+    w_hh: torch.Tensor  # (G, H)
+    b_ih: torch.Tensor  # (G,)
+    b_hh: torch.Tensor  # (G,)
+
+
+class Cell:
+    """One recurrent kind's step on pre-laid-out weights, for every layer of a model at a fixed batch size.
+
+    All hidden states live in one (B, L*H) buffer `hs` = [h_0 | h_1 | ... | h_{L-1}] (and cell states, where the
+    kind has them, in `cs`), so a layer's input h_{l-1} sits just left of its own state h_l. Layer 0's input
+    projection, bias included, is a row of `input_table` per token. Subclasses give the gate count, lay the
+    products out and compute the nonlinearities; `step(layer, tokens)` updates layer's state in place.
+    """
+
+    GATES = 1  # weight rows per hidden unit: G = GATES * H
+    HAS_CELL_STATE = False
+
+    @classmethod
+    def variant(cls, rnn: nn.Module, sigmoid_only: bool) -> type[Cell]:
+        """The class that steps `rnn` (a formulation or nonlinearity of this kind); this one by default."""
+        return cls
+
+    def __init__(self, model: CharRNN, batch_size: int, device: torch.device, precision: str) -> None:
+        c = model.config
+        B, L, H = batch_size, c.num_layers, c.hidden_size
+        self.batch_size, self.hidden_size, self.device, self.precision = B, H, device, precision
+        self.hs = torch.zeros(B, L * H, device=device, dtype=torch.float32)  # (B, L*H)
+        self.cs = torch.zeros(B, L * H, device=device, dtype=torch.float32) if self.HAS_CELL_STATE else None
+        self.gates = torch.empty(B, self.GATES * H, device=device, dtype=torch.float32)  # (B, G)
+        # Where an unpacked bf16 product lands before it is added to float32 gates; products of width G share it.
+        self.bf16_staging = (
+            torch.empty(B, self.GATES * H, device=device, dtype=torch.bfloat16) if precision == "bf16" else None
+        )
+        # Views are made once: per-step slicing would allocate Python tensor objects every step.
+        self.h = [self.hs[:, k * H : (k + 1) * H] for k in range(L)]  # (B, H) each
+        with torch.no_grad():
+            weights = [self.layer_weights(model.rnn, layer) for layer in range(L)]
+            w_ih0, b_ih0 = self.own(weights[0].w_ih), self.own(weights[0].b_ih)
+            self.input_table = torch.addmm(b_ih0, self.own(model.embed.weight.detach()), w_ih0.t())  # (V, G)
+            self.lay_out(weights)
+
+    def own(self, t: torch.Tensor) -> torch.Tensor:
+        # Always a fresh contiguous float32 copy on the device: later training of the model must not leak in,
+        # and .to() alone returns the same tensor when nothing changes.
+        return torch.empty(t.shape, device=self.device, dtype=torch.float32).copy_(t)
+
+    def product(self, w: torch.Tensor, bias: torch.Tensor | None) -> _Product:
+        return _Product(w, bias, self.batch_size, self.precision, self.bf16_staging)
+
+    def layer_weights(self, rnn: nn.Module, layer: int) -> _LayerWeights:
+        """The layer's weights in float32 (possibly the model's own tensors), gate rows arranged for this cell."""
+        w_ih = getattr(rnn, f"weight_ih_l{layer}").detach().float()
+        w_hh = getattr(rnn, f"weight_hh_l{layer}").detach().float()
+        if getattr(rnn, "bias", True):
+            b_ih = getattr(rnn, f"bias_ih_l{layer}").detach().float()
+            b_hh = getattr(rnn, f"bias_hh_l{layer}").detach().float()
+        else:
+            b_ih = b_hh = w_ih.new_zeros(w_ih.shape[0])
+        return _LayerWeights(*(self.arrange_gates(t) for t in (w_ih, w_hh, b_ih, b_hh)))
+
+    def arrange_gates(self, t: torch.Tensor) -> torch.Tensor:
+        """Gate rows of a (G, ...) weight or (G,) bias in the order (and scale) the step's views expect."""
+        return t
+
+    def lay_out(self, weights: list[_LayerWeights]) -> None:
+        """Own the weights as the products of `step` read them, and make the views those products read."""
+        raise NotImplementedError
+
+    def step(self, layer: int, tokens: torch.Tensor) -> None:
+        """Advance `layer` one step; layer 0 reads tokens (B,), layer l >= 1 reads h_{l-1}, already updated."""
+        raise NotImplementedError
+
+
+class _SummedGatesCell(Cell):
+    """Kinds whose gate pre-activations are the one sum W_ih x + b_ih + W_hh h + b_hh (LSTM, Elman RNN).
+
+    The two biases fold into one, which for layer 0 goes into `input_table`. Layer l >= 1 reads
+    [h_{l-1} (already updated this step) | h_l (previous step)] as the single slice hs[:, (l-1)H:(l+1)H], so one
+    product against the stacked [W_ih; W_hh]^T does both projections without a concatenation."""
+
+    def layer_weights(self, rnn: nn.Module, layer: int) -> _LayerWeights:
+        w = super().layer_weights(rnn, layer)
+        return w._replace(b_ih=w.b_ih + w.b_hh, b_hh=torch.zeros_like(w.b_hh))  # b_hh now lives in b_ih
+
+    def lay_out(self, weights: list[_LayerWeights]) -> None:
+        H = self.hidden_size
+        self.hidden_product_0 = self.product(self.own(weights[0].w_hh.t()), None)  # += h_0 @ W_hh0^T: (H, G)
+        self.stacked_products = [
+            self.product(self.own(torch.cat([w.w_ih, w.w_hh], dim=1).t()), self.own(w.b_ih))  # (2H, G)
+            for w in weights[1:]
+        ]
+        self.stacked_inputs = [self.hs[:, (k - 1) * H : (k + 1) * H] for k in range(1, len(weights))]  # (B, 2H)
+
+    def project(self, layer: int, tokens: torch.Tensor) -> None:
+        """gates <- W_ih x + W_hh h + b for `layer`."""
+        if layer == 0:
+            torch.index_select(self.input_table, 0, tokens, out=self.gates)  # (B, G)
+            self.hidden_product_0(self.h[0], self.gates)
+        else:
+            self.stacked_products[layer - 1](self.stacked_inputs[layer - 1], self.gates)
+
+
+class LSTMCell(_SummedGatesCell):
+    """c' = f*c + i*g, h' = o*tanh(c'), with the gates laid out i, f, o | g (PyTorch's order is i, f, g, o) so one
+    in-place sigmoid covers three of them."""
+
+    GATES = 4
+    HAS_CELL_STATE = True
+    G_SCALE = 1.0  # factor on the g gate's rows
+
+    @classmethod
+    def variant(cls, rnn: nn.Module, sigmoid_only: bool) -> type[Cell]:
+        return LSTMCellOneSigmoid if sigmoid_only else LSTMCell
+
+    def __init__(self, model: CharRNN, batch_size: int, device: torch.device, precision: str) -> None:
+        super().__init__(model, batch_size, device, precision)
+        H, g, cs = self.hidden_size, self.gates, self.cs
+        assert cs is not None
+        self.c = [cs[:, k * H : (k + 1) * H] for k in range(len(self.h))]  # (B, H) each
+        self.tanh_c = torch.empty(batch_size, H, device=device, dtype=torch.float32)  # (B, H)
+        self.sigmoid_gates, self.candidate = g[:, : 3 * H], g[:, 3 * H :]  # i, f, o | g
+        self.input_gate, self.forget_gate, self.output_gate = g[:, :H], g[:, H : 2 * H], g[:, 2 * H : 3 * H]
+
+    def arrange_gates(self, t: torch.Tensor) -> torch.Tensor:
+        H = self.hidden_size
+        return torch.cat([t[: 2 * H], t[3 * H :], t[2 * H : 3 * H] * self.G_SCALE])
+
+    def step(self, layer: int, tokens: torch.Tensor) -> None:
+        self.project(layer, tokens)
+        c, h, tanh_c = self.c[layer], self.h[layer], self.tanh_c
+        self.sigmoid_gates.sigmoid_()  # i, f, o
+        self.candidate.tanh_()
+        c.mul_(self.forget_gate).addcmul_(self.input_gate, self.candidate)  # c = f*c + i*g
+        torch.tanh(c, out=tanh_c)
+        torch.mul(self.output_gate, tanh_c, out=h)  # h = o * tanh(c)
+
+
+class LSTMCellOneSigmoid(LSTMCell):
+    """The same LSTM with every tanh as tanh(x) = 2 sigmoid(2x) - 1, for large B*H on CPU, where tanh is the
+    dearer kernel. The g rows are pre-doubled, so sigmoid(g') = (tanh(g) + 1) / 2 and one in-place sigmoid covers
+    all four gates."""
+
+    G_SCALE = 2.0
+
+    def step(self, layer: int, tokens: torch.Tensor) -> None:
+        self.project(layer, tokens)  # g's pre-activation arrives doubled
+        c, h, tanh_c = self.c[layer], self.h[layer], self.tanh_c
+        self.gates.sigmoid_()  # i, f, o and (tanh(g) + 1) / 2, one call over (B, 4H)
+        self.candidate.mul_(2.0).sub_(1.0)  # tanh(g)
+        c.mul_(self.forget_gate).addcmul_(self.input_gate, self.candidate)  # c = f*c + i*g
+        torch.mul(c, 2.0, out=tanh_c).sigmoid_().mul_(2.0).sub_(1.0)  # tanh(c) = 2 sigmoid(2c) - 1
+        torch.mul(self.output_gate, tanh_c, out=h)  # h = o * tanh(c)
+
+
+class RNNCell(_SummedGatesCell):
+    """Elman RNN with tanh: h' = tanh(W_ih x + W_hh h + b)."""
+
+    @classmethod
+    def variant(cls, rnn: nn.Module, sigmoid_only: bool) -> type[Cell]:
+        return ReLURNNCell if getattr(rnn, "nonlinearity", "tanh") == "relu" else RNNCell
+
+    def step(self, layer: int, tokens: torch.Tensor) -> None:
+        self.project(layer, tokens)
+        torch.tanh(self.gates, out=self.h[layer])
+
+
+class ReLURNNCell(RNNCell):
+    """Elman RNN with ReLU: h' = max(0, W_ih x + W_hh h + b)."""
+
+    def step(self, layer: int, tokens: torch.Tensor) -> None:
+        self.project(layer, tokens)
+        torch.clamp(self.gates, min=0.0, out=self.h[layer])
+
+
+class GRUCell(Cell):
+    """r, z = sigmoid(W_i{r,z} x + b_i{r,z} + W_h{r,z} h + b_h{r,z}), n = tanh(W_in x + b_in + r * (W_hn h + b_hn)),
+    h' = (1 - z) n + z h. The reset gate scales the hidden projection alone, so input and hidden products stay
+    apart, each with its own bias: two products per layer, into `gates` and `hidden_gates`."""
+
+    GATES = 3
+
+    def __init__(self, model: CharRNN, batch_size: int, device: torch.device, precision: str) -> None:
+        super().__init__(model, batch_size, device, precision)
+        H, g = self.hidden_size, self.gates
+        self.hidden_gates = hg = torch.empty(batch_size, 3 * H, device=device, dtype=torch.float32)  # (B, 3H)
+        self.reset_update, self.candidate = g[:, : 2 * H], g[:, 2 * H :]  # r, z | n
+        self.reset, self.update = g[:, :H], g[:, H : 2 * H]
+        self.hidden_reset_update, self.hidden_candidate = hg[:, : 2 * H], hg[:, 2 * H :]
+
+    def lay_out(self, weights: list[_LayerWeights]) -> None:
+        H = self.hidden_size
+        self.hidden_product_0 = self.product(self.own(weights[0].w_hh.t()), self.own(weights[0].b_hh))  # (H, 3H)
+        self.input_products = [self.product(self.own(w.w_ih.t()), self.own(w.b_ih)) for w in weights[1:]]  # (H, 3H)
+        self.hidden_products = [self.product(self.own(w.w_hh.t()), self.own(w.b_hh)) for w in weights[1:]]  # (H, 3H)
+        self.inputs = [self.hs[:, (k - 1) * H : k * H] for k in range(1, len(weights))]  # (B, H): h_{l-1}
+
+    def step(self, layer: int, tokens: torch.Tensor) -> None:
+        h = self.h[layer]
+        if layer == 0:
+            torch.index_select(self.input_table, 0, tokens, out=self.gates)  # W_ih x + b_ih, (B, 3H)
+            self.hidden_product_0(h, self.hidden_gates)  # W_hh h + b_hh, (B, 3H)
+        else:
+            self.input_products[layer - 1](self.inputs[layer - 1], self.gates)
+            self.hidden_products[layer - 1](h, self.hidden_gates)
+        self.reset_update.add_(self.hidden_reset_update).sigmoid_()  # r, z
+        self.candidate.addcmul_(self.reset, self.hidden_candidate).tanh_()  # n
+        h.sub_(self.candidate).mul_(self.update).add_(self.candidate)  # h' = (1 - z) * n + z * h = n + z * (h - n)
+
+
+CELLS: dict[type[nn.Module], type[Cell]] = {nn.LSTM: LSTMCell, nn.GRU: GRUCell, nn.RNN: RNNCell}
+
+
+def cell_class(rnn: nn.Module, sigmoid_only: bool) -> type[Cell]:
+    """The Cell that steps `rnn`: the kind from its module type, then the formulation or nonlinearity."""
+    kind = next((CELLS[t] for t in type(rnn).__mro__ if t in CELLS), None)
+    if kind is None:
+        raise TypeError(f"no sampling cell for a {type(rnn).__name__}; expected one of nn.LSTM, nn.GRU, nn.RNN")
+    return kind.variant(rnn, sigmoid_only)
+
+
 class Stepper:
-    """Cell-math step of a CharRNN on pre-laid-out weights; fixed batch size.
+    """A CharRNN stepped one character at a time on pre-laid-out weights, for a fixed batch size: its Cell
+    advances every layer, then the output layer writes `logits`.
 
-    All hidden states live in one (B, L*H) buffer `hs` = [h_0 | h_1 | ... | h_{L-1}]. Layer l >= 1 reads
-    its input and its own previous state as the single slice hs[:, (l-1)H:(l+1)H] = [h_{l-1} (already
-    updated this step) | h_l (previous step)], so one addmm against the stacked [W_ih; W_hh]^T does both
-    projections without a concatenation.
-
-    sigmoid_only: None picks the LSTM cell formulation by size (see the module docstring); True/False force it.
+    sigmoid_only: None picks the LSTM formulation by size (see the module docstring); True/False force it.
     """
 
     def __init__(
@@ -180,98 +411,22 @@ class Stepper:
         precision: str = "fp32",
         sigmoid_only: bool | None = None,
     ) -> None:
-        c = model.config
-        self.kind = c.model
-        self.batch_size = B = batch_size
-        self.num_layers = L = c.num_layers
-        self.hidden_size = H = c.hidden_size
-        self.vocab_size = V = c.vocab_size
-        self.device = device = torch.device(device)
-        rnn = model.rnn
-        self._relu = self.kind == "rnn" and rnn.nonlinearity == "relu"
-        gates = {"lstm": 4, "gru": 3, "rnn": 1}[self.kind]
-        G = gates * H
         check_precision(precision)
+        c = model.config
+        self.batch_size = B = batch_size
+        self.num_layers, self.hidden_size, self.vocab_size = c.num_layers, c.hidden_size, c.vocab_size
+        self.device = device = torch.device(device)
         if sigmoid_only is None:  # on CUDA tanh is as cheap as sigmoid, so the extra element-wise ops would only cost
-            sigmoid_only = device.type == "cpu" and B * H >= SIGMOID_ONLY_MIN_ELEMS
-        self.sigmoid_only = sigmoid_only and self.kind == "lstm"
-
-        def own(t: torch.Tensor) -> torch.Tensor:
-            # Always a fresh contiguous float32 copy on `device`: later training of the model must not leak in,
-            # and .to() alone returns the same tensor when nothing changes.
-            return torch.empty(t.shape, device=device, dtype=torch.float32).copy_(t)
-
-        f32 = dict(device=device, dtype=torch.float32)
-        staging = torch.empty(B, G, device=device, dtype=torch.bfloat16) if precision == "bf16" else None
-
-        def product(w: torch.Tensor, bias: torch.Tensor | None) -> _Product:
-            return _Product(w, bias, B, precision, staging)
-
+            sigmoid_only = device.type == "cpu" and B * c.hidden_size >= SIGMOID_ONLY_MIN_ELEMS
+        self.cell = cell_class(model.rnn, sigmoid_only)(model, B, device, precision)
+        self.sigmoid_only = isinstance(self.cell, LSTMCellOneSigmoid)
+        self.hs, self.cs = self.cell.hs, self.cell.cs  # (B, L*H) each; cs is None but for an LSTM
+        self._step_layer = self.cell.step  # bound once: step() calls it per layer
+        self._h_top = self.cell.h[-1]  # (B, H)
         with torch.no_grad():
-            weights = [self._layer_weights(rnn, layer, H, self.sigmoid_only) for layer in range(L)]
-            # Layer 0's input projection of every vocabulary entry: a (V, G) table, gathered per step.
-            w_ih0, b0 = own(weights[0][0]), own(weights[0][2])
-            self._table = torch.addmm(b0, own(model.embed.weight.detach()), w_ih0.t())  # (V, G)
-            b_hh0 = own(weights[0][3]) if self.kind == "gru" else None  # LSTM/RNN: folded into the table
-            self._hh0 = product(own(weights[0][1].t()), b_hh0)  # h_0 @ W_hh0^T: (B, H) x (H, G)
-            # Layers >= 1: [W_ih; W_hh]^T stacked for LSTM/RNN; kept apart for GRU (its n gate needs W_hh h alone).
-            self._up: list = []
-            for w_ih, w_hh, b_ih, b_hh in weights[1:]:
-                if self.kind == "gru":
-                    self._up.append((product(own(w_ih.t()), own(b_ih)), product(own(w_hh.t()), own(b_hh))))
-                else:
-                    self._up.append(product(own(torch.cat([w_ih, w_hh], dim=1).t()), own(b_ih)))  # (2H, G)
-            self._w_head = own(model.head.weight.detach().t())  # (H, V), float32 in every precision
-            self._b_head = own(model.head.bias.detach())
-
-        self.hs = torch.zeros(B, L * H, **f32)  # (B, L*H)
-        self.cs = torch.zeros(B, L * H, **f32) if self.kind == "lstm" else None
-        self.logits = torch.zeros(B, V, **f32)  # (B, V), reused by every step
-        self._gates = torch.empty(B, G, **f32)  # (B, G)
-        self._ghh = torch.empty(B, 3 * H, **f32) if self.kind == "gru" else None  # GRU hidden projection
-        self._tmp = torch.empty(B, H, **f32)
-        lstm_cell = self._lstm_cell_sigmoid_only if self.sigmoid_only else self._lstm_cell
-        self._cell = {"lstm": lstm_cell, "gru": self._gru_cell, "rnn": self._rnn_cell}[self.kind]
-        self._views()
-
-    @staticmethod
-    def _layer_weights(rnn: torch.nn.Module, layer: int, H: int, double_g: bool = False):
-        """(W_ih, W_hh, b_ih, b_hh) in float32 (possibly the model's own tensors); LSTM gates reordered to
-        i, f, o, g (and g scaled by 2 when double_g); LSTM/RNN biases folded into b_ih."""
-        w_ih = getattr(rnn, f"weight_ih_l{layer}").detach().float()
-        w_hh = getattr(rnn, f"weight_hh_l{layer}").detach().float()
-        G = w_ih.shape[0]
-        bias = getattr(rnn, "bias", True)
-        b_ih = getattr(rnn, f"bias_ih_l{layer}").detach().float() if bias else w_ih.new_zeros(G)
-        b_hh = getattr(rnn, f"bias_hh_l{layer}").detach().float() if bias else w_ih.new_zeros(G)
-        if isinstance(rnn, torch.nn.LSTM):
-            # PyTorch order is i, f, g, o; i, f, o, g lets one sigmoid_ cover three gates. Doubling g's rows
-            # makes sigmoid(g') = (tanh(g) + 1) / 2, so one sigmoid can cover all four.
-            scale = 2.0 if double_g else 1.0
-
-            def reorder(t: torch.Tensor) -> torch.Tensor:
-                return torch.cat([t[: 2 * H], t[3 * H :], t[2 * H : 3 * H] * scale])
-
-            w_ih, w_hh, b_ih, b_hh = reorder(w_ih), reorder(w_hh), reorder(b_ih), reorder(b_hh)
-        if isinstance(rnn, torch.nn.GRU):
-            return w_ih, w_hh, b_ih, b_hh
-        # LSTM/RNN add both biases before any nonlinearity, so they can be one.
-        return w_ih, w_hh, b_ih + b_hh, torch.zeros_like(b_hh)
-
-    def _views(self) -> None:
-        # Views are made once: per-step slicing would allocate Python tensor objects every step.
-        H, L, g = self.hidden_size, self.num_layers, self._gates
-        self._h = [self.hs[:, k * H : (k + 1) * H] for k in range(L)]
-        self._xh = [self.hs[:, (k - 1) * H : (k + 1) * H] for k in range(1, L)]
-        self._x_in = [self.hs[:, (k - 1) * H : k * H] for k in range(1, L)]
-        self._h_top = self._h[L - 1]
-        if self.kind == "lstm":
-            self._c = [self.cs[:, k * H : (k + 1) * H] for k in range(L)]
-            self._sig, self._g = g[:, : 3 * H], g[:, 3 * H :]  # sigmoid gates i, f, o | tanh gate g
-            self._i, self._f, self._o = g[:, :H], g[:, H : 2 * H], g[:, 2 * H : 3 * H]
-        elif self.kind == "gru":
-            self._rz, self._r, self._z, self._n = g[:, : 2 * H], g[:, :H], g[:, H : 2 * H], g[:, 2 * H :]
-            self._hrz, self._hn = self._ghh[:, : 2 * H], self._ghh[:, 2 * H :]
+            self._w_head = self.cell.own(model.head.weight.detach().t())  # (H, V), float32 in every precision
+            self._b_head = self.cell.own(model.head.bias.detach())
+        self.logits = torch.zeros(B, c.vocab_size, device=device, dtype=torch.float32)  # (B, V), reused by every step
 
     # ---- state in model format ----
 
@@ -295,54 +450,8 @@ class Stepper:
         """tokens (B,) int64 on the device -> logits (B, V): a buffer the next call overwrites."""
         with torch.no_grad():
             for layer in range(self.num_layers):
-                self._cell(layer, tokens)
+                self._step_layer(layer, tokens)
             return torch.addmm(self._b_head, self._h_top, self._w_head, out=self.logits)
-
-    def _project(self, layer: int, tokens: torch.Tensor) -> None:
-        """gates <- input projection + hidden projection (+ biases) for LSTM/RNN layers."""
-        if layer == 0:
-            torch.index_select(self._table, 0, tokens, out=self._gates)  # (B, G)
-            self._hh0(self._h[0], self._gates)  # += h_0 @ W_hh0^T
-        else:
-            self._up[layer - 1](self._xh[layer - 1], self._gates)
-
-    def _lstm_cell(self, layer: int, tokens: torch.Tensor) -> None:
-        self._project(layer, tokens)
-        c, h, tmp = self._c[layer], self._h[layer], self._tmp
-        self._sig.sigmoid_()  # i, f, o
-        self._g.tanh_()
-        c.mul_(self._f).addcmul_(self._i, self._g)  # c = f*c + i*g
-        torch.tanh(c, out=tmp)
-        torch.mul(self._o, tmp, out=h)  # h = o * tanh(c)
-
-    def _lstm_cell_sigmoid_only(self, layer: int, tokens: torch.Tensor) -> None:
-        self._project(layer, tokens)  # g's pre-activation arrives doubled
-        c, h, tmp = self._c[layer], self._h[layer], self._tmp
-        self._gates.sigmoid_()  # i, f, o and (tanh(g) + 1) / 2, one call over (B, 4H)
-        self._g.mul_(2.0).sub_(1.0)  # tanh(g)
-        c.mul_(self._f).addcmul_(self._i, self._g)  # c = f*c + i*g
-        torch.mul(c, 2.0, out=tmp).sigmoid_().mul_(2.0).sub_(1.0)  # tanh(c) = 2 sigmoid(2c) - 1
-        torch.mul(self._o, tmp, out=h)  # h = o * tanh(c)
-
-    def _rnn_cell(self, layer: int, tokens: torch.Tensor) -> None:
-        self._project(layer, tokens)
-        if self._relu:
-            torch.clamp(self._gates, min=0.0, out=self._h[layer])
-        else:
-            torch.tanh(self._gates, out=self._h[layer])
-
-    def _gru_cell(self, layer: int, tokens: torch.Tensor) -> None:
-        h = self._h[layer]
-        if layer == 0:
-            torch.index_select(self._table, 0, tokens, out=self._gates)  # W_ih x + b_ih, (B, 3H)
-            self._hh0(h, self._ghh)  # W_hh h + b_hh, (B, 3H)
-        else:
-            ih, hh = self._up[layer - 1]
-            ih(self._x_in[layer - 1], self._gates)
-            hh(h, self._ghh)
-        self._rz.add_(self._hrz).sigmoid_()  # r, z
-        self._n.addcmul_(self._r, self._hn).tanh_()  # n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
-        h.sub_(self._n).mul_(self._z).add_(self._n)  # h' = (1 - z) * n + z * h = n + z * (h - n)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -360,7 +469,7 @@ class _Sampler:
         self.k = min(cfg.top_k, V) if cfg.top_k is not None else V
         self.top_p = cfg.top_p if cfg.top_p is not None and cfg.top_p < 1.0 else None
         self.filtered = self.k < V or self.top_p is not None
-        f32 = dict(device=device, dtype=torch.float32)
+        f32: dict[str, Any] = dict(device=device, dtype=torch.float32)
         self.p = torch.empty(B, V, **f32)  # unnormalised probs exp((logits - max) / T); the max entry is 1
         self.cdf = torch.empty(B, V, **f32)
         self.mx = torch.empty(B, 1, **f32)
@@ -486,7 +595,7 @@ def _run_prime(model: CharRNN, prime_ids: list[int], device: torch.device) -> tu
     characters at a time with the state carried, so a 20 MB prime needs no more memory than a short one."""
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
-    state = None
+    state: State | None = None
     try:
         ids = torch.tensor(prime_ids, dtype=torch.int64, device=next(model.parameters()).device)  # (T,)
         for chunk in ids.split(PRIME_CHUNK):
@@ -495,6 +604,7 @@ def _run_prime(model: CharRNN, prime_ids: list[int], device: torch.device) -> tu
     finally:
         for m, training in modes:
             m.training = training
+    assert state is not None  # generate() refuses an empty prime
     return last.to(device=device, dtype=torch.float32), tuple(s.to(device=device, dtype=torch.float32) for s in state)
 
 
@@ -509,7 +619,7 @@ class _Loop:
         self.uniforms = _Uniforms(cfg.seed, B, device)
         self.tok = torch.zeros(B, 1, dtype=torch.int64, device=device)  # (B, 1) last sampled ids
         self.tok_flat = self.tok.view(B)
-        self.u = torch.zeros(B, 1, device=device) if device.type == "cuda" else None  # static slot for the graph
+        self.u = torch.zeros(B, 1, device=device)  # the graph's static uniform slot (unused on CPU)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.capture_tried = False
 
@@ -556,7 +666,7 @@ class _Loop:
         """Capture `advance` reading the static uniform slot; None (eager fallback) if capture fails.
         Warm-up steps run on a side stream and mutate the state, so state and ids are restored after."""
         saved_state, saved_tok, saved_u = self.stepper.get_state(), self.tok.clone(), self.u.clone()
-        graph = torch.cuda.CUDAGraph()
+        graph, captured = torch.cuda.CUDAGraph(), True
         try:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
@@ -567,9 +677,9 @@ class _Loop:
             with torch.cuda.graph(graph):
                 self.advance(self.u)
         except Exception:  # noqa: BLE001 - any capture failure means "run eagerly", same numerics
-            graph = None
+            captured = False
         torch.cuda.synchronize()
         self.stepper.set_state(saved_state)
         self.tok.copy_(saved_tok)
         self.u.copy_(saved_u)
-        return graph
+        return graph if captured else None

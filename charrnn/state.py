@@ -1,507 +1,290 @@
-"""The typed checkpoint: every value resume, `info` and `sample` read from a checkpoint is checked for the type,
-shape and range charrnn writes before any kernel, allocator or format string touches it.
+"""The typed checkpoint: the one owner of what a checkpoint holds.
 
-torch.load(weights_only=True) only guarantees plain types, and the CRC check only that the bytes are the ones
-written: a file edited and re-saved with torch.save passes both. Unchecked, such a file turns into memory
-corruption (an Adam moment of the wrong shape, or a stride-0 view, makes the fused AdamW kernel write past its
-buffer), a multi-gigabyte allocation (a huge vocab_size), or a traceback (a string where an int belongs). Every
-refusal is a CheckpointError of one sentence that names the file and the field.
+A checkpoint is one plain dict (torch.load(weights_only=True) reads it) made of two parts:
+
+    ModelBundle   what sampling, scoring and export need: model config, vocabulary, weights (+ the run's facts)
+    TrainState    what resuming exactly needs: optimizer, scaler, RNG states, data position, carried hidden
+                  state, counters, the run's TrainConfig and corpus identity
+
+Each part writes and reads its own keys (`to_dict` / `from_dict`); `from_dict` checks every field it reads
+(checks.py) and names the file and the field when one is wrong. checkpoint.py keeps the bytes: atomic writes,
+verification, retention. Format 1 is the only layout charrnn has written; keys added since have defaults here
+(`TrainConfig.from_dict` fills `decay_frac` for runs saved before it existed).
 """
 
 from __future__ import annotations
 
+import functools
 import math
-import reprlib
-from collections.abc import Callable, Mapping
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
+from charrnn import __version__
+from charrnn.checks import (
+    ANY_REAL,
+    LOAD_ADVICE,
+    LOSS,
+    NON_NEGATIVE,
+    TEXT,
+    Rule,
+    check_resume_header,
+    check_weights,
+    field_error,
+    int_in,
+    require,
+    require_dict,
+)
 from charrnn.errors import CheckpointError, CorpusError
+from charrnn.model import CharRNN, ModelConfig, copy_weights, weight_shapes
+from charrnn.vocab import Vocab
 
-RESUME_ADVICE = "the file is damaged or was edited, so resume from another checkpoint or start a new run"
-LOAD_ADVICE = "the file is damaged or was edited, so use another checkpoint"
-
-_INT64_MAX = 2**63 - 1
-_MT_WORDS = 624  # Mersenne Twister state words (Python's random and numpy's MT19937 alike)
-_CUDA_RNG_BYTES = 16  # a Philox seed and offset, what torch.cuda.get_rng_state() returns per device
-_OPT_FLAGS_MUST_MATCH = ("amsgrad", "maximize", "capturable", "differentiable", "decoupled_weight_decay")
-_OPT_FLAGS_DEVICE = ("foreach", "fused")  # chosen per device, so a resume on another device may differ
+FORMAT_NAME = "charrnn"
+FORMAT_VERSION = 1
+MODEL_KEYS = ("format", "format_version", "model", "model_config", "vocab")  # enough to sample
+RESUME_KEYS = ("train_config", "optimizer", "step", "rng", "data")  # and these to resume
 
 
-# ---------------------------------------------------------------- messages
+def check_format(path: Path, d: object) -> None:
+    """A charrnn checkpoint of a format this version reads (CheckpointError otherwise)."""
+    refuse = functools.partial(CheckpointError.about, path)
+
+    if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
+        other = f" (its format is {d['format']!r})" if isinstance(d, dict) and "format" in d else ""
+        raise refuse(f"was not written by charrnn{other}", "pass a checkpoint from `charrnn train`")
+    version = d.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise refuse(f"has an invalid format_version {version!r}", "use another checkpoint")
+    if version > FORMAT_VERSION:
+        raise refuse(
+            f"has format_version {version}, newer than this charrnn reads ({FORMAT_VERSION})",
+            "upgrade charrnn to load it",
+        )
+    if version < FORMAT_VERSION:
+        raise refuse(
+            f"has format_version {version}, older than this charrnn reads ({FORMAT_VERSION})",
+            "load it with the charrnn version that wrote it, or retrain",
+        )
 
 
-def field_error(path, field: str, problem: str, advice: str = LOAD_ADVICE) -> CheckpointError:
-    where = f"checkpoint {path}: " if path is not None else "the checkpoint's "
-    return CheckpointError(f"{where}{field} {problem}; {advice}.")
+# ---------------------------------------------------------------- the model
 
 
-def show(value) -> str:
-    """A short description of a value for a message: never the whole of a crafted megabyte string."""
-    if isinstance(value, torch.Tensor):
-        return f"a {_dtype_name(value.dtype)} tensor of shape {_shape(value.shape)}"
-    kind = type(value).__name__
-    return f"{reprlib.repr(value)} ({'an' if kind[0] in 'aeiou' else 'a'} {kind})"
+@dataclass
+class RunFacts:
+    """What a checkpoint says about the run that wrote it (`info` prints it, export carries it); None where the
+    checkpoint does not say. best_val_loss is None before the first evaluation, and best_step with it."""
+
+    step: int | None = None
+    epoch: float | None = None
+    val_loss: float | None = None  # this checkpoint's own evaluation (None: saved between evaluations)
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    corpus_name: str | None = None
+    corpus_chars: int | None = None
+    device: str | None = None
+    torch_version: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict, path) -> RunFacts:
+        corpus = require_dict(d.get("corpus", {}), "corpus", path)
+        facts = cls(
+            step=_get(d, "step", int_in(0), path),
+            epoch=_get(d, "epoch", NON_NEGATIVE, path),
+            val_loss=_get(d, "val_loss", ANY_REAL, path),
+            best_val_loss=_get(d, "best_val_loss", LOSS, path),
+            best_step=_get(d, "best_step", int_in(-1), path),
+            corpus_name=_get(corpus, "name", TEXT, path, "corpus."),
+            corpus_chars=_get(corpus, "num_chars", int_in(0), path, "corpus."),
+            device=_get(d, "device", TEXT, path),
+            torch_version=_get(d, "torch_version", TEXT, path),
+        )
+        if facts.best_val_loss is not None and math.isinf(facts.best_val_loss):
+            facts.best_val_loss = None
+        if facts.best_val_loss is None or facts.best_step == -1:
+            facts.best_step = None
+        if facts.val_loss is not None and not math.isfinite(facts.val_loss):
+            facts.val_loss = None
+        facts.epoch = None if facts.epoch is None else float(facts.epoch)
+        facts.best_val_loss = None if facts.best_val_loss is None else float(facts.best_val_loss)
+        return facts
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
-def _shape(shape) -> str:
-    return str(tuple(shape))
+def _get(values: dict, key: str, rule: Rule, path, prefix: str = ""):
+    return require(values[key], rule, prefix + key, path) if key in values else None
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
+@dataclass
+class ModelBundle:
+    """A trained model as data: config, vocabulary and weights (CPU tensors), and the facts of its run."""
+
+    config: ModelConfig
+    vocab: Vocab
+    weights: dict[str, torch.Tensor]
+    facts: RunFacts = field(default_factory=RunFacts)
+
+    @classmethod
+    def of(cls, model: CharRNN, vocab: Vocab) -> ModelBundle:
+        weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        return cls(model.config, vocab, weights)
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "model": self.weights,
+            "model_config": self.config.to_dict(),
+            "vocab": self.vocab.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict, path, advice: str = LOAD_ADVICE) -> ModelBundle:
+        """Every field checked (CheckpointError naming the file and the field) before anything is allocated."""
+        check_format(path, d)
+        missing = [key for key in MODEL_KEYS if key not in d]
+        if missing:
+            raise CheckpointError(f"{path} lacks {', '.join(missing)}; it is incomplete, so use another checkpoint.")
+        config = ModelConfig.from_dict(d["model_config"], path)
+        vocab = _vocab(d, path, advice)
+        if len(vocab) != config.vocab_size:
+            problem = f"has {len(vocab)} characters but model_config.vocab_size is {config.vocab_size}"
+            raise field_error(path, "vocab", problem, advice)
+        check_weights(d["model"], weight_shapes(config), path, advice)
+        return cls(config, vocab, d["model"], RunFacts.from_dict(d, path))
+
+    def build_model(self, device: torch.device | str = "cpu") -> CharRNN:
+        """The model, in eval mode on `device`; the weights were checked against the config on reading."""
+        model = CharRNN(self.config)
+        copy_weights(model, self.weights, None)
+        return model.to(device).eval()
 
 
-# ---------------------------------------------------------------- scalars
-
-Rule = tuple[Callable[[object], bool], str]
-
-
-def is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def is_real(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def int_in(lo: int, hi: int = _INT64_MAX) -> Rule:
-    return (lambda v: is_int(v) and lo <= v <= hi), f"an integer from {lo} to {hi}"
-
-
-def real_in(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> Rule:
-    def ok(v) -> bool:
-        return is_real(v) and math.isfinite(v) and (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
-
-    return ok, f"a finite number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-
-
-def optional(rule: Rule) -> Rule:
-    return (lambda v: v is None or rule[0](v)), f"None or {rule[1]}"
-
-
-def require(value, rule: Rule, field: str, path, advice: str = LOAD_ADVICE):
-    if not rule[0](value):
-        raise field_error(path, field, f"is {show(value)}, but it must be {rule[1]}", advice)
-    return value
-
-
-def require_dict(value, field: str, path, advice: str = LOAD_ADVICE) -> dict:
-    if not isinstance(value, dict):
-        raise field_error(path, field, f"is {show(value)}, not a dict", advice)
-    return value
-
-
-NON_NEGATIVE = real_in(0.0, math.inf)
-POSITIVE = real_in(0.0, math.inf, lo_open=True)
-FRACTION = real_in(0.0, 1.0, lo_open=True, hi_open=True)
-UNIT = real_in(0.0, 1.0)
-BOOL: Rule = (lambda v: isinstance(v, bool)), "true or false"
-MAX_TEXT = 1 << 16
-# Any string this code itself writes (a corpus named with a non-breaking space or an emoji is fine); commands
-# that print one escape its control characters, so a crafted name cannot drive the terminal.
-TEXT: Rule = (lambda v: isinstance(v, str) and len(v) <= MAX_TEXT), f"a string of at most {MAX_TEXT:,} characters"
-ANY_REAL: Rule = is_real, "a number"
-FINITE: Rule = (lambda v: is_real(v) and math.isfinite(v)), "a finite number"
-LOSS: Rule = (lambda v: is_real(v) and v >= 0 and not math.isnan(v)), "a number of at least 0 (inf: none yet)"
-
-# Types and ranges as TrainConfig.validate() enforces them on the command line; the seed takes what torch takes,
-# which older charrnn versions accepted on the command line too.
-TRAIN_RULES: dict[str, Rule] = {
-    "seq_len": int_in(1),
-    "batch_size": int_in(1),
-    "val_frac": FRACTION,
-    "lr": POSITIVE,
-    "min_lr_frac": UNIT,
-    "decay_frac": UNIT,
-    "warmup_steps": int_in(0),
-    "weight_decay": NON_NEGATIVE,
-    "grad_clip": POSITIVE,
-    "max_steps": optional(int_in(1)),
-    "max_epochs": optional(POSITIVE),
-    "max_time": optional(POSITIVE),
-    "eval_every": int_in(1),
-    "eval_streams": int_in(1),
-    "eval_chars": optional(int_in(1)),
-    "log_every": int_in(1),
-    "keep": int_in(0),
-    "max_skips": int_in(1),
-    "seed": int_in(-(2**63), 2**64 - 1),
-    "device": TEXT,
-    "threads": optional(int_in(1)),
-    "amp": BOOL,
-}
-
-# Top-level fields resume reads: (rule, required).
-RESUME_FIELDS: dict[str, tuple[Rule, bool]] = {
-    "step": (int_in(0), True),
-    "elapsed_s": (NON_NEGATIVE, False),
-    "best_val_loss": (LOSS, False),
-    "best_step": (int_in(-1), False),
-    "val_loss": (ANY_REAL, False),  # NaN until the first evaluation
-    "skipped_steps": (int_in(0), False),
-    "world_size": (int_in(1, 2**31 - 1), False),
-}
-
-SCALER_RULES: dict[str, Rule] = {
-    "scale": POSITIVE,
-    "growth_factor": POSITIVE,
-    "backoff_factor": real_in(0.0, 1.0, lo_open=True),
-    "growth_interval": int_in(1),
-    "_growth_tracker": int_in(0),
-}
-
-GROUP_RULES: dict[str, Rule] = {
-    "lr": NON_NEGATIVE,
-    "eps": POSITIVE,
-    "weight_decay": NON_NEGATIVE,
-    "initial_lr": NON_NEGATIVE,
-    "betas": (
-        (
-            lambda v: (
-                isinstance(v, (tuple, list)) and len(v) == 2 and all(real_in(0.0, 1.0, hi_open=True)[0](b) for b in v)
-            )
-        ),
-        "two numbers in [0, 1)",
-    ),
-    **{flag: BOOL for flag in _OPT_FLAGS_MUST_MATCH},
-    **{flag: optional(BOOL) for flag in _OPT_FLAGS_DEVICE},
-}
-
-
-def check_fields(values: Mapping, rules: Mapping[str, Rule], prefix: str, path, advice: str) -> None:
-    for name, rule in rules.items():
-        if name in values:
-            require(values[name], rule, f"{prefix}{name}", path, advice)
-
-
-# ---------------------------------------------------------------- tensors
-
-
-def check_tensor(
-    t,
-    field: str,
-    path,
-    advice: str = LOAD_ADVICE,
-    *,
-    shape=None,
-    dtype=None,
-    floating: bool = False,
-    finite: bool = False,
-) -> torch.Tensor:
-    """A dense, contiguous CPU tensor (charrnn writes no other kind) with the given shape and dtype.
-
-    Contiguity also rules out stride-0 views, which claim more elements than their storage (and the file) holds.
-    """
-    if not isinstance(t, torch.Tensor):
-        raise field_error(path, field, f"is {show(t)}, not a tensor", advice)
-    if t.layout != torch.strided or t.is_quantized or t.device.type != "cpu":
-        raise field_error(path, field, f"is a {t.layout} tensor on {t.device}, not a dense CPU tensor", advice)
-    if dtype is not None and t.dtype != dtype:
-        raise field_error(path, field, f"has dtype {_dtype_name(t.dtype)}, not {_dtype_name(dtype)}", advice)
-    if floating and not t.is_floating_point():
-        raise field_error(path, field, f"has dtype {_dtype_name(t.dtype)}, not a floating-point one", advice)
-    if shape is not None and tuple(t.shape) != tuple(shape):
-        raise field_error(path, field, f"has shape {_shape(t.shape)} but must have shape {_shape(shape)}", advice)
-    if not t.is_contiguous():
-        raise field_error(path, field, f"is a non-contiguous view (strides {t.stride()})", advice)
-    if finite and not bool(torch.isfinite(t).all()):
-        raise field_error(path, field, "holds NaN or infinite values", advice)
-    return t
-
-
-def check_weights(weights, shapes: Mapping[str, tuple[int, ...]], path, advice: str = LOAD_ADVICE) -> None:
-    """The model's state dict: exactly the expected names, each a finite float tensor of the expected shape."""
-    require_dict(weights, "model", path, advice)
-    missing = [k for k in shapes if k not in weights]
-    unexpected = [k for k in weights if k not in shapes]
-    if missing or unexpected:
-        what = f"lacks {', '.join(missing[:5])}" if missing else f"has unexpected {show(unexpected[0])}"
-        raise field_error(path, "model (the weights)", f"{what}, so it does not fit its model_config", advice)
-    for name, shape in shapes.items():
-        check_tensor(weights[name], f"model[{name!r}]", path, advice, shape=shape, floating=True, finite=True)
-
-
-def load_vocab(ckpt: dict, path, advice: str = LOAD_ADVICE):
-    """The checkpoint's Vocab; a malformed one is a CheckpointError naming the file, not a corpus problem."""
-    from charrnn.vocab import Vocab
-
+def _vocab(d: dict, path, advice: str) -> Vocab:
     try:
-        return Vocab.from_dict(ckpt.get("vocab"))
+        return Vocab.from_dict(d.get("vocab"))
     except CorpusError:
         raise field_error(path, "vocab", "is not a sorted list of distinct single characters", advice) from None
 
 
-# ---------------------------------------------------------------- resume
+# ---------------------------------------------------------------- the run
 
 
-def check_resume_header(ckpt: dict, path) -> None:
-    """The fields resume reads before it builds anything: counters, data position, train_config, corpus.
+@dataclass
+class CorpusInfo:
+    """Which text a run trained on: resume checks the hash, --resume without a corpus reads the sources."""
 
-    Call it as soon as the checkpoint is loaded: TrainConfig.from_dict and the corpus hash check read these.
-    """
-    a = RESUME_ADVICE
-    for name, (rule, needed) in RESUME_FIELDS.items():
-        if needed or name in ckpt:
-            require(ckpt.get(name), rule, name, path, a)
-    check_fields(require_dict(ckpt.get("train_config"), "train_config", path, a), TRAIN_RULES, "train_config.", path, a)
-    corpus = require_dict(ckpt.get("corpus", {}), "corpus", path, a)
-    check_fields(corpus, {"sha256": TEXT, "name": TEXT, "num_chars": int_in(0)}, "corpus.", path, a)
-    _check_data_position(require_dict(ckpt.get("data"), "data", path, a), path)
+    name: str = ""
+    sha256: str = ""
+    num_chars: int = 0
+    sources: list[str] = field(default_factory=list)
 
-
-def _check_data_position(data: dict, path) -> None:
-    a = RESUME_ADVICE
-    require(data.get("epoch"), int_in(0), "data.epoch", path, a)
-    index = int_in(0)
-    if "batches_per_epoch" in data:
-        per_epoch = require(data["batches_per_epoch"], int_in(1), "data.batches_per_epoch", path, a)
-        index = int_in(0, per_epoch - 1)
-    require(data.get("batch_index"), index, "data.batch_index", path, a)
+    @classmethod
+    def from_dict(cls, d: dict) -> CorpusInfo:
+        sources = d.get("sources")
+        ok = isinstance(sources, list) and all(isinstance(s, str) for s in sources)
+        return cls(d.get("name", ""), d.get("sha256", ""), int(d.get("num_chars", 0)), list(sources) if ok else [])
 
 
-def check_resume_state(
-    ckpt: dict,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    path,
-    *,
-    batch_size: int,
-    world_size: int,
-    uses_scaler: bool,
-    batches_per_epoch: int | None = None,
-) -> None:
-    """Everything resume hands to a kernel or a setter, checked against the live model and optimizer.
+@dataclass
+class TrainState:
+    """Everything beyond the model that resuming exactly needs. `train_config` is TrainConfig.to_dict() (train.py
+    owns that type); `hidden` is this process's carried state, and under torchrun `hidden_ranks` / `rng_ranks`
+    hold every rank's, so a resume with the same world size is bit-exact on each rank."""
 
-    batch_size: streams per process, the B of the carried (L, B, H) state;
-    world_size: this run's process count (the batch position carries over only when it equals the saved one);
-    uses_scaler: whether this run has a GradScaler (then a saved scaler state is loaded);
-    batches_per_epoch: this run's, bounding data.batch_index when the saved world size is this run's.
-    """
-    a = RESUME_ADVICE
-    check_resume_header(ckpt, path)
-    saved_world = ckpt.get("world_size", 1)
-    if batches_per_epoch is not None and saved_world == world_size:
-        require(ckpt["data"]["batch_index"], int_in(0, batches_per_epoch - 1), "data.batch_index", path, a)
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    check_weights(ckpt.get("model"), shapes, path, a)
-    check_optimizer_state(ckpt.get("optimizer"), optimizer, path)
-    if uses_scaler and ckpt.get("scaler"):
-        check_scaler(ckpt["scaler"], path)
-    hidden_shape = (model.config.num_layers, batch_size, model.config.hidden_size)
-    tensors = 2 if model.config.model == "lstm" else 1
-    check_hidden(ckpt.get("hidden"), hidden_shape, tensors, "hidden", path)
-    check_rng(ckpt.get("rng"), "rng", path)
-    if saved_world > 1:
-        _check_ranks(ckpt, saved_world, hidden_shape, tensors, path)
+    train_config: dict
+    corpus: CorpusInfo
+    step: int
+    epoch: int  # whole passes done
+    batch_index: int  # the next batch within the pass
+    batches_per_epoch: int | None
+    optimizer: dict
+    rng: dict
+    hidden: list[torch.Tensor] = field(default_factory=list)
+    scaler: dict | None = None
+    world_size: int = 1
+    hidden_ranks: list | None = None
+    rng_ranks: list | None = None
+    elapsed_s: float = 0.0
+    train_loss: float = math.nan
+    val_loss: float = math.nan  # the latest evaluation's; NaN when the latest checkpoint was not evaluated
+    best_val_loss: float = math.inf
+    best_step: int = -1
+    skipped_steps: int = 0
+    device: str = "cpu"
 
+    @property
+    def epoch_float(self) -> float:
+        return self.epoch + (self.batch_index / self.batches_per_epoch if self.batches_per_epoch else 0.0)
 
-def _check_ranks(ckpt: dict, saved_world: int, hidden_shape, tensors: int, path) -> None:
-    rule: Rule = (lambda v: isinstance(v, (list, tuple)) and len(v) == saved_world), f"a list of {saved_world} entries"
-    hidden_ranks = require(ckpt.get("hidden_ranks"), rule, "hidden_ranks", path, RESUME_ADVICE)
-    rng_ranks = require(ckpt.get("rng_ranks"), rule, "rng_ranks", path, RESUME_ADVICE)
-    for rank, (hidden, rng) in enumerate(zip(hidden_ranks, rng_ranks, strict=False)):
-        check_hidden(hidden, hidden_shape, tensors, f"hidden_ranks[{rank}]", path)
-        check_rng(rng, f"rng_ranks[{rank}]", path)
+    def to_dict(self) -> dict:
+        data = {"epoch": self.epoch, "batch_index": self.batch_index, "batches_per_epoch": self.batches_per_epoch}
+        ranks = {"hidden_ranks": self.hidden_ranks, "rng_ranks": self.rng_ranks} if self.hidden_ranks else {}
+        return {
+            "train_config": self.train_config,
+            "corpus": asdict(self.corpus),
+            "step": self.step,
+            "epoch": self.epoch_float,
+            "data": data,
+            "hidden": self.hidden,
+            "optimizer": self.optimizer,
+            "scaler": self.scaler,
+            "rng": self.rng,
+            "world_size": self.world_size,
+            **ranks,
+            "elapsed_s": self.elapsed_s,
+            "train_loss": self.train_loss,
+            "val_loss": self.val_loss,
+            "val_bpc": self.val_loss / math.log(2),
+            "best_val_loss": self.best_val_loss,
+            "best_step": self.best_step,
+            "skipped_steps": self.skipped_steps,
+            "device": self.device,
+            "torch_version": str(torch.__version__),  # TorchVersion is a str subclass weights_only refuses
+            "charrnn_version": __version__,
+            "saved_at": time.time(),
+        }
 
-
-def check_hidden(hidden, shape: tuple[int, int, int], tensors: int, field: str, path) -> None:
-    """The carried (L, B, H) state: (h, c) for an LSTM, (h,) otherwise; None or empty when not carried."""
-    if hidden is None or (isinstance(hidden, (list, tuple)) and len(hidden) == 0):
-        return
-    if not isinstance(hidden, (list, tuple)) or len(hidden) != tensors:
-        raise field_error(path, field, f"is {show(hidden)}, not a list of {tensors} tensor(s)", RESUME_ADVICE)
-    for i, h in enumerate(hidden):
-        check_tensor(h, f"{field}[{i}]", path, RESUME_ADVICE, shape=shape, floating=True, finite=True)
-
-
-def check_optimizer_state(opt_state, optimizer: torch.optim.Optimizer, path) -> None:
-    """AdamW's state dict against the live optimizer: same groups, sane hyperparameters, and per parameter
-    a scalar step and moments shaped, typed and laid out exactly like the parameter (the fused kernel trusts it)."""
-    a = RESUME_ADVICE
-    opt_state = require_dict(opt_state, "optimizer", path, a)
-    saved_groups = opt_state.get("param_groups")
-    live_groups = optimizer.param_groups
-    if not isinstance(saved_groups, list) or len(saved_groups) != len(live_groups):
-        raise field_error(
-            path,
-            "optimizer.param_groups",
-            f"is {show(saved_groups)}, not a list of {len(live_groups)} parameter groups",
-            a,
+    @classmethod
+    def from_dict(cls, d: dict, path) -> TrainState:
+        """The header fields checked (types and ranges); the tensors are checked against the live model and
+        optimizer by checks.check_resume_state before any kernel touches them."""
+        for key in RESUME_KEYS:
+            if key not in d:
+                raise CheckpointError(
+                    f"{path} lacks '{key}', so it cannot be resumed; use --init-from to start a new run from its "
+                    "weights."
+                )
+        check_resume_header(d, path)
+        data = d["data"]
+        return cls(
+            train_config=d["train_config"],
+            corpus=CorpusInfo.from_dict(d.get("corpus", {})),
+            step=d["step"],
+            epoch=data["epoch"],
+            batch_index=data["batch_index"],
+            batches_per_epoch=data.get("batches_per_epoch"),
+            optimizer=d["optimizer"],
+            rng=d["rng"],
+            hidden=list(d.get("hidden") or []),
+            scaler=d.get("scaler"),
+            world_size=int(d.get("world_size", 1)),
+            hidden_ranks=d.get("hidden_ranks"),
+            rng_ranks=d.get("rng_ranks"),
+            elapsed_s=float(d.get("elapsed_s", 0.0)),
+            train_loss=float(d.get("train_loss", math.nan)),
+            val_loss=float(d.get("val_loss", math.nan)),
+            best_val_loss=float(d.get("best_val_loss", math.inf)),
+            best_step=int(d.get("best_step", -1)),
+            skipped_steps=int(d.get("skipped_steps", 0)),
+            device=str(d.get("device", "cpu")),
         )
-    params: dict[int, tuple[torch.Tensor, dict]] = {}
-    for g, (saved, live) in enumerate(zip(saved_groups, live_groups, strict=False)):
-        for pid, param in zip(_check_group(saved, live, g, path), live["params"], strict=False):
-            if pid in params:
-                raise field_error(path, f"optimizer.param_groups[{g}].params", f"repeats parameter {pid}", a)
-            params[pid] = (param, saved)
-    state = require_dict(opt_state.get("state"), "optimizer.state", path, a)
-    for pid, entry in state.items():
-        if pid not in params:
-            raise field_error(path, "optimizer.state", f"has an entry for {show(pid)}, which no group lists", a)
-        param, group = params[pid]
-        _check_param_state(entry, param, group.get("amsgrad", False), pid, path)
-    _check_no_aliasing(state, path)
 
 
-def _check_no_aliasing(state: dict, path) -> None:
-    # Two moments (or steps) sharing memory would each be updated twice per step: silently wrong training.
-    owners: dict[int, str] = {}
-    for pid, entry in state.items():
-        for key, t in entry.items():
-            if t.numel() == 0:
-                continue
-            where = f"optimizer state for parameter {pid} ({key})"
-            other = owners.setdefault(t.untyped_storage().data_ptr(), where)
-            if other != where:
-                raise field_error(path, where, f"shares its memory with {other}", RESUME_ADVICE)
-
-
-def _check_group(saved, live: dict, g: int, path) -> list[int]:
-    a, field = RESUME_ADVICE, f"optimizer.param_groups[{g}]"
-    require_dict(saved, field, path, a)
-    n = len(live["params"])
-    rule: Rule = (lambda v: isinstance(v, list) and len(v) == n and all(is_int(i) for i in v)), f"a list of {n} ids"
-    ids = require(saved.get("params"), rule, f"{field}.params", path, a)
-    check_fields(saved, GROUP_RULES, f"{field}.", path, a)
-    for flag in _OPT_FLAGS_MUST_MATCH:
-        if flag in saved and flag in live and saved[flag] != live[flag]:
-            raise field_error(path, f"{field}.{flag}", f"is {saved[flag]} but charrnn's AdamW uses {live[flag]}", a)
-    return ids
-
-
-def _check_param_state(entry, param: torch.Tensor, amsgrad: bool, pid: int, path) -> None:
-    a, field = RESUME_ADVICE, f"optimizer state for parameter {pid}"
-    require_dict(entry, field, path, a)
-    if not entry:
-        return  # torch initialises an empty entry on the first step
-    keys = ["step", "exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if amsgrad else [])
-    extra = [k for k in entry if k not in keys]
-    missing = [k for k in keys if k not in entry]
-    if missing or extra:
-        what = f"lacks {', '.join(missing)}" if missing else f"has an unexpected entry {show(extra[0])}"
-        raise field_error(path, field, what, a)
-    step = check_tensor(entry["step"], f"{field} (step)", path, a, shape=(), floating=True, finite=True)
-    if step.item() < 0:
-        raise field_error(path, f"{field} (step)", f"is {step.item():g}, below 0", a)
-    for key in keys[1:]:
-        where = f"{field} ({key})"
-        if isinstance(entry[key], torch.Tensor) and tuple(entry[key].shape) != tuple(param.shape):
-            raise field_error(
-                path,
-                where,
-                f"has shape {_shape(entry[key].shape)} but the parameter has shape {_shape(param.shape)}",
-                a,
-            )
-        moment = check_tensor(entry[key], where, path, a, shape=param.shape, dtype=param.dtype, finite=True)
-        if key != "exp_avg" and bool((moment < 0).any()):
-            raise field_error(path, where, "holds negative values, which a mean of squares cannot", a)
-
-
-def check_scaler(scaler, path) -> None:
-    """GradScaler's state: the five numbers GradScaler.state_dict() writes."""
-    scaler = require_dict(scaler, "scaler", path, RESUME_ADVICE)
-    missing = [k for k in SCALER_RULES if k not in scaler]
-    if missing:
-        raise field_error(path, "scaler", f"lacks {', '.join(missing)}", RESUME_ADVICE)
-    check_fields(scaler, SCALER_RULES, "scaler.", path, RESUME_ADVICE)
-
-
-# ---------------------------------------------------------------- RNG states
-
-
-def check_rng(rng, field: str, path) -> None:
-    """What runtime.set_rng_state() hands to random, numpy and torch, in the shapes they produce."""
-    rng = require_dict(rng, field, path, RESUME_ADVICE)
-    for key in ("python", "numpy", "torch"):
-        if key not in rng:
-            raise field_error(path, field, f"lacks {key!r}", RESUME_ADVICE)
-    check_tensor(
-        rng["torch"],
-        f"{field}['torch']",
-        path,
-        RESUME_ADVICE,
-        dtype=torch.uint8,
-        shape=(torch.get_rng_state().numel(),),
-    )
-    _check_cuda_rng(rng.get("cuda"), f"{field}['cuda']", path)
-    _check_python_rng(rng["python"], f"{field}['python']", path)
-    _check_numpy_rng(rng["numpy"], f"{field}['numpy']", path)
-
-
-def _check_cuda_rng(states, field: str, path) -> None:
-    if states is None:
-        return
-    if not isinstance(states, (list, tuple)):
-        raise field_error(path, field, f"is {show(states)}, not a list of tensors", RESUME_ADVICE)
-    for i, s in enumerate(states):
-        check_tensor(s, f"{field}[{i}]", path, RESUME_ADVICE, dtype=torch.uint8, shape=(_CUDA_RNG_BYTES,))
-
-
-_WORD: Rule = int_in(0, 2**32 - 1)
-
-
-def _words(n: int, last: Rule | None = None) -> Rule:
-    def ok(v) -> bool:
-        if not isinstance(v, (list, tuple)) or len(v) != n:
-            return False
-        body = v[:-1] if last else v
-        return all(_WORD[0](w) for w in body) and (last is None or last[0](v[-1]))
-
-    return ok, f"a list of {n} integers from 0 to {2**32 - 1}" + (f" (the last: {last[1]})" if last else "")
-
-
-def _check_python_rng(py, field: str, path) -> None:
-    a = RESUME_ADVICE
-    rule: Rule = (lambda v: isinstance(v, (list, tuple)) and len(v) == 3), "a (version, state, gauss) triple"
-    version, words, gauss = require(py, rule, field, path, a)
-    require(version, ((lambda v: is_int(v) and v == 3), "3"), f"{field}[0]", path, a)
-    require(words, _words(_MT_WORDS + 1, int_in(0, _MT_WORDS)), f"{field}[1]", path, a)
-    gauss_rule: Rule = (lambda v: v is None or (isinstance(v, float) and math.isfinite(v))), "None or a finite float"
-    require(gauss, gauss_rule, f"{field}[2]", path, a)
-
-
-def _check_numpy_rng(state, field: str, path) -> None:
-    """The dict np.random.get_state(legacy=False) returns: MT19937, 624 key words, a position, a cached gauss."""
-    a = RESUME_ADVICE
-    state = require_dict(state, field, path, a)
-    require(state.get("bit_generator"), ((lambda v: v == "MT19937"), "'MT19937'"), f"{field}['bit_generator']", path, a)
-    inner = require_dict(state.get("state"), f"{field}['state']", path, a)
-    require(inner.get("key"), _words(_MT_WORDS), f"{field}['state']['key']", path, a)
-    require(inner.get("pos"), int_in(0, _MT_WORDS), f"{field}['state']['pos']", path, a)
-    require(state.get("has_gauss"), int_in(0, 1), f"{field}['has_gauss']", path, a)
-    require(state.get("gauss"), FINITE, f"{field}['gauss']", path, a)
-
-
-# ---------------------------------------------------------------- info
-
-
-def describe_fields(ckpt: dict, path) -> dict:
-    """The training facts `charrnn info` prints, typed; None where the checkpoint does not say.
-
-    best_val_loss is None when absent or inf (no evaluation yet), and best_step then is None too.
-    """
-    corpus = require_dict(ckpt.get("corpus", {}), "corpus", path)
-    out = {
-        "step": _get(ckpt, "step", int_in(0), path),
-        "epoch": _get(ckpt, "epoch", NON_NEGATIVE, path),
-        "best_val_loss": _get(ckpt, "best_val_loss", LOSS, path),
-        "best_step": _get(ckpt, "best_step", int_in(-1), path),
-        "corpus_name": _get(corpus, "name", TEXT, path, "corpus."),
-        "corpus_chars": _get(corpus, "num_chars", int_in(0), path, "corpus."),
-        "device": _get(ckpt, "device", TEXT, path),
-        "torch_version": _get(ckpt, "torch_version", TEXT, path),
-    }
-    if out["best_val_loss"] is not None and math.isinf(out["best_val_loss"]):
-        out["best_val_loss"] = None
-    if out["best_val_loss"] is None or out["best_step"] == -1:
-        out["best_step"] = None
-    if out["epoch"] is not None:
-        out["epoch"] = float(out["epoch"])
-    if out["best_val_loss"] is not None:
-        out["best_val_loss"] = float(out["best_val_loss"])
-    return out
-
-
-def _get(values: Mapping, key: str, rule: Rule, path, prefix: str = ""):
-    return require(values[key], rule, prefix + key, path) if key in values else None
+def checkpoint_dict(bundle: ModelBundle, state: TrainState) -> dict:
+    """One checkpoint: each part writes its own keys, so none is written twice."""
+    return {**bundle.to_dict(), **state.to_dict()}

@@ -1,8 +1,8 @@
-"""TrainConfig and train(): the whole loop top to bottom.
+"""TrainConfig, the schedule, evaluation, and the loop: fetch a batch, step, maybe evaluate, maybe save, maybe stop.
 
-lr -> forward -> loss -> backward -> clip -> step, every step; evaluate, checkpoint and report on a cadence.
-Host syncs (.item()) happen only every `log_every` steps and at evaluations: the divergence guard runs on the
-device (fused AdamW's found_inf skips a non-finite step without touching weights or optimizer moments).
+The step and its on-device divergence guard are step.py's TrainStep; what the run starts from (configs, device,
+a resumed checkpoint) is decided once by job.py. Host syncs (.item()) happen only every `log_every` steps and at
+evaluations.
 """
 
 from __future__ import annotations
@@ -10,22 +10,22 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from charrnn import __version__, runtime
-from charrnn.checkpoint import FORMAT_NAME, FORMAT_VERSION, RunDir, load_checkpoint
-from charrnn.corpus import Corpus
+from charrnn import runtime
+from charrnn.checkpoint import RunDir
+from charrnn.checks import RESUME_ADVICE, check_resume_state
 from charrnn.data import DeviceFeeder, min_corpus_chars, split
-from charrnn.errors import CheckpointError, CorpusError, DivergedError, UsageError
-from charrnn.model import CharRNN, ModelConfig, State, detach_state, load_weights
-from charrnn.report import append_metrics, check_metrics_writable, format_duration
-from charrnn.state import RESUME_ADVICE, check_resume_header, check_resume_state, load_vocab
-from charrnn.vocab import Vocab
+from charrnn.errors import CorpusError, DivergedError, UsageError
+from charrnn.model import CharRNN, State, load_weights
+from charrnn.report import append_metrics, chars_per_sec, check_metrics_writable, eta_seconds, format_duration
+from charrnn.state import CorpusInfo, ModelBundle, TrainState, checkpoint_dict
+from charrnn.step import TrainStep, make_optimizer
 
 Reporter = Callable[[str, dict], None]
 
@@ -131,6 +131,8 @@ class TrainResult:
     best_val_loss: float
     stop_reason: str  # "max_steps" | "max_epochs" | "max_time" | "signal"
     signal: int | None = None
+    rank: int = 0  # this process's under torchrun: only rank 0 reports the result
+    world_size: int = 1
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -219,44 +221,6 @@ def evaluate(
 # set-up helpers
 
 
-def make_optimizer(model: CharRNN, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():  # weight matrices decay; biases and the embedding table do not
-        (decay if p.dim() >= 2 and not name.startswith("embed") else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # fused: one kernel for the whole update, and it honours `found_inf`, which lets us skip a bad step on
-    # the device without a host sync. CPU and CUDA support it; MPS falls back to foreach.
-    fused = device.type in ("cpu", "cuda")
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99), fused=fused, foreach=None if fused else True)
-
-
-def resolve_init_vocab(corpus: Corpus, ckpt_vocab: Vocab) -> np.ndarray:
-    """Re-encode the corpus ids into the checkpoint's vocabulary (for --init-from fine-tuning)."""
-    missing = [c for c in corpus.vocab.chars if c not in set(ckpt_vocab.chars)]
-    if missing:
-        shown = ", ".join(repr(c) for c in missing[:20]) + (" …" if len(missing) > 20 else "")
-        raise CorpusError(
-            f"the corpus has {len(missing)} character(s) the --init-from checkpoint's vocabulary lacks "
-            f"({shown}); fine-tune on text that uses only its characters, or train from scratch."
-        )
-    stoi = {c: i for i, c in enumerate(ckpt_vocab.chars)}
-    lut = np.array([stoi[c] for c in corpus.vocab.chars], dtype=ckpt_vocab.dtype)
-    return lut[np.asarray(corpus.ids)]
-
-
-def resume_conflict(flags: list[str], run_dir) -> str:
-    """The one sentence that refuses flags a resumed run cannot take."""
-    may = (
-        "--max-steps, --max-epochs, --max-time, --eval-every, --log-every, --keep, --max-skips, --threads, --device "
-        "and --quiet"
-    )
-    return (
-        f"{' and '.join(flags)} cannot change on --resume: the run in {run_dir} continues with the settings it "
-        f"was started with (only {may} may change); leave {'them' if len(flags) > 1 else 'it'} out, or start a "
-        "new run, with --init-from to begin from its weights."
-    )
-
-
 def check_corpus_size(n: int, cfg: TrainConfig, vocab_size: int | None = None) -> None:
     """Refuse, before anything is allocated or written, a corpus too short for one batch, or a vocabulary whose
     (B, T, V) logits would not fit in memory."""
@@ -280,247 +244,146 @@ def check_corpus_size(n: int, cfg: TrainConfig, vocab_size: int | None = None) -
 
 
 class Trainer:
-    """State of one training run; `run()` is the loop. Split into small methods so each reads on its own."""
+    """One training run on a ready Setup (job.py decides everything once); `run()` is the loop."""
 
-    def __init__(
-        self,
-        corpus: Corpus,
-        model_config: ModelConfig | None,
-        cfg: TrainConfig,
-        run_dir: RunDir,
-        report: Reporter,
-        should_stop: Callable[[], int | None],
-        resume: bool,
-        init_from: Path | None,
-        given: set[str] | None = None,
-        started: float | None = None,
-    ):
-        # The budget is the user's wall clock: it counts from `started` (the command's start), so corpus
-        # loading, auto-sizing and this set-up are inside --max-time, not added to it.
-        self.started = time.perf_counter() if started is None else started
-        self.given = given
-        self.report, self.should_stop, self.run_dir = report, should_stop, run_dir
-        self.corpus = corpus
-        ckpt = self._load_resume(cfg) if resume else None
-        self.cfg = self._merge_resume_config(cfg, ckpt, given) if ckpt else cfg
-        self.cfg.validate()
-        self.run_dir.keep = self.cfg.keep  # on resume, the saved --keep unless given again
+    def __init__(self, setup, report: Reporter, should_stop: Callable[[], int | None]):
+        self.setup, self.report, self.should_stop = setup, report, should_stop
+        self.cfg: TrainConfig = setup.cfg
+        self.run_dir: RunDir = setup.run_dir
+        self.dist, self.device, self.vocab = setup.dist, setup.device, setup.start.vocab
         cfg = self.cfg
-        self.dist = runtime.dist_from_env()
-        self.device = runtime.init_distributed(self.dist, runtime.select_device(cfg.device))
-        runtime.set_threads(cfg.threads)
-        self.governor = runtime.ThreadGovernor(enabled=cfg.threads is None and self.device.type == "cpu")
-        runtime.configure_backends(self.device)
-        self.amp = cfg.amp and self.device.type == "cuda"
-
-        ids, self.vocab, model_config = self._resolve_vocab(corpus, model_config, ckpt, init_from)
-        check_corpus_size(len(ids), cfg)
-        self.train_ids, self.val_ids = split(ids, cfg.val_frac)
+        check_corpus_size(len(setup.start.ids), cfg)
+        self.train_ids, self.val_ids = split(setup.start.ids, cfg.val_frac)
         # Under torchrun each rank trains its own batch_size streams out of batch_size * world_size.
         self.feeder = DeviceFeeder(
             self.train_ids, cfg.batch_size, cfg.seq_len, self.device, self.dist.rank, self.dist.world_size
         )
-
-        runtime.seed_everything(cfg.seed)
-        model_config.check_trainable()  # with the real vocabulary now
-        self.model = CharRNN(model_config).to(self.device)
-        if init_from is not None:
-            self._init_weights(init_from)
+        self.amp = cfg.amp and self.device.type == "cuda"
+        self.model = self._build_model()
         self.optimizer = make_optimizer(self.model, cfg, self.device)
-        self.fused = bool(self.optimizer.defaults.get("fused"))
-        self.net = self.model  # what the step calls: the model itself, or its DDP wrapper
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.net = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
-            runtime.seed_everything(cfg.seed + 1_000_003 * self.dist.rank)  # distinct dropout masks per rank
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
-
-        self.step, self.epoch, self.batch_index = 0, 0, 0
-        self.elapsed_prior = 0.0
-        self.best_val, self.best_step, self.last_val = math.inf, -1, math.nan
-        self.skipped = 0
-        # Divergence counters live on the device, so the step never waits for the host (read once per log window).
-        self.streak, self.max_streak, self.bad_count = (self._zero(torch.int64) for _ in range(3))
-        self.loss_sum = self._zero(torch.float32)
-        self.last_log: dict = {}
-        self.lr = cfg.lr  # the rate of the latest step
-        self.first_step = 0  # the step this process started at (after a resume, the checkpoint's)
+        self.train_step = TrainStep(
+            self.model, self.optimizer, self.device, cfg.grad_clip, amp=self.amp, net=self._data_parallel(),
+            distributed=self.dist.enabled,
+        )  # fmt: skip
+        self.governor = runtime.ThreadGovernor(enabled=cfg.threads is None and self.device.type == "cpu")
+        # Position and counters: a resume overwrites them from the checkpoint.
+        self.step, self.epoch, self.batch_index, self.first_step = 0, 0, 0, 0
+        self.elapsed_prior, self.lr, self.chars_per_sec = 0.0, cfg.lr, 0.0
+        self.best_val, self.best_step, self.last_val, self.skipped = math.inf, -1, math.nan, 0
         # The time budget's bookkeeping: seconds spent evaluating, the expected cost of the final evaluation and
         # save (kept back from --max-time), and the last step that was evaluated.
         self.eval_s, self.eval_skipped, self.closing_s, self.evaluated_step = 0.0, False, 0.0, -1
         self.state: State = self.model.init_state(cfg.batch_size, self.device)
-        if ckpt:
-            self._restore(ckpt)
+        if setup.start.resumed is not None:
+            self._restore(setup.start.resumed)
         if self.dist.is_main:
             self.run_dir.prepare()
             check_metrics_writable(self.run_dir.metrics_path)
 
     # -- set-up ----------------------------------------------------------------------------------
-    def _load_resume(self, cfg: TrainConfig) -> dict:
-        ckpt, path, warnings = self.run_dir.load_latest()
-        for w in warnings:
-            self.report("warning", {"text": w})
-        for key in ("train_config", "optimizer", "step", "rng", "data"):
-            if key not in ckpt:
-                raise CheckpointError(
-                    f"{path} lacks '{key}', so it cannot be resumed; use --init-from to start a "
-                    "new run from its weights."
-                )
-        check_resume_header(ckpt, path)  # types first: the corpus hash and the config are read next
-        self.resume_path = path
-        if ckpt.get("corpus", {}).get("sha256") != self.corpus.sha256:
-            raise CorpusError(
-                f"the corpus differs from the one {self.run_dir.path} was trained on (its content hash "
-                "changed); resume with the same text, or start a new run with another --run-dir."
-            )
-        self.report("message", {"text": f"resuming from {path} at step {ckpt['step']}"})
-        return ckpt
+    def _build_model(self) -> CharRNN:
+        start = self.setup.start
+        runtime.seed_everything(self.cfg.seed)
+        start.model_config.check_trainable()  # with the real vocabulary
+        model = CharRNN(start.model_config).to(self.device)
+        if start.init is not None:
+            load_weights(model, start.init.weights, start.init_path)
+            self.report("message", {"text": f"initialised weights from {start.init_path}"})
+        return model
 
-    def _merge_resume_config(self, cfg: TrainConfig, ckpt: dict, given: set[str] | None) -> TrainConfig:
-        """The saved settings, with the options given on this command line that may change on resume.
+    def _data_parallel(self) -> torch.nn.Module | None:
+        """The DDP wrapper under torchrun (what the step calls), else None: the model itself."""
+        if not self.dist.enabled:
+            return None
+        from torch.nn.parallel import DistributedDataParallel
 
-        `given` names the options the user typed; None (a library caller) means every resumable setting and
-        every limit set in `cfg`. A given option that would change the arithmetic (the lr, the batch, the seed...)
-        is refused before anything is written: silently keeping the old value misleads, and taking the new one
-        would make the run neither the old one nor a fresh one."""
-        saved = TrainConfig.from_dict(ckpt["train_config"])
-        if given is None:
-            given = set(RESUME_OVERRIDABLE) | {k for k in LIMITS if getattr(cfg, k) is not None}
-        updates = {k: getattr(cfg, k) for k in given if k in RESUME_OVERRIDABLE or k in LIMITS}
-        names = {f.name for f in fields(TrainConfig)}
-        conflicts = [k for k in sorted(given - set(updates)) if k in names and getattr(cfg, k) != getattr(saved, k)]
-        if conflicts:
-            raise UsageError(resume_conflict([f"--{k.replace('_', '-')}" for k in conflicts], self.run_dir.path))
-        return replace(saved, **updates)
+        net = DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+        )
+        runtime.seed_everything(self.cfg.seed + 1_000_003 * self.dist.rank)  # distinct dropout masks per rank
+        return net
 
-    def _resolve_vocab(self, corpus, model_config, ckpt, init_from):
-        if ckpt:
-            return (
-                corpus.ids,
-                load_vocab(ckpt, self.resume_path, RESUME_ADVICE),
-                ModelConfig.from_dict(ckpt["model_config"], self.resume_path),
-            )
-        if init_from is not None:
-            self.init_ckpt = load_checkpoint(init_from)
-            vocab = load_vocab(self.init_ckpt, init_from)
-            ids = resolve_init_vocab(corpus, vocab)
-            cfg = ModelConfig.from_dict(self.init_ckpt["model_config"], init_from)
-            if model_config is not None and model_config.dropout != cfg.dropout:
-                cfg.dropout = model_config.dropout  # dropout is a training choice, free to change when fine-tuning
-            return ids, vocab, cfg
-        if model_config is None:
-            raise UsageError("a model config is needed for a new run.")
-        return corpus.ids, corpus.vocab, replace(model_config, vocab_size=len(corpus.vocab))
-
-    def _init_weights(self, path: Path) -> None:
-        load_weights(self.model, self.init_ckpt["model"], Path(path))
-        self.report("message", {"text": f"initialised weights from {path}"})
-
-    def _restore(self, ckpt: dict) -> None:
+    def _restore(self, resumed) -> None:
         # Every tensor is checked before any kernel touches it: a crafted optimizer moment of the wrong shape
         # would otherwise make the fused AdamW step write past its buffer.
+        saved: TrainState = resumed.state
         check_resume_state(
-            ckpt,
+            resumed.checkpoint,
             self.model,
             self.optimizer,
-            self.resume_path,
+            resumed.path,
             batch_size=self.cfg.batch_size,
             world_size=self.dist.world_size,
-            uses_scaler=self.scaler is not None,
+            uses_scaler=self.train_step.scaler is not None,
             batches_per_epoch=self.feeder.batches_per_epoch,
         )
-        load_weights(self.model, ckpt["model"], self.resume_path, RESUME_ADVICE)
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.scaler is not None and ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
-        self.step = ckpt["step"]
-        self.epoch, self.batch_index = ckpt["data"]["epoch"], ckpt["data"]["batch_index"]
-        self.elapsed_prior = float(ckpt.get("elapsed_s", 0.0))
-        self.best_val = float(ckpt.get("best_val_loss", math.inf))
-        self.best_step = int(ckpt.get("best_step", -1))
-        self.last_val = float(ckpt.get("val_loss", math.nan))
-        self.skipped = int(ckpt.get("skipped_steps", 0))
-        hidden, rng = ckpt.get("hidden"), ckpt["rng"]
-        saved_world = int(ckpt.get("world_size", 1))
-        if saved_world == self.dist.world_size and self.dist.enabled:
-            hidden, rng = ckpt["hidden_ranks"][self.dist.rank], ckpt["rng_ranks"][self.dist.rank]
-        elif saved_world != self.dist.world_size:
-            self.report(
-                "warning",
-                {
-                    "text": f"the run was saved with {saved_world} process(es) and resumes with "
-                    f"{self.dist.world_size}: streams are re-sharded, so this resume is not bit-exact"
-                },
-            )
-            hidden = None
-            # Same fraction of the epoch: batches per epoch scale with 1 / world size.
-            saved_bpe = int(ckpt["data"].get("batches_per_epoch", self.feeder.batches_per_epoch))
-            self.batch_index = min(
-                self.batch_index * self.feeder.batches_per_epoch // max(saved_bpe, 1), self.feeder.batches_per_epoch - 1
-            )
+        load_weights(self.model, resumed.bundle.weights, resumed.path, RESUME_ADVICE)
+        self.optimizer.load_state_dict(saved.optimizer)
+        if self.train_step.scaler is not None and saved.scaler:
+            self.train_step.scaler.load_state_dict(saved.scaler)
+        self.step, self.epoch, self.batch_index = saved.step, saved.epoch, saved.batch_index
+        self.elapsed_prior, self.skipped = saved.elapsed_s, saved.skipped_steps
+        self.best_val, self.best_step, self.last_val = saved.best_val_loss, saved.best_step, saved.val_loss
+        hidden, rng = self._rank_view(saved)
         if hidden and self.batch_index != 0:
             # float32: an AMP run carries fp16 state, which a CPU resume could not feed to its LSTM.
             self.state = tuple(h.to(self.device, torch.float32) for h in hidden)
         # RNG last: anything that draws random numbers after this would break bit-exact resume.
-        runtime.set_rng_state(rng if saved_world == self.dist.world_size else dict(rng, cuda=[]))
-        if saved_world != self.dist.world_size and self.dist.enabled:
+        runtime.set_rng_state(rng)
+        if saved.world_size != self.dist.world_size and self.dist.enabled:
             runtime.seed_everything(self.cfg.seed + 1_000_003 * self.dist.rank + self.step)  # distinct masks per rank
 
-    # -- checkpoints -----------------------------------------------------------------------------
-    def checkpoint_state(self, train_loss: float) -> dict:
-        """Everything to sample from and to resume exactly. Under torchrun every rank calls this (it gathers
-        each rank's RNG and carried state); only rank 0 writes the result."""
-        hidden, rng = [s.detach().float().cpu() for s in self.state], runtime.rng_state()
-        per_rank = {}
-        if self.dist.enabled:
-            import torch.distributed as tdist
+    def _rank_view(self, saved: TrainState) -> tuple[list, dict]:
+        """This process's carried state and RNG: its own rank's under the same world size; under another, no
+        carried state, streams re-sharded at the same fraction of the epoch."""
+        world = self.dist.world_size
+        if saved.world_size == world:
+            if self.dist.enabled:
+                return saved.hidden_ranks[self.dist.rank], saved.rng_ranks[self.dist.rank]
+            return saved.hidden, saved.rng
+        self.report(
+            "warning",
+            {
+                "text": f"the run was saved with {saved.world_size} process(es) and resumes with {world}: streams "
+                "are re-sharded, so this resume is not bit-exact"
+            },
+        )
+        per_epoch = self.feeder.batches_per_epoch  # scales with 1 / world size
+        saved_per_epoch = saved.batches_per_epoch or per_epoch
+        self.batch_index = min(self.batch_index * per_epoch // max(saved_per_epoch, 1), per_epoch - 1)
+        return [], dict(saved.rng, cuda=[])
 
-            gathered: list = [None] * self.dist.world_size
-            tdist.all_gather_object(gathered, (hidden, rng))
-            per_rank = {"hidden_ranks": [g[0] for g in gathered], "rng_ranks": [g[1] for g in gathered]}
+    # -- checkpoints -----------------------------------------------------------------------------
+    def train_state(self, train_loss: float) -> TrainState | None:
+        """Everything beyond the model to resume exactly. Under torchrun every rank calls this (it gathers each
+        rank's RNG and carried state); rank 0 gets the result, the others None."""
+        hidden, rng = [s.detach().float().cpu() for s in self.state], runtime.rng_state()
+        ranks = runtime.gather(self.dist, (hidden, rng))
         if not self.dist.is_main:
-            return {}  # only rank 0 writes, so the others skip copying the model and optimizer
-        return {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "model_config": self.model.config.to_dict(),
-            "vocab": self.vocab.to_dict(),
-            "train_config": self.cfg.to_dict(),
-            "corpus": {
-                "name": self.corpus.name,
-                "sha256": self.corpus.sha256,
-                "num_chars": int(len(self.corpus.ids)),
-                "sources": list(self.corpus.sources),
-            },
-            "step": self.step,
-            "epoch": self.epoch_float,
-            "data": {
-                "epoch": self.epoch,
-                "batch_index": self.batch_index,
-                "batches_per_epoch": self.feeder.batches_per_epoch,
-            },
-            "hidden": hidden,
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "rng": rng,
-            "world_size": self.dist.world_size,
-            **per_rank,
-            "elapsed_s": self.elapsed,
-            "train_loss": train_loss,
-            "val_loss": self.last_val,
-            "val_bpc": self.last_val / math.log(2),
-            "best_val_loss": self.best_val,
-            "best_step": self.best_step,
-            "skipped_steps": self.skipped,
-            "device": str(self.device),
-            "torch_version": str(torch.__version__),  # TorchVersion is a str subclass weights_only refuses
-            "charrnn_version": __version__,
-            "saved_at": time.time(),
-        }
+            return None
+        corpus = self.setup.corpus
+        return TrainState(
+            train_config=self.cfg.to_dict(),
+            corpus=CorpusInfo(corpus.name, corpus.sha256, int(len(corpus.ids)), list(corpus.sources)),
+            step=self.step,
+            epoch=self.epoch,
+            batch_index=self.batch_index,
+            batches_per_epoch=self.feeder.batches_per_epoch,
+            optimizer=self.optimizer.state_dict(),
+            rng=rng,
+            hidden=hidden,
+            scaler=self.train_step.scaler.state_dict() if self.train_step.scaler is not None else None,
+            world_size=self.dist.world_size,
+            hidden_ranks=[r[0] for r in ranks] if self.dist.enabled else None,
+            rng_ranks=[r[1] for r in ranks] if self.dist.enabled else None,
+            elapsed_s=self.elapsed,
+            train_loss=train_loss,
+            val_loss=self.last_val,
+            best_val_loss=self.best_val,
+            best_step=self.best_step,
+            skipped_steps=self.skipped,
+            device=str(self.device),
+        )
 
     def save(self, train_loss: float, is_best: bool) -> None:
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
@@ -528,37 +391,16 @@ class Trainer:
                 f"diverged at step {self.step}: the weights are no longer finite; "
                 f"{self._kept_checkpoint()}; try a lower --lr."
             )
-        state = self.checkpoint_state(train_loss)
-        if self.dist.is_main:
-            self.run_dir.save(state, self.step, is_best)
-        self._barrier()
+        state = self.train_state(train_loss)
+        if state is not None:  # rank 0 writes
+            self.run_dir.save(checkpoint_dict(ModelBundle.of(self.model, self.vocab), state), self.step, is_best)
+        runtime.barrier(self.dist)
 
     def _kept_checkpoint(self) -> str:
         """What a stopped run leaves behind, in words that are true: a run can diverge before its first save."""
         if self.run_dir.last_path.exists():
             return f"the last good checkpoint in {self.run_dir.path} is kept"
         return "no checkpoint had been written yet"
-
-    def _barrier(self) -> None:
-        if self.dist.enabled:
-            import torch.distributed as tdist
-
-            tdist.barrier()
-
-    def _agree(self, elapsed: float, signum: int | None) -> tuple[float, int | None]:
-        """Under torchrun, all ranks take the largest elapsed time and any rank's signal, so they stop at the
-        same step and follow the same lr schedule. One tiny all-reduce per step; nothing when single-process."""
-        if not self.dist.enabled:
-            return elapsed, signum
-        import torch.distributed as tdist
-
-        flags = torch.tensor([elapsed, float(signum or 0)], dtype=torch.float64, device=self.device)
-        tdist.all_reduce(flags, op=tdist.ReduceOp.MAX)
-        elapsed, sig = flags.tolist()
-        return elapsed, int(sig) or None
-
-    def _zero(self, dtype: torch.dtype) -> torch.Tensor:
-        return torch.zeros((), dtype=dtype, device=self.device)
 
     # -- progress --------------------------------------------------------------------------------
     @property
@@ -567,7 +409,7 @@ class Trainer:
 
     @property
     def elapsed(self) -> float:
-        return self.elapsed_prior + (time.perf_counter() - self.started)
+        return self.elapsed_prior + (time.perf_counter() - self.setup.started)
 
     @property
     def budget_elapsed(self) -> float:
@@ -595,9 +437,10 @@ class Trainer:
     def _evaluation_affordable(self) -> bool:
         """Whether a scheduled evaluation fits in EVAL_SHARE of the time so far. Only under --max-time with the
         default --eval-every, and never under torchrun (the ranks would have to agree on it)."""
-        if not self.cfg.max_time or self.dist.enabled or (self.given is not None and "eval_every" in self.given):
+        given = self.setup.given
+        if not self.cfg.max_time or self.dist.enabled or (given is not None and "eval_every" in given):
             return True
-        return self.eval_s + self.closing_s - CLOSING_MARGIN <= EVAL_SHARE * (time.perf_counter() - self.started)
+        return self.eval_s + self.closing_s - CLOSING_MARGIN <= EVAL_SHARE * (time.perf_counter() - self.setup.started)
 
     def total_steps(self) -> int | None:
         bounds = []
@@ -607,106 +450,73 @@ class Trainer:
             bounds.append(math.ceil(self.cfg.max_epochs * self.feeder.batches_per_epoch))
         return min(bounds) if bounds else None
 
-    # -- one step --------------------------------------------------------------------------------
-    def train_step(self, lr: float) -> torch.Tensor:
-        """Forward, backward, clip and update on the next batch; returns the loss tensor (no host sync)."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        if self.batch_index == 0:
-            for s in self.state:  # a new epoch restarts every stream at its beginning
-                s.zero_()
-        x, y = self.feeder.batch(self.batch_index)  # (B, T), (B, T)
-        with runtime.autocast(self.device, self.amp):
-            logits, state = self.net(x, self.state)  # (B, T, V)
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-        else:
-            loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip, foreach=True)
-        bad = ~torch.isfinite(loss)
-        if self.scaler is None:
-            bad = bad | ~torch.isfinite(norm)
-        if self.dist.enabled:  # one rank's bad loss must make every rank skip, or their weights drift apart
-            flag = bad.to(torch.float32)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            bad = flag > 0
-        if self.scaler is not None:
-            # GradScaler skips steps whose fp16 gradients overflowed; those are not divergence.
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        elif self.fused:
-            self.optimizer.found_inf = bad.float()  # fused AdamW leaves weights and moments untouched when 1
-            self.optimizer.step()
-        elif not bad.item():  # foreach AdamW (MPS) has no found_inf: a host check, on a device we do not tune for
-            self.optimizer.step()
-        self.state = tuple(s.masked_fill_(bad, 0.0) for s in detach_state(state))
-        self.streak = (self.streak + 1) * bad
-        self.max_streak = torch.maximum(self.max_streak, self.streak)
-        self.bad_count += bad
-        self.loss_sum += torch.where(bad, 0.0, loss.detach().float())
-        return loss
+    # -- the loop --------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        self.closing_s = self._estimate_closing() if cfg.max_time and self.dist.is_main else 0.0
+        self.first_step = self.step
+        self._report_start()
+        window = LogWindow(time.perf_counter())
+        train_loss, reason, signum = math.nan, None, None
+        while True:
+            elapsed, signum = runtime.agree_to_stop(self.dist, self.device, self.budget_elapsed, self.should_stop())
+            reason = stop_reason(self.step, self.epoch_float, elapsed, cfg) or ("signal" if signum else None)
+            if reason:
+                break
+            self.lr = lr_at(self.step, budget_progress(self.step, elapsed, cfg, self.feeder.batches_per_epoch), cfg)
+            self._step(self.lr)
+            window.steps += 1
+            if window.steps in (2, 4) and self.step < cfg.log_every:
+                self._fit_threads()  # early, so a loaded machine is not slow for a whole first window
+            # The first step is reported at once: the user sees the speed and ETA within seconds, not a window.
+            if self.step % cfg.log_every == 0 or self.step == self.first_step + 1:
+                train_loss = self._log(window)
+            if self.step % cfg.eval_every == 0 and self._evaluation_affordable():
+                self._evaluate_and_save(train_loss)
+            elif self.step % cfg.eval_every == 0:
+                self._save_only(train_loss)
+        if window.steps:
+            train_loss = self._log(window)
+        if reason == "signal":
+            self.save(train_loss, is_best=False)  # no evaluation: get out within seconds
+        elif self.evaluated_step != self.step:
+            self._evaluate_and_save(train_loss)
+        best = self.run_dir.best_path if self.run_dir.best_path.exists() else self.run_dir.last_path
+        return TrainResult(
+            self.run_dir.path,
+            best,
+            self.run_dir.last_path,
+            self.step,
+            self.best_val,
+            reason,
+            signum,
+            self.dist.rank,
+            self.dist.world_size,
+        )
 
-    def advance(self) -> None:
+    def _step(self, lr: float) -> None:
+        """The next batch through TrainStep; a new pass restarts every stream at its beginning."""
+        if self.batch_index == 0:
+            self.state = tuple(s.zero_() for s in self.state)
+        x, y = self.feeder.batch(self.batch_index)  # (B, T), (B, T)
+        self.state = self.train_step(x, y, self.state, lr)
         self.step += 1
         self.batch_index += 1
         if self.batch_index == self.feeder.batches_per_epoch:
             self.batch_index = 0
             self.epoch += 1
 
-    # -- the loop --------------------------------------------------------------------------------
-    def run(self) -> TrainResult:
+    def _report_start(self) -> None:
         cfg = self.cfg
-        self.closing_s = self._estimate_closing() if cfg.max_time and self.dist.is_main else 0.0
-        steps_in_window, window_t, train_loss = 0, time.perf_counter(), math.nan
-        self.first_step = self.step
-        eta = max(0.0, cfg.max_time - self.elapsed) if cfg.max_time else None
-        self.report(
-            "start",
-            {
-                "step": self.step,
-                "total_steps": self.total_steps(),
-                "max_time": cfg.max_time,
-                "elapsed_s": self.elapsed,
-                "eta_s": eta,
-                "plan": self.plan(),
-            },
-        )
-        reason, signum = None, None
-        while True:
-            elapsed, signum = self._agree(self.budget_elapsed, self.should_stop())
-            reason = stop_reason(self.step, self.epoch_float, elapsed, cfg)
-            if reason:
-                break
-            if signum is not None:
-                reason = "signal"
-                break
-            progress = budget_progress(self.step, elapsed, cfg, self.feeder.batches_per_epoch)
-            lr = self.lr = lr_at(self.step, progress, cfg)
-            self.train_step(lr)
-            self.advance()
-            steps_in_window += 1
-            if steps_in_window in (2, 4) and self.step < cfg.log_every:
-                self._fit_threads()  # early, so a loaded machine is not slow for a whole first window
-            # The first step is reported at once: the user sees the speed and ETA within seconds, not a window.
-            if self.step % cfg.log_every == 0 or self.step == self.first_step + 1:
-                train_loss = self._log(lr, steps_in_window, time.perf_counter() - window_t)
-                steps_in_window, window_t = 0, time.perf_counter()
-            if self.step % cfg.eval_every == 0:
-                if self._evaluation_affordable():
-                    self._evaluate_and_save(train_loss)
-                else:
-                    self._save_without_evaluation(train_loss)
-        if steps_in_window:
-            train_loss = self._log(self.lr, steps_in_window, time.perf_counter() - window_t)
-        if reason == "signal":
-            self.save(train_loss, is_best=False)  # no evaluation: get out within seconds
-        elif self.evaluated_step != self.step:
-            self._evaluate_and_save(train_loss)
-        best = self.run_dir.best_path if self.run_dir.best_path.exists() else self.run_dir.last_path
-        return TrainResult(self.run_dir.path, best, self.run_dir.last_path, self.step, self.best_val, reason, signum)
+        info = {
+            "step": self.step,
+            "total_steps": self.total_steps(),
+            "max_time": cfg.max_time,
+            "elapsed_s": self.elapsed,
+            "eta_s": max(0.0, cfg.max_time - self.elapsed) if cfg.max_time else None,
+            "plan": self.plan(),
+        }
+        self.report("start", info)
 
     def plan(self) -> str:
         """One line before the first step: the model, the batch, the device and the budget, so a user knows what
@@ -737,54 +547,44 @@ class Trainer:
             )
             self.report("message", {"text": f"{busy}: training with {threads} thread(s) (--threads fixes the count)"})
 
-    def _log(self, lr: float, steps: int, seconds: float) -> float:
-        """The only per-window host sync: read the loss sum and the divergence counters."""
+    def _log(self, window: LogWindow) -> float:
+        """The only per-window host sync: the step's loss sum and divergence counters, then a progress line."""
         self._fit_threads()
-        bad_in_window = int(self.bad_count.item())
-        good = steps - bad_in_window
-        train_loss = self.loss_sum.item() / good if good else math.nan
-        self.skipped += bad_in_window
-        if int(self.max_streak.item()) >= self.cfg.max_skips:
+        done = self.train_step.read_window(window.steps)
+        self.skipped += done.skipped
+        if done.longest_bad_streak >= self.cfg.max_skips:
             raise DivergedError(
                 f"diverged at step {self.step}: {self.cfg.max_skips} consecutive steps had a non-finite loss or "
                 f"gradient (skipped without updating the weights); {self._kept_checkpoint()}; try a lower --lr or "
                 "a smaller --grad-clip."
             )
-        self.loss_sum.zero_(), self.bad_count.zero_(), self.max_streak.copy_(self.streak)
-        chars_per_sec = steps * self.cfg.batch_size * self.cfg.seq_len / seconds if seconds > 0 else 0.0
+        steps, seconds = window.steps, window.restart()
+        self.chars_per_sec = chars_per_sec(steps, self.cfg.batch_size * self.cfg.seq_len, seconds)
         total = self.total_steps()
-        eta = None
-        if total:
-            eta = (total - self.step) * seconds / steps
-        if self.cfg.max_time:
-            eta = min(eta if eta is not None else math.inf, max(0.0, self.cfg.max_time - self.elapsed))
-        self.last_log = {
+        record = {
             "step": self.step,
             "epoch": self.epoch_float,
-            "train_loss": train_loss,
-            "lr": lr,
-            "chars_per_sec": chars_per_sec,
+            "train_loss": done.train_loss,
+            "lr": self.lr,
+            "chars_per_sec": self.chars_per_sec,
             "elapsed_s": self.elapsed,
-            "eta_s": eta,
+            "eta_s": eta_seconds(self.step, total, seconds / steps, self.cfg.max_time, self.elapsed),
             "skipped": self.skipped,
             "total_steps": total,
             "max_time": self.cfg.max_time,
         }
-        self.report("log", self.last_log)
-        return train_loss
+        self.report("log", record)
+        return done.train_loss
 
-    def _save_without_evaluation(self, train_loss: float) -> None:
+    def _save_only(self, train_loss: float) -> None:
         """A checkpoint on the evaluation cadence when evaluating would exceed EVAL_SHARE: a crash still loses at
         most eval_every steps. Its val_loss is NaN, not the last evaluation's, which was of other weights."""
         if not self.eval_skipped:
-            self.report(
-                "message",
-                {
-                    "text": f"evaluating less often, to keep it under {EVAL_SHARE:.0%} of the time "
-                    "(checkpoints still every --eval-every steps; give --eval-every to "
-                    "evaluate at each)"
-                },
+            text = (
+                f"evaluating less often, to keep it under {EVAL_SHARE:.0%} of the time (checkpoints still every "
+                "--eval-every steps; give --eval-every to evaluate at each)"
             )
+            self.report("message", {"text": text})
             self.eval_skipped = True
         self.last_val = math.nan
         self.save(train_loss, is_best=False)
@@ -816,7 +616,7 @@ class Trainer:
             "val_loss": val,
             "val_bpc": val / math.log(2),
             "lr": lr_at(self.step, budget_progress(self.step, self.elapsed, cfg, self.feeder.batches_per_epoch), cfg),
-            "chars_per_sec": self.last_log.get("chars_per_sec", 0.0),
+            "chars_per_sec": self.chars_per_sec,
             "elapsed_s": round(self.elapsed, 3),
         }
         self.save(train_loss, is_best)
@@ -825,27 +625,14 @@ class Trainer:
             self.report("eval", {**record, "is_best": is_best})
 
 
-def train(
-    corpus: Corpus,
-    model_config: ModelConfig | None,
-    cfg: TrainConfig,
-    run_dir: RunDir,
-    report: Reporter = lambda event, info: None,
-    should_stop: Callable[[], int | None] = lambda: None,
-    resume: bool = False,
-    init_from: Path | None = None,
-    given: set[str] | None = None,
-    started: float | None = None,
-) -> TrainResult:
-    """Train (or resume) a run; raises CharRNNError subclasses for problems the user can fix.
+class LogWindow:
+    """Steps and wall-clock time since the last progress line."""
 
-    `given`: the TrainConfig fields the user set explicitly (see Trainer._merge_resume_config).
-    `started`: time.perf_counter() when the command started; --max-time counts from it (default: now)."""
-    if resume and init_from is not None:
-        raise UsageError("--resume and --init-from cannot be combined: resume continues a run, init-from starts one.")
-    try:
-        trainer = Trainer(corpus, model_config, cfg, run_dir, report, should_stop, resume, init_from, given, started)
-        return trainer.run()
-    finally:
-        report("end", {})
-        runtime.close_distributed()
+    def __init__(self, started: float) -> None:
+        self.steps, self.started = 0, started
+
+    def restart(self) -> float:
+        """Seconds the window lasted; the next one starts now."""
+        now = time.perf_counter()
+        seconds, self.steps, self.started = now - self.started, 0, now
+        return seconds

@@ -17,11 +17,12 @@ import torch
 from rich.console import Console
 
 from charrnn import autosize
-from charrnn.checkpoint import RunDir, load_checkpoint
-from charrnn.cli import MAX_BUDGET, MIN_BUDGET, default_budget
+from charrnn.checkpoint import load_checkpoint
 from charrnn.corpus import load_corpus
+from charrnn.job import MAX_BUDGET, MIN_BUDGET, default_budget, train
+from charrnn.model import ModelConfig
 from charrnn.report import Reporter
-from charrnn.train import TrainConfig, train
+from charrnn.train import TrainConfig
 from tests.conftest import TINY_TRAIN, word_text
 from tests.test_never_lose import _env, cli
 
@@ -117,8 +118,8 @@ def test_auto_sizing_caps_the_model_by_what_the_text_can_support(monkeypatch):
     assert "parameters per training character" in said[0]
     big = autosize.choose_model_size(1_115_394, 3600, torch.device("cpu"), cfg, report=said.append, vocab_size=65)
     assert (big["hidden_size"], big["num_layers"]) == (512, 2)  # 4.3 M parameters for 1 M characters, not 2x768
-    assert autosize.num_params(512, 2, 65) <= autosize.PARAMS_PER_CHAR * 1_115_394 * 0.9
-    assert autosize.num_params(768, 2, 65) > autosize.PARAMS_PER_CHAR * 1_115_394 * 0.9
+    assert ModelConfig(65, "lstm", 512, 2).num_params() <= autosize.PARAMS_PER_CHAR * 1_115_394 * 0.9
+    assert ModelConfig(65, "lstm", 768, 2).num_params() > autosize.PARAMS_PER_CHAR * 1_115_394 * 0.9
 
 
 def test_evaluation_stays_a_small_share_of_a_time_budget(tmp_path):
@@ -135,7 +136,7 @@ def test_evaluation_stays_a_small_share_of_a_time_budget(tmp_path):
         corpus,
         ModelConfig(vocab_size=len(corpus.vocab), hidden_size=64, num_layers=1),
         cfg,
-        RunDir(tmp_path / "run", keep=0),
+        tmp_path / "run",
         report=lambda e, i: said.append((e, i)),
         given=set(),
     )
@@ -163,7 +164,7 @@ def test_eval_every_given_evaluates_at_every_one_even_under_a_budget(tmp_path):
         corpus,
         ModelConfig(vocab_size=len(corpus.vocab), hidden_size=32, num_layers=1),
         cfg,
-        RunDir(tmp_path / "run", keep=0),
+        tmp_path / "run",
         report=lambda e, i: said.append((e, i)),
         given={"eval_every"},
     )

@@ -25,8 +25,6 @@ import torch
 
 from charrnn import checkpoint as ck
 from charrnn.checkpoint import (
-    FORMAT_NAME,
-    FORMAT_VERSION,
     RunDir,
     find_latest_run,
     load_checkpoint,
@@ -35,8 +33,10 @@ from charrnn.checkpoint import (
 )
 from charrnn.errors import CheckpointError, CheckpointWriteError
 from charrnn.model import CharRNN, ModelConfig
+from charrnn.state import FORMAT_NAME, FORMAT_VERSION
 
 REPO = Path(__file__).resolve().parents[1]
+HEADER = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION}  # what ModelBundle.to_dict() writes first
 
 
 def _env() -> dict:
@@ -46,6 +46,7 @@ def _env() -> dict:
 def _state(step: int = 0, n: int = 1000) -> dict:
     """The smallest state load_checkpoint accepts; the weights encode the step so files can be told apart."""
     return {
+        **HEADER,
         "model": {"w": torch.full((n,), float(step))},
         "model_config": {"vocab_size": 2, "model": "lstm", "hidden_size": 4, "num_layers": 1},
         "vocab": ["a", "b"],
@@ -96,6 +97,7 @@ def test_full_training_state_round_trips_under_weights_only(tmp_path):
     optimizer.step()
     scheduler.step()
     state = {
+        **HEADER,
         "model": model.state_dict(),
         "model_config": config.to_dict(),
         "vocab": list("abcde"),
@@ -143,13 +145,15 @@ def test_save_refuses_values_weights_only_would_refuse(tmp_path, bad, where):
 ZYGOTE = r"""
 import os, signal, sys
 import torch
-from charrnn.checkpoint import FORMAT_NAME, FORMAT_VERSION, save_checkpoint
+from charrnn.checkpoint import save_checkpoint
+from charrnn.state import FORMAT_NAME, FORMAT_VERSION
 
 signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # killed writers are reaped by the kernel
 
 def write_forever(mode, path):
     torch.manual_seed(0)
-    state = {"model": {"w": torch.randn(2_000_000)}, "model_config": {}, "vocab": ["a", "b"], "step": 0}
+    state = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "model": {"w": torch.randn(2_000_000)},
+             "model_config": {}, "vocab": ["a", "b"], "step": 0}
     step = 0
     while True:
         step += 1
@@ -158,7 +162,7 @@ def write_forever(mode, path):
         if mode == "atomic":
             save_checkpoint(state, path)
         else:
-            torch.save({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **state}, path)
+            torch.save(state, path)
         os.write(1, f"{os.getpid()} {step}\n".encode())
 
 while line := sys.stdin.readline():

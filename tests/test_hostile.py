@@ -19,11 +19,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from charrnn.checkpoint import load_checkpoint
+from charrnn.checkpoint import load_checkpoint, load_model
+from charrnn.checks import MAX_TEXT, check_resume_state
 from charrnn.errors import CheckpointError
-from charrnn.model import load_model
-from charrnn.state import MAX_TEXT, check_resume_state, describe_fields
-from charrnn.train import TrainConfig, make_optimizer
+from charrnn.state import RunFacts
+from charrnn.step import make_optimizer
+from charrnn.train import TrainConfig
 from tests.conftest import word_text
 
 TRAIN = [
@@ -78,7 +79,8 @@ def base(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def live(base):
     """The base checkpoint and the model and optimizer a resume of it builds, for library-level checks."""
-    model, _, ckpt = load_model(base / "r" / "last.pt")
+    model, _ = load_model(base / "r" / "last.pt")
+    ckpt = load_checkpoint(base / "r" / "last.pt")
     optimizer = make_optimizer(model, TrainConfig(), torch.device("cpu"))
     return ckpt, model, optimizer
 
@@ -346,12 +348,13 @@ def test_sample_refuses_a_crafted_checkpoint_in_one_sentence(base, tmp_path, cas
     assert expected in line and proc.stdout == b"", line
 
 
-def test_describe_fields_types_what_info_prints(live):
+def test_run_facts_types_what_info_prints(live):
     ckpt = live[0]
-    fields = describe_fields(ckpt, "r/best.pt")
+    fields = RunFacts.from_dict(ckpt, "r/best.pt").as_dict()
     assert fields == {
         "step": 4,
         "epoch": pytest.approx(ckpt["epoch"]),
+        "val_loss": ckpt["val_loss"] if math.isfinite(ckpt["val_loss"]) else None,
         "best_val_loss": ckpt["best_val_loss"],
         "best_step": ckpt["best_step"],
         "corpus_name": "small",
@@ -359,8 +362,8 @@ def test_describe_fields_types_what_info_prints(live):
         "device": "cpu",
         "torch_version": str(torch.__version__),
     }
-    assert describe_fields({}, "x") == dict.fromkeys(fields)
-    never = describe_fields({"best_val_loss": math.inf, "best_step": -1, "epoch": 0}, "x")
+    assert RunFacts.from_dict({}, "x").as_dict() == dict.fromkeys(fields)
+    never = RunFacts.from_dict({"best_val_loss": math.inf, "best_step": -1, "epoch": 0}, "x").as_dict()
     assert never["best_val_loss"] is None and never["best_step"] is None and never["epoch"] == 0.0
 
 
@@ -380,9 +383,9 @@ def test_describe_fields_types_what_info_prints(live):
         ({"torch_version": None}, "torch_version is None"),
     ],
 )
-def test_describe_fields_names_a_wrong_type(changes, expected):
+def test_run_facts_names_a_wrong_type(changes, expected):
     with pytest.raises(CheckpointError) as info:
-        describe_fields(changes, "r/best.pt")
+        RunFacts.from_dict(changes, "r/best.pt").as_dict()
     message = str(info.value)
     assert message.startswith("checkpoint r/best.pt: ") and expected in message, message
 

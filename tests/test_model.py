@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import charrnn.model as model_mod
-from charrnn.checkpoint import save_checkpoint
+from charrnn.checkpoint import load_model, save_checkpoint
 from charrnn.errors import CheckpointError, UsageError
-from charrnn.model import MAX_VOCAB, MAX_WIDTH, CharRNN, ModelConfig, load_model, weight_shapes
+from charrnn.model import MAX_VOCAB, MAX_WIDTH, CharRNN, ModelConfig, weight_shapes
 
 
 def small_model(kind: str, vocab_size: int, hidden_size: int) -> CharRNN:
@@ -113,7 +113,16 @@ def test_from_dict_refuses_a_missing_field_or_a_non_dict():
 
 
 def _write(path, config: dict, weights: dict, chars: str = "abcde") -> None:
-    save_checkpoint({"model": weights, "model_config": config, "vocab": {"chars": list(chars)}}, path)
+    save_checkpoint(
+        {
+            "format": "charrnn",
+            "format_version": 1,
+            "model": weights,
+            "model_config": config,
+            "vocab": {"chars": list(chars)},
+        },
+        path,
+    )
 
 
 @pytest.fixture
@@ -126,7 +135,8 @@ def small_checkpoint(tmp_path):
 def test_load_model_loads_a_good_checkpoint(small_checkpoint):
     path, config, weights = small_checkpoint
     _write(path, config, weights)
-    model, vocab, _ = load_model(path)
+    model, bundle = load_model(path)
+    vocab = bundle.vocab
     assert len(vocab) == 5 and torch.equal(model.head.bias, weights["head.bias"])
 
 

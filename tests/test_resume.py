@@ -14,12 +14,13 @@ import pytest
 import torch
 
 import charrnn.train as train_mod
-from charrnn.checkpoint import RunDir, load_checkpoint, save_checkpoint
+from charrnn.checkpoint import load_checkpoint, save_checkpoint
 from charrnn.cli import StopFlag
 from charrnn.corpus import load_corpus
 from charrnn.errors import CorpusError, DivergedError
+from charrnn.job import ModelOptions, TrainJob, prepared, train
 from charrnn.model import ModelConfig
-from charrnn.train import TrainConfig, Trainer, train
+from charrnn.train import TrainConfig
 from tests.conftest import wait_for_line, word_text
 
 N_STEPS = 40
@@ -69,7 +70,7 @@ def run_losses(corpus, run_dir: Path, resume=False, stop_after: int | None = Non
         corpus,
         model_cfg(corpus),
         cfg(**kw),
-        RunDir(run_dir, keep=1),
+        run_dir,
         report=report,
         should_stop=should_stop,
         resume=resume,
@@ -153,7 +154,7 @@ def test_resume_refuses_a_changed_corpus(corpus, tmp_path):
     other.write_text(word_text(60, seed=4))
     changed = load_corpus([str(other)], cache_dir=tmp_path / "cache")
     with pytest.raises(CorpusError, match="differs"):
-        train(changed, None, cfg(), RunDir(d), resume=True)
+        train(changed, None, cfg(), d, resume=True)
 
 
 def test_resume_falls_back_when_the_newest_checkpoint_is_corrupt(corpus, tmp_path):
@@ -167,7 +168,7 @@ def test_resume_falls_back_when_the_newest_checkpoint_is_corrupt(corpus, tmp_pat
         corpus,
         None,
         cfg(max_steps=8),
-        RunDir(d, keep=3),
+        d,
         resume=True,
         report=lambda e, i: warnings.append(i["text"]) if e == "warning" else None,
     )
@@ -198,19 +199,15 @@ class NaNAt:
 def test_nan_loss_is_skipped_without_touching_weights(corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(train_mod.F, "cross_entropy", NaNAt({5}))
     snapshots = []
-    trainer = Trainer(
-        corpus,
-        model_cfg(corpus),
-        cfg(max_steps=8),
-        RunDir(tmp_path / "r"),
-        report=lambda e, i: (
-            snapshots.append([p.detach().clone() for p in trainer.model.parameters()]) if e == "log" else None
-        ),
-        should_stop=lambda: None,
-        resume=False,
-        init_from=None,
+
+    def snapshot(trainer):
+        snapshots.append([p.detach().clone() for p in trainer.model.parameters()])
+
+    job = TrainJob(
+        corpus=corpus, train=cfg(max_steps=8), model=ModelOptions.of(model_cfg(corpus)), run_dir=tmp_path / "r"
     )
-    trainer.run()
+    with prepared(job, lambda e, i: snapshot(trainer) if e == "log" else None) as trainer:
+        trainer.run()
     after4, after5, after6 = snapshots[3], snapshots[4], snapshots[5]
     assert all(torch.equal(a, b) for a, b in zip(after4, after5, strict=False))  # the NaN step changed nothing
     assert not all(torch.equal(a, b) for a, b in zip(after5, after6, strict=False))  # and training went on
@@ -229,20 +226,16 @@ def test_nan_step_is_skipped_with_a_non_fused_optimizer(corpus, tmp_path, monkey
     )
     monkeypatch.setattr(train_mod.F, "cross_entropy", NaNAt({3}))
     snapshots = []
-    trainer = Trainer(
-        corpus,
-        model_cfg(corpus),
-        cfg(max_steps=5),
-        RunDir(tmp_path / "r"),
-        report=lambda e, i: (
-            snapshots.append([p.detach().clone() for p in trainer.model.parameters()]) if e == "log" else None
-        ),
-        should_stop=lambda: None,
-        resume=False,
-        init_from=None,
+
+    def snapshot(trainer):
+        snapshots.append([p.detach().clone() for p in trainer.model.parameters()])
+
+    job = TrainJob(
+        corpus=corpus, train=cfg(max_steps=5), model=ModelOptions.of(model_cfg(corpus)), run_dir=tmp_path / "r"
     )
-    assert not trainer.fused
-    trainer.run()
+    with prepared(job, lambda e, i: snapshot(trainer) if e == "log" else None) as trainer:
+        assert not trainer.train_step.fused
+        trainer.run()
     assert all(torch.equal(a, b) for a, b in zip(snapshots[1], snapshots[2], strict=False))
     assert not all(torch.equal(a, b) for a, b in zip(snapshots[2], snapshots[3], strict=False))
 
@@ -250,7 +243,7 @@ def test_nan_step_is_skipped_with_a_non_fused_optimizer(corpus, tmp_path, monkey
 def test_persistent_nan_stops_as_diverged_and_keeps_the_last_good_checkpoint(corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(train_mod.F, "cross_entropy", NaNAt({"always_after"}))
     with pytest.raises(DivergedError, match="diverged at step"):
-        train(corpus, model_cfg(corpus), cfg(max_steps=100, eval_every=5, max_skips=5), RunDir(tmp_path / "r"))
+        train(corpus, model_cfg(corpus), cfg(max_steps=100, eval_every=5, max_skips=5), tmp_path / "r")
     ck = load_checkpoint(tmp_path / "r" / "last.pt")
     assert ck["step"] == 10  # the last checkpoint before the NaNs began
     assert all(torch.isfinite(t).all() for t in ck["model"].values())
@@ -259,7 +252,7 @@ def test_persistent_nan_stops_as_diverged_and_keeps_the_last_good_checkpoint(cor
 def test_nan_validation_loss_never_becomes_best(corpus, tmp_path, monkeypatch):
     scripted = iter([2.0, float("nan"), 1.5, float("nan")])
     monkeypatch.setattr(train_mod, "evaluate", lambda *a, **k: next(scripted))
-    result = train(corpus, model_cfg(corpus), cfg(max_steps=8, eval_every=2), RunDir(tmp_path / "r"))
+    result = train(corpus, model_cfg(corpus), cfg(max_steps=8, eval_every=2), tmp_path / "r")
     best = load_checkpoint(tmp_path / "r" / "best.pt")
     assert best["step"] == 6 and best["best_val_loss"] == 1.5 and result.best_val_loss == 1.5
     assert math.isnan(load_checkpoint(tmp_path / "r" / "last.pt")["val_loss"])
@@ -276,7 +269,8 @@ def test_nan_validation_loss_never_becomes_best(corpus, tmp_path, monkeypatch):
 def test_second_signal_aborts_at_once(monkeypatch):
     exits, cleaned = [], []
     monkeypatch.setattr("charrnn.cli.os._exit", exits.append)
-    flag = StopFlag(on_abort=lambda: cleaned.append(True))
+    flag = StopFlag()
+    flag.on_abort(lambda: cleaned.append(True))
     flag._on_signal(signal.SIGINT)
     assert flag() == signal.SIGINT and exits == [] and cleaned == []
     flag._on_signal(signal.SIGTERM)

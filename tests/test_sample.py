@@ -11,15 +11,31 @@ import torch
 from charrnn import kernels
 from charrnn.errors import UsageError
 from charrnn.model import CharRNN, ModelConfig
-from charrnn.sample import SIGMOID_ONLY_MIN_ELEMS, SampleConfig, Stepper, _Sampler, generate
+from charrnn.sample import (
+    SIGMOID_ONLY_MIN_ELEMS,
+    GRUCell,
+    LSTMCell,
+    LSTMCellOneSigmoid,
+    ReLURNNCell,
+    RNNCell,
+    SampleConfig,
+    Stepper,
+    _Sampler,
+    generate,
+)
 
 CPU = torch.device("cpu")
 V = 13
 
 
-def make_model(kind: str = "lstm", num_layers: int = 2, hidden_size: int = 32, seed: int = 0, **kw) -> CharRNN:
+def make_model(
+    kind: str = "lstm", num_layers: int = 2, hidden_size: int = 32, seed: int = 0, nonlinearity: str = "tanh", **kw
+) -> CharRNN:
     torch.manual_seed(seed)
     model = CharRNN(ModelConfig(vocab_size=V, model=kind, hidden_size=hidden_size, num_layers=num_layers, **kw))
+    if nonlinearity != "tanh":  # ModelConfig has no nonlinearity field: swap in an nn.RNN built with it
+        c = model.config
+        model.rnn = torch.nn.RNN(c.embed_size, hidden_size, num_layers, nonlinearity=nonlinearity, batch_first=True)
     with torch.no_grad():
         # Larger head weights give peaked, varied distributions, so filtering actually excludes ids.
         model.head.weight.mul_(8.0)
@@ -56,17 +72,30 @@ def greedy_reference(model: CharRNN, prime: list[int], length: int) -> list[int]
 # ---- Stepper == model ----
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+# Every Cell class by name, with the model it steps and the sigmoid_only that selects it.
+CELL_CASES = {
+    LSTMCell: ("lstm", "tanh", False),
+    LSTMCellOneSigmoid: ("lstm", "tanh", True),  # tanh as 2 sigmoid(2x) - 1, g weights doubled: the same function
+    GRUCell: ("gru", "tanh", None),
+    RNNCell: ("rnn", "tanh", None),
+    ReLURNNCell: ("rnn", "relu", None),
+}
+
+
+@pytest.mark.parametrize("cell", list(CELL_CASES), ids=lambda cls: cls.__name__)
 @pytest.mark.parametrize("num_layers", [1, 2])
-@pytest.mark.parametrize("batch_size", [1, 4])
-def test_stepper_matches_model_logits_and_state(kind, num_layers, batch_size):
-    model = make_model(kind, num_layers, hidden_size=48, embed_size=24)
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_every_cell_matches_the_model_logits_and_state(cell, num_layers, batch_size):
+    kind, nonlinearity, sigmoid_only = CELL_CASES[cell]
+    model = make_model(kind, num_layers, hidden_size=48, embed_size=24, nonlinearity=nonlinearity)
     gen = torch.Generator().manual_seed(1)
     H = 48
     state = tuple(
         torch.randn(num_layers, batch_size, H, generator=gen) * 0.5 for _ in range(2 if kind == "lstm" else 1)
     )
-    stepper = Stepper(model, batch_size, CPU)
+    stepper = Stepper(model, batch_size, CPU, sigmoid_only=sigmoid_only)
+    assert type(stepper.cell) is cell
+    assert stepper.sigmoid_only is (cell is LSTMCellOneSigmoid)
     stepper.set_state(state)
     for _ in range(20):
         tokens = torch.randint(0, V, (batch_size,), generator=gen)
@@ -77,7 +106,7 @@ def test_stepper_matches_model_logits_and_state(kind, num_layers, batch_size):
         assert (ours - logits[:, 0]).abs().max().item() <= 1e-5
         got = stepper.get_state()
         assert len(got) == len(state)
-        for a, b in zip(got, state, strict=False):
+        for a, b in zip(got, state, strict=True):
             assert a.shape == (num_layers, batch_size, H)
             assert (a - b).abs().max().item() <= 1e-5
 
@@ -99,16 +128,6 @@ def _max_gap_to_model(model: CharRNN, stepper: Stepper, batch_size: int, steps: 
     return gap
 
 
-@pytest.mark.parametrize("num_layers", [1, 2])
-@pytest.mark.parametrize("batch_size", [1, 4])
-def test_one_sigmoid_lstm_cell_matches_model(num_layers, batch_size):
-    # The large-batch cell (tanh as 2 sigmoid(2x) - 1, g weights doubled) computes the same function.
-    model = make_model("lstm", num_layers, hidden_size=48, embed_size=24)
-    stepper = Stepper(model, batch_size, CPU, sigmoid_only=True)
-    assert stepper.sigmoid_only
-    assert _max_gap_to_model(model, stepper, batch_size) <= 1e-5
-
-
 def test_cell_formulation_is_chosen_by_batch_size_on_cpu_only():
     model = make_model("lstm", 1, hidden_size=32)
     big = SIGMOID_ONLY_MIN_ELEMS // 32
@@ -127,7 +146,8 @@ def test_streams_of_a_large_batch_equal_single_runs():
 
 
 def _kernels(stepper: Stepper) -> set[str]:
-    return {stepper._hh0.kernel} | {p.kernel for p in stepper._up}
+    cell = stepper.cell
+    return {cell.hidden_product_0.kernel} | {p.kernel for p in cell.stacked_products}
 
 
 @pytest.mark.parametrize("onednn", [True, False])
@@ -139,7 +159,7 @@ def test_product_kernels_are_chosen_by_batch_size_precision_and_the_probe(onednn
     assert _kernels(Stepper(model, 1, CPU)) == {"addmm"}  # MKL's mat-vec is best at one stream
     assert _kernels(Stepper(model, 4, CPU)) == ({"onednn"} if onednn else {"addmm"})
     bf16 = Stepper(model, 4, CPU, precision="bf16")
-    assert _kernels(bf16) == {"bf16"} and bf16._hh0.packed is onednn
+    assert _kernels(bf16) == {"bf16"} and bf16.cell.hidden_product_0.packed is onednn
     assert _kernels(Stepper(model, 4, torch.device("meta"))) == {"addmm"}  # oneDNN packing is CPU-only
 
 
@@ -157,7 +177,7 @@ def test_the_bf16_probe_asks_torch_before_touching_the_op(monkeypatch):
         assert kernels.onednn_linear_available(torch.bfloat16) is False
         model = make_model("lstm", 2, hidden_size=32)
         stepper = Stepper(model, 4, CPU, precision="bf16")  # falls back to torch.mm on bfloat16 weights
-        assert not stepper._hh0.packed
+        assert not stepper.cell.hidden_product_0.packed
         assert 0 < _max_gap_to_model(model, stepper, 4) <= 0.05
     finally:
         kernels.onednn_linear_available.cache_clear()

@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from charrnn.checkpoint import RunDir, load_checkpoint
+from charrnn.checkpoint import load_checkpoint, load_model
 from charrnn.corpus import load_corpus
-from charrnn.model import ModelConfig, load_model
+from charrnn.job import train
+from charrnn.model import ModelConfig
 from charrnn.sample import SampleConfig, generate
-from charrnn.train import TrainConfig, budget_progress, evaluate, lr_at, train
+from charrnn.train import TrainConfig, budget_progress, evaluate, lr_at
 
 PHRASE = "hello world, hello there, hello charrnn.\n"
 
@@ -38,10 +39,11 @@ def test_memorises_text_and_greedy_sampling_reproduces_it(tmp_path):
         corpus,
         ModelConfig(vocab_size=len(corpus.vocab), hidden_size=64, num_layers=1, dropout=0.0),
         quick_cfg(max_steps=300, seq_len=32, eval_every=100, lr=1e-2),
-        RunDir(tmp_path / "run"),
+        tmp_path / "run",
     )
     assert result.best_val_loss < 0.05  # nats/char: the text is memorised
-    model, vocab, _ = load_model(result.best_path)
+    model, bundle = load_model(result.best_path)
+    vocab = bundle.vocab
     prime = "hello world, "
     ids = [int(i) for i in vocab.encode(prime)]
     out = torch.cat(
@@ -76,9 +78,7 @@ def test_lr_schedule_warms_up_then_decays():
 def test_stops_at_max_epochs_and_writes_metrics(tmp_path, small_corpus):
     corpus = load_corpus([str(small_corpus)])
     cfg = quick_cfg(max_steps=None, max_epochs=0.05, eval_every=10)
-    result = train(
-        corpus, ModelConfig(vocab_size=len(corpus.vocab), hidden_size=16, num_layers=1), cfg, RunDir(tmp_path / "r")
-    )
+    result = train(corpus, ModelConfig(vocab_size=len(corpus.vocab), hidden_size=16, num_layers=1), cfg, tmp_path / "r")
     assert result.stop_reason == "max_epochs"
     ck = load_checkpoint(result.last_path)
     assert ck["epoch"] >= 0.05 and ck["step"] == result.step
