@@ -87,6 +87,7 @@ def choose_model_size(
         chosen, chosen_rate = (hidden, layers), rate
         if time.perf_counter() - started > budget:
             break
+    assert chosen_rate is not None  # the smallest candidate is always measured
     epochs = chosen_rate * train_time / train_chars
     drop = dropout_for(epochs) if dropout is None else dropout
     why = f"; larger would exceed {PARAMS_PER_CHAR} parameters per training character" if capped else ""

@@ -14,10 +14,14 @@ from __future__ import annotations
 import math
 import reprlib
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import torch
 
 from charrnn.errors import CheckpointError
+
+if TYPE_CHECKING:  # model.py imports these rules, so the model type is for the checker only
+    from charrnn.model import CharRNN
 
 RESUME_ADVICE = "the file is damaged or was edited, so resume from another checkpoint or start a new run"
 LOAD_ADVICE = "the file is damaged or was edited, so use another checkpoint"
@@ -103,8 +107,11 @@ MAX_TEXT = 1 << 16
 # that print one escape its control characters, so a crafted name cannot drive the terminal.
 TEXT: Rule = (lambda v: isinstance(v, str) and len(v) <= MAX_TEXT), f"a string of at most {MAX_TEXT:,} characters"
 ANY_REAL: Rule = is_real, "a number"
-FINITE: Rule = (lambda v: is_real(v) and math.isfinite(v)), "a finite number"
-LOSS: Rule = (lambda v: is_real(v) and v >= 0 and not math.isnan(v)), "a number of at least 0 (inf: none yet)"
+FINITE: Rule = (lambda v: is_real(v) and math.isfinite(v)), "a finite number"  # type: ignore[arg-type]
+LOSS: Rule = (
+    (lambda v: is_real(v) and v >= 0 and not math.isnan(v)),  # type: ignore[operator, arg-type]
+    "a number of at least 0 (inf: none yet)",
+)
 
 # Types and ranges as TrainConfig.validate() enforces them on the command line; the seed takes what torch takes,
 # which older charrnn versions accepted on the command line too.
@@ -253,7 +260,7 @@ def _check_data_position(data: dict, path) -> None:
 
 def check_resume_state(
     ckpt: dict,
-    model: torch.nn.Module,
+    model: CharRNN,
     optimizer: torch.optim.Optimizer,
     path,
     *,

@@ -83,7 +83,7 @@ class QuietStream:
 
 
 _stderr = QuietStream(lambda: sys.stderr if not isinstance(sys.stderr, QuietStream) else sys.__stderr__)
-err = Console(file=_stderr, highlight=False, soft_wrap=True)  # log lines never wrap mid-line in files
+err = Console(file=_stderr, highlight=False, soft_wrap=True)  # type: ignore[arg-type]  # a file-like stream  # log lines never wrap mid-line in files
 
 
 def shown(text: str) -> str:
@@ -121,8 +121,8 @@ def _click_style_help_types() -> None:
             text = _original(self, ctx)
             return names.get(text[1:-1], text[1:-1].upper()) if text and text.startswith("<") else text
 
-        display._charrnn = True
-        cls.display_type_rich = display
+        display._charrnn = True  # type: ignore[attr-defined]
+        cls.display_type_rich = display  # type: ignore[method-assign]
 
 
 _click_style_help_types()
@@ -350,151 +350,175 @@ TRAIN_FIELDS = (
 )
 
 
+# Each option's type, help and help panel; the command's signature names them, one line each.
+TrainCorpus = Annotated[
+    Optional[list[str]],
+    typer.Argument(
+        metavar="CORPUS",
+        help="Text file(s), a directory, '-' for stdin, or a named corpus (pydocs). Not needed with --resume.",
+        show_default=False,
+    ),
+]
+TrainValFrac = Annotated[
+    float, typer.Option(help="Last fraction of the text held out for validation.", rich_help_panel=DATA)
+]
+TrainSeqLen = Annotated[
+    int, typer.Option(help="Characters per stream per step (truncated BPTT length).", rich_help_panel=DATA)
+]
+TrainBatchSize = Annotated[int, typer.Option(help="Parallel contiguous streams per step.", rich_help_panel=DATA)]
+TrainVerbose = Annotated[
+    bool,
+    typer.Option("--verbose", "-v", help="List the files a directory corpus skipped, and why.", rich_help_panel=DATA),
+]
+TrainModel = Annotated[str, typer.Option(help="lstm, gru or rnn.", rich_help_panel=MODEL)]
+TrainHiddenSize = Annotated[
+    Optional[int],
+    typer.Option(
+        help="Hidden units per layer \\[default: sized to the time budget; 512 under --max-steps/--max-epochs].",
+        show_default=False,
+        rich_help_panel=MODEL,
+    ),
+]
+TrainNumLayers = Annotated[
+    Optional[int],
+    typer.Option(help="Stacked recurrent layers \\[default: 2].", show_default=False, rich_help_panel=MODEL),
+]
+TrainEmbedSize = Annotated[int, typer.Option(help="Embedding size (0: same as --hidden-size).", rich_help_panel=MODEL)]
+TrainDropout = Annotated[
+    Optional[float],
+    typer.Option(
+        help="Dropout on the embeddings, between layers and before the head \\[default: by the planned passes "
+        "over the text: 0 below 8, 0.1 below 16, else 0.2].",
+        show_default=False,
+        rich_help_panel=MODEL,
+    ),
+]
+TrainTieWeights = Annotated[
+    bool,
+    typer.Option("--tie-weights", help="Share the embedding matrix with the output layer.", rich_help_panel=MODEL),
+]
+TrainLr = Annotated[float, typer.Option(help="Peak learning rate (AdamW).", rich_help_panel=OPTIM)]
+TrainMinLrFrac = Annotated[float, typer.Option(help="The decay ends at lr * this.", rich_help_panel=OPTIM)]
+TrainDecayFrac = Annotated[
+    float,
+    typer.Option(
+        help="The cosine decay takes the last this fraction of the budget; the lr is constant before it.",
+        rich_help_panel=OPTIM,
+    ),
+]
+TrainWarmupSteps = Annotated[int, typer.Option(help="Linear warm-up steps.", rich_help_panel=OPTIM)]
+TrainWeightDecay = Annotated[float, typer.Option(help="AdamW weight decay on weight matrices.", rich_help_panel=OPTIM)]
+TrainGradClip = Annotated[float, typer.Option(help="Clip the global gradient norm to this.", rich_help_panel=OPTIM)]
+TrainMaxSkips = Annotated[
+    int, typer.Option(help="Stop as diverged after this many consecutive non-finite steps.", rich_help_panel=OPTIM)
+]
+TrainMaxSteps = Annotated[
+    Optional[int], typer.Option(help="Stop after this many steps.", show_default=False, rich_help_panel=STOP)
+]
+TrainMaxEpochs = Annotated[
+    Optional[float],
+    typer.Option(help="Stop after this many passes over the training text.", show_default=False, rich_help_panel=STOP),
+]
+TrainMaxTime = Annotated[
+    Optional[str],
+    typer.Option(
+        help="The whole command ends within this long: 90s, 10m, 2h, 1h30m; a bare number is seconds "
+        "\\[default, when no limit is given: 10m per million characters, 2m to 1h].",
+        show_default=False,
+        rich_help_panel=STOP,
+    ),
+]
+TrainEvalEvery = Annotated[int, typer.Option(help="Evaluate and checkpoint every N steps.", rich_help_panel=OUTPUT)]
+TrainEvalStreams = Annotated[
+    int, typer.Option(help="Validation text is scored as this many carried streams.", rich_help_panel=OUTPUT)
+]
+TrainLogEvery = Annotated[int, typer.Option(help="Report progress every N steps.", rich_help_panel=OUTPUT)]
+TrainRunDir = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="Run directory \\[default: checkpoints/<corpus name>, or <name>-2, -3, ... when that holds a run].",
+        show_default=False,
+        rich_help_panel=OUTPUT,
+    ),
+]
+TrainResume = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="Continue the run in --run-dir from its last good checkpoint (the corpus is found from the checkpoint).",
+        rich_help_panel=OUTPUT,
+    ),
+]
+TrainOverwrite = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Replace the run in --run-dir: its checkpoints and metrics are deleted.",
+        rich_help_panel=OUTPUT,
+    ),
+]
+TrainInitFrom = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="Start a new run from this checkpoint's weights (fine-tuning).",
+        show_default=False,
+        rich_help_panel=OUTPUT,
+    ),
+]
+TrainKeep = Annotated[
+    int,
+    typer.Option(help="Older numbered checkpoints to keep besides best.pt and last.pt.", rich_help_panel=OUTPUT),
+]
+TrainDevice = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=RUNTIME)]
+TrainSeed = Annotated[
+    Optional[int],
+    typer.Option(help="Random seed \\[default: drawn and printed].", show_default=False, rich_help_panel=RUNTIME),
+]
+TrainThreads = Annotated[
+    Optional[int],
+    typer.Option(help="CPU threads \\[default: torch's].", show_default=False, rich_help_panel=RUNTIME),
+]
+TrainAmp = Annotated[bool, typer.Option(help="fp16 mixed precision on CUDA.", rich_help_panel=RUNTIME)]
+TrainQuiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.", rich_help_panel=RUNTIME)]
+
+
 @app.command(epilog=TRAIN_EPILOG)
 def train(
     ctx: typer.Context,
-    corpus: Annotated[
-        Optional[list[str]],
-        typer.Argument(
-            metavar="CORPUS",
-            help="Text file(s), a directory, '-' for stdin, or a named corpus (pydocs). Not needed with --resume.",
-            show_default=False,
-        ),
-    ] = None,
-    val_frac: Annotated[
-        float, typer.Option(help="Last fraction of the text held out for validation.", rich_help_panel=DATA)
-    ] = 0.1,
-    seq_len: Annotated[
-        int, typer.Option(help="Characters per stream per step (truncated BPTT length).", rich_help_panel=DATA)
-    ] = 50,
-    batch_size: Annotated[int, typer.Option(help="Parallel contiguous streams per step.", rich_help_panel=DATA)] = 50,
-    verbose: Annotated[
-        bool,
-        typer.Option(
-            "--verbose", "-v", help="List the files a directory corpus skipped, and why.", rich_help_panel=DATA
-        ),
-    ] = False,
-    model: Annotated[str, typer.Option(help="lstm, gru or rnn.", rich_help_panel=MODEL)] = "lstm",
-    hidden_size: Annotated[
-        Optional[int],
-        typer.Option(
-            help="Hidden units per layer \\[default: sized to the time budget; 512 under --max-steps/--max-epochs].",
-            show_default=False,
-            rich_help_panel=MODEL,
-        ),
-    ] = None,
-    num_layers: Annotated[
-        Optional[int],
-        typer.Option(help="Stacked recurrent layers \\[default: 2].", show_default=False, rich_help_panel=MODEL),
-    ] = None,
-    embed_size: Annotated[
-        int, typer.Option(help="Embedding size (0: same as --hidden-size).", rich_help_panel=MODEL)
-    ] = 0,
-    dropout: Annotated[
-        Optional[float],
-        typer.Option(
-            help="Dropout on the embeddings, between layers and before the head \\[default: by the planned passes "
-            "over the text: 0 below 8, 0.1 below 16, else 0.2].",
-            show_default=False,
-            rich_help_panel=MODEL,
-        ),
-    ] = None,
-    tie_weights: Annotated[
-        bool,
-        typer.Option("--tie-weights", help="Share the embedding matrix with the output layer.", rich_help_panel=MODEL),
-    ] = False,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).", rich_help_panel=OPTIM)] = 2e-3,
-    min_lr_frac: Annotated[float, typer.Option(help="The decay ends at lr * this.", rich_help_panel=OPTIM)] = 0.1,
-    decay_frac: Annotated[
-        float,
-        typer.Option(
-            help="The cosine decay takes the last this fraction of the budget; the lr is constant before it.",
-            rich_help_panel=OPTIM,
-        ),
-    ] = 0.2,
-    warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.", rich_help_panel=OPTIM)] = 20,
-    weight_decay: Annotated[
-        float, typer.Option(help="AdamW weight decay on weight matrices.", rich_help_panel=OPTIM)
-    ] = 0.1,
-    grad_clip: Annotated[
-        float, typer.Option(help="Clip the global gradient norm to this.", rich_help_panel=OPTIM)
-    ] = 1.0,
-    max_skips: Annotated[
-        int, typer.Option(help="Stop as diverged after this many consecutive non-finite steps.", rich_help_panel=OPTIM)
-    ] = 5,
-    max_steps: Annotated[
-        Optional[int], typer.Option(help="Stop after this many steps.", show_default=False, rich_help_panel=STOP)
-    ] = None,
-    max_epochs: Annotated[
-        Optional[float],
-        typer.Option(
-            help="Stop after this many passes over the training text.", show_default=False, rich_help_panel=STOP
-        ),
-    ] = None,
-    max_time: Annotated[
-        Optional[str],
-        typer.Option(
-            help="The whole command ends within this long: 90s, 10m, 2h, 1h30m; a bare number is seconds "
-            "\\[default, when no limit is given: 10m per million characters, 2m to 1h].",
-            show_default=False,
-            rich_help_panel=STOP,
-        ),
-    ] = None,
-    eval_every: Annotated[
-        int, typer.Option(help="Evaluate and checkpoint every N steps.", rich_help_panel=OUTPUT)
-    ] = 200,
-    eval_streams: Annotated[
-        int, typer.Option(help="Validation text is scored as this many carried streams.", rich_help_panel=OUTPUT)
-    ] = 8,
-    log_every: Annotated[int, typer.Option(help="Report progress every N steps.", rich_help_panel=OUTPUT)] = 20,
-    run_dir: Annotated[
-        Optional[Path],
-        typer.Option(
-            help="Run directory \\[default: checkpoints/<corpus name>, or <name>-2, -3, ... when that holds a run].",
-            show_default=False,
-            rich_help_panel=OUTPUT,
-        ),
-    ] = None,
-    resume: Annotated[
-        bool,
-        typer.Option(
-            "--resume",
-            help="Continue the run in --run-dir from its last good checkpoint "
-            "(the corpus is found from the checkpoint).",
-            rich_help_panel=OUTPUT,
-        ),
-    ] = False,
-    overwrite: Annotated[
-        bool,
-        typer.Option(
-            "--overwrite",
-            help="Replace the run in --run-dir: its checkpoints and metrics are deleted.",
-            rich_help_panel=OUTPUT,
-        ),
-    ] = False,
-    init_from: Annotated[
-        Optional[Path],
-        typer.Option(
-            help="Start a new run from this checkpoint's weights (fine-tuning).",
-            show_default=False,
-            rich_help_panel=OUTPUT,
-        ),
-    ] = None,
-    keep: Annotated[
-        int,
-        typer.Option(help="Older numbered checkpoints to keep besides best.pt and last.pt.", rich_help_panel=OUTPUT),
-    ] = 3,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=RUNTIME)] = "auto",
-    seed: Annotated[
-        Optional[int],
-        typer.Option(help="Random seed \\[default: drawn and printed].", show_default=False, rich_help_panel=RUNTIME),
-    ] = None,
-    threads: Annotated[
-        Optional[int],
-        typer.Option(help="CPU threads \\[default: torch's].", show_default=False, rich_help_panel=RUNTIME),
-    ] = None,
-    amp: Annotated[bool, typer.Option(help="fp16 mixed precision on CUDA.", rich_help_panel=RUNTIME)] = True,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.", rich_help_panel=RUNTIME)] = False,
+    corpus: TrainCorpus = None,
+    val_frac: TrainValFrac = 0.1,
+    seq_len: TrainSeqLen = 50,
+    batch_size: TrainBatchSize = 50,
+    verbose: TrainVerbose = False,
+    model: TrainModel = "lstm",
+    hidden_size: TrainHiddenSize = None,
+    num_layers: TrainNumLayers = None,
+    embed_size: TrainEmbedSize = 0,
+    dropout: TrainDropout = None,
+    tie_weights: TrainTieWeights = False,
+    lr: TrainLr = 2e-3,
+    min_lr_frac: TrainMinLrFrac = 0.1,
+    decay_frac: TrainDecayFrac = 0.2,
+    warmup_steps: TrainWarmupSteps = 20,
+    weight_decay: TrainWeightDecay = 0.1,
+    grad_clip: TrainGradClip = 1.0,
+    max_skips: TrainMaxSkips = 5,
+    max_steps: TrainMaxSteps = None,
+    max_epochs: TrainMaxEpochs = None,
+    max_time: TrainMaxTime = None,
+    eval_every: TrainEvalEvery = 200,
+    eval_streams: TrainEvalStreams = 8,
+    log_every: TrainLogEvery = 20,
+    run_dir: TrainRunDir = None,
+    resume: TrainResume = False,
+    overwrite: TrainOverwrite = False,
+    init_from: TrainInitFrom = None,
+    keep: TrainKeep = 3,
+    device: TrainDevice = "auto",
+    seed: TrainSeed = None,
+    threads: TrainThreads = None,
+    amp: TrainAmp = True,
+    quiet: TrainQuiet = False,
 ) -> None:
     """Train a character-level model on CORPUS and print the path of its best checkpoint."""
     started = time.perf_counter()  # --max-time is the user's wall clock: it counts from here, before torch loads
@@ -505,24 +529,31 @@ def train(
     options = locals()
     reporter = Reporter(quiet=quiet, console=err)
     with user_errors(), reader_may_leave():
-        train_job = job.TrainJob(
-            sources=list(corpus or []),
-            train=_train_config(options, parse_duration(max_time)),
-            model=job.ModelOptions(**{name: options[name] for name in job.MODEL_FIELDS}),
-            run_dir=run_dir,
-            resume=resume,
-            overwrite=overwrite,
-            init_from=init_from,
-            given={name for name in TRAIN_FIELDS + job.MODEL_FIELDS if given(ctx, name)},
-            verbose=verbose,
-            show_progress=not quiet,
-            started=started,
-        )
+        train_job = _train_job(ctx, options, started)
         stop = StopFlag()
         with stop.installed():
             result = job.run(train_job, reporter, stop, on_claim=lambda path: stop.on_abort(lambda: remove_temps(path)))
         reporter.close()
         _report_result(result, train_job)
+
+
+def _train_job(ctx: typer.Context, options: dict, started: float):
+    """The `train` flags as a TrainJob: each maps one-to-one onto a field of its config."""
+    from charrnn import job
+
+    return job.TrainJob(
+        sources=list(options["corpus"] or []),
+        train=_train_config(options, parse_duration(options["max_time"])),
+        model=job.ModelOptions(**{name: options[name] for name in job.MODEL_FIELDS}),
+        run_dir=options["run_dir"],
+        resume=options["resume"],
+        overwrite=options["overwrite"],
+        init_from=options["init_from"],
+        given={name for name in TRAIN_FIELDS + job.MODEL_FIELDS if given(ctx, name)},
+        verbose=options["verbose"],
+        show_progress=not options["quiet"],
+        started=started,
+    )
 
 
 def _train_config(options: dict, max_time_s: float | None):
@@ -570,74 +601,79 @@ SAMPLE_EPILOG = """Examples:\n
   charrnn sample checkpoints/notes -n 300 --num-samples 8 --top-p 0.9"""
 
 
+# Each option's type, help and help panel; the command's signature names them, one line each.
+SampleCheckpoint = Annotated[
+    Optional[Path],
+    typer.Argument(
+        metavar="CHECKPOINT",
+        help="A checkpoint, or a run directory (its best.pt) \\[default: the newest run under ./checkpoints].",
+        show_default=False,
+    ),
+]
+SampleTemp = Annotated[float, typer.Option("--temp", "--temperature", "-t", help="Sampling temperature; 0 is greedy.")]
+SampleTopK = Annotated[
+    Optional[int], typer.Option(help="Sample only from the k most likely characters.", show_default=False)
+]
+SampleTopP = Annotated[
+    Optional[float],
+    typer.Option(
+        help="Nucleus sampling: the smallest set of characters with this much probability.", show_default=False
+    ),
+]
+SampleLength = Annotated[int, typer.Option("--length", "-n", help="New characters per sample.")]
+SamplePrime = Annotated[
+    Optional[str],
+    typer.Option(help="Text to start from ('-' reads it from stdin); printed before the sample.", show_default=False),
+]
+SampleNumSamples = Annotated[
+    int, typer.Option(help="Samples generated together as one batch, separated by a blank line.")
+]
+SampleSeed = Annotated[
+    Optional[int], typer.Option(help="Random seed \\[default: drawn and printed to stderr].", show_default=False)
+]
+SampleDevice = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
+SamplePrecision = Annotated[
+    str,
+    typer.Option(
+        help="fp32, or bf16: faster with many --num-samples on CPUs with AVX512-BF16/AMX and on GPUs, "
+        "slightly less accurate."
+    ),
+]
+SampleQuiet = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", help="Say nothing on stderr but errors (not the checkpoint used, nor the seed)."),
+]
+
+
 @app.command(epilog=SAMPLE_EPILOG)
 def sample(
-    checkpoint: Annotated[
-        Optional[Path],
-        typer.Argument(
-            metavar="CHECKPOINT",
-            help="A checkpoint, or a run directory (its best.pt) \\[default: the newest run under ./checkpoints].",
-            show_default=False,
-        ),
-    ] = None,
-    temp: Annotated[
-        float, typer.Option("--temp", "--temperature", "-t", help="Sampling temperature; 0 is greedy.")
-    ] = 0.8,
-    top_k: Annotated[
-        Optional[int], typer.Option(help="Sample only from the k most likely characters.", show_default=False)
-    ] = None,
-    top_p: Annotated[
-        Optional[float],
-        typer.Option(
-            help="Nucleus sampling: the smallest set of characters with this much probability.", show_default=False
-        ),
-    ] = None,
-    length: Annotated[int, typer.Option("--length", "-n", help="New characters per sample.")] = 2000,
-    prime: Annotated[
-        Optional[str],
-        typer.Option(
-            help="Text to start from ('-' reads it from stdin); printed before the sample.", show_default=False
-        ),
-    ] = None,
-    num_samples: Annotated[
-        int, typer.Option(help="Samples generated together as one batch, separated by a blank line.")
-    ] = 1,
-    seed: Annotated[
-        Optional[int], typer.Option(help="Random seed \\[default: drawn and printed to stderr].", show_default=False)
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    precision: Annotated[
-        str,
-        typer.Option(
-            help="fp32, or bf16: faster with many --num-samples on CPUs with AVX512-BF16/AMX and on GPUs, "
-            "slightly less accurate."
-        ),
-    ] = "fp32",
-    quiet: Annotated[
-        bool,
-        typer.Option("--quiet", "-q", help="Say nothing on stderr but errors (not the checkpoint used, nor the seed)."),
-    ] = False,
+    checkpoint: SampleCheckpoint = None,
+    temp: SampleTemp = 0.8,
+    top_k: SampleTopK = None,
+    top_p: SampleTopP = None,
+    length: SampleLength = 2000,
+    prime: SamplePrime = None,
+    num_samples: SampleNumSamples = 1,
+    seed: SampleSeed = None,
+    device: SampleDevice = "auto",
+    precision: SamplePrecision = "fp32",
+    quiet: SampleQuiet = False,
 ) -> None:
     """Stream text from a trained checkpoint to stdout."""
     import torch
 
     from charrnn import runtime
     from charrnn.checkpoint import load_model
-    from charrnn.errors import CorpusError
-    from charrnn.kernels import bf16_is_native
     from charrnn.sample import SampleConfig, generate
 
     with user_errors(), reader_may_leave():
-        seed_drawn = seed is None
-        if seed_drawn:
-            seed = runtime.draw_seed()
         cfg = SampleConfig(
             temperature=temp,
             top_k=top_k,
             top_p=top_p,
             length=length,
             num_samples=num_samples,
-            seed=seed,
+            seed=runtime.draw_seed() if seed is None else seed,
             precision=precision,
         )
         cfg.validate()
@@ -645,26 +681,41 @@ def sample(
         path = resolve_checkpoint(checkpoint)
         model, bundle = load_model(path, dev)
         vocab = bundle.vocab
-        text = sys.stdin.read() if prime == "-" else (prime or "")
-        unknown = vocab.unknown(text)
-        if unknown:
-            shown = " ".join(repr(c) for c in unknown[:20])
-            raise CorpusError(
-                f"--prime has character(s) the model never saw: {shown}; remove them or train on text that has them."
-            )
+        text = _read_prime(prime, vocab)
         if not quiet:
-            say(f"using {path} ({_progress_line(bundle.facts)})")
-            if seed_drawn:
-                say(f"seed {seed}")
-            if precision == "bf16" and dev.type == "cpu" and not bf16_is_native(dev):
-                say(
-                    "warning: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX), "
-                    "so --precision bf16 will be slower than fp32."
-                )
+            _announce(path, bundle, cfg, seed_drawn=seed is None, device=dev)
         seed_text = text or ("\n" if "\n" in vocab.chars else vocab.chars[0])  # an unprinted start when no prime
         prime_ids = [int(i) for i in vocab.encode(seed_text)]
         with torch.inference_mode():
             stream_samples(generate(model, prime_ids, cfg, dev), text, vocab, num_samples)
+
+
+def _read_prime(prime: str | None, vocab) -> str:
+    """--prime's text ('-': standard input), every character of it in the model's vocabulary."""
+    from charrnn.errors import CorpusError
+
+    text = sys.stdin.read() if prime == "-" else (prime or "")
+    unknown = vocab.unknown(text)
+    if unknown:
+        listed = " ".join(repr(c) for c in unknown[:20])
+        raise CorpusError(
+            f"--prime has character(s) the model never saw: {listed}; remove them or train on text that has them."
+        )
+    return text
+
+
+def _announce(path: Path, bundle, cfg, *, seed_drawn: bool, device) -> None:
+    """stderr before sampling: the checkpoint used, a drawn seed, and a bf16 that will be slow here."""
+    from charrnn.kernels import bf16_is_native
+
+    say(f"using {path} ({_progress_line(bundle.facts)})")
+    if seed_drawn:
+        say(f"seed {cfg.seed}")
+    if cfg.precision == "bf16" and device.type == "cpu" and not bf16_is_native(device):
+        say(
+            "warning: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX), "
+            "so --precision bf16 will be slower than fp32."
+        )
 
 
 def _progress_line(facts) -> str:
@@ -722,32 +773,35 @@ def info(
     with user_errors(), reader_may_leave():
         path = resolve_checkpoint(checkpoint)
         model, bundle = load_model(path, "cpu")
-        vocab = bundle.vocab
-        d = {
-            k: ("?" if v is None else shown(v) if isinstance(v, str) else v) for k, v in bundle.facts.as_dict().items()
-        }
-        c = model.config
-        best = d["best_val_loss"]
-        best_line = (
-            f"{best:.4f} nats/char, {best / math.log(2):.4f} bits/char (step {d['best_step']})"
-            if best != "?"
-            else "not evaluated yet"
-        )
-        corpus = d["corpus_name"] + (f" ({d['corpus_chars']:,} characters)" if d["corpus_chars"] != "?" else "")
-        epoch = f" (epoch {d['epoch']:.2f})" if d["epoch"] != "?" else ""
-        lines = [
-            f"checkpoint:     {path}",
-            f"model:          {c.model.upper()}, {c.num_layers} layer{'s' if c.num_layers != 1 else ''} x "
-            f"{c.hidden_size} hidden, embed {c.embed_size}, dropout {c.dropout}"
-            f"{', tied weights' if c.tie_weights else ''}",
-            f"parameters:     {model.num_params():,}",
-            f"vocabulary:     {len(vocab)} characters",
-            f"corpus:         {corpus}",
-            f"steps:          {d['step']}{epoch}",
-            f"best val loss:  {best_line}",
-            f"trained on:     {d['device']} with torch {d['torch_version']}",
-        ]
-        write_out("\n".join(lines) + "\n")
+        write_out(_description(path, model, bundle))
+
+
+def _description(path: Path, model, bundle) -> str:
+    """What `info` prints; '?' where the checkpoint does not say, and text from the file shown safely."""
+    c, f = model.config, bundle.facts
+
+    def text(value) -> str:
+        return "?" if value is None else shown(value) if isinstance(value, str) else str(value)
+
+    best = "not evaluated yet"
+    if f.best_val_loss is not None:
+        bpc = f.best_val_loss / math.log(2)
+        best = f"{f.best_val_loss:.4f} nats/char, {bpc:.4f} bits/char (step {text(f.best_step)})"
+    corpus = text(f.corpus_name) + (f" ({f.corpus_chars:,} characters)" if f.corpus_chars is not None else "")
+    epoch = f" (epoch {f.epoch:.2f})" if f.epoch is not None else ""
+    lines = [
+        f"checkpoint:     {path}",
+        f"model:          {c.model.upper()}, {c.num_layers} layer{'s' if c.num_layers != 1 else ''} x "
+        f"{c.hidden_size} hidden, embed {c.embed_size}, dropout {c.dropout}"
+        f"{', tied weights' if c.tie_weights else ''}",
+        f"parameters:     {model.num_params():,}",
+        f"vocabulary:     {len(bundle.vocab)} characters",
+        f"corpus:         {corpus}",
+        f"steps:          {text(f.step)}{epoch}",
+        f"best val loss:  {best}",
+        f"trained on:     {text(f.device)} with torch {text(f.torch_version)}",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:

@@ -58,7 +58,7 @@ from charrnn.vocab import Vocab
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks, so stale temporaries are never provably dead and stay
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
 
 NAMED_CORPORA: dict[str, str] = {
     "pydocs": "Python's own help topics (pydoc_data.topics in the standard library), about 465,000 characters "
@@ -145,7 +145,7 @@ def _load(
     if signature is not None:
         sha = _index_lookup(encoded_dir, signature)
         entry = _cached(encoded_dir, sha, name, warn, signature) if sha else None
-        if entry is not None:
+        if entry is not None and sha is not None:
             skipped = [(path, reason) for path, reason in entry.meta["signatures"][signature]]
             return Corpus(name, entry.ids, entry.vocab, sha, corpus_sources, sorted(walked + skipped))
 
@@ -181,6 +181,13 @@ class _Input:
     strip_bom: bool = True
     sniff: bool = True  # refuse it if its first 8 KiB hold a NUL byte
     skippable: bool = False  # found by walking a directory: skipped, not refused, when it is not UTF-8 text
+
+    @property
+    def file(self) -> Path:
+        """The path of an input that has one (every input but standard input)."""
+        if self.path is None:
+            raise ValueError(f"{self.label} has no path")
+        return self.path
 
 
 @dataclass(frozen=True)
@@ -473,7 +480,7 @@ def _scan_pass(
                 if not inp.skippable:
                     raise
                 scan.rollback()
-                skipped.append((os.path.abspath(inp.path), err.reason))
+                skipped.append((os.path.abspath(inp.file), err.reason))
     return scan, pass2, skipped
 
 
@@ -506,7 +513,7 @@ def _absorb(digest: hashlib._Hash, spool: BinaryIO | None, chunk: bytes) -> None
 def _store_ids(digest: hashlib._Hash, crc: _Crc32, out: BinaryIO, chunk: bytes, ids: np.ndarray) -> None:
     """Hash the ingested bytes (to catch a corpus edited between the passes) and write and checksum their ids."""
     digest.update(chunk)
-    data = memoryview(ids).cast("B")
+    data = memoryview(ids).cast("B")  # type: ignore[arg-type]  # numpy arrays export the buffer protocol
     crc.update(data)
     out.write(data)
 
@@ -535,12 +542,12 @@ def _spool_for(inp: _Input, cache_dir: Path, spools: list[Path]) -> Iterator[Bin
         raise _cache_error(spool_dir, err) from err
     spools.append(Path(spool.name))
     with spool:
-        yield spool
+        yield spool  # type: ignore[misc]  # a NamedTemporaryFile is a BinaryIO in all but name
 
 
 def _size(inp: _Input) -> int:
     try:
-        return inp.path.stat().st_size
+        return inp.file.stat().st_size
     except OSError as err:
         raise CorpusError(f"cannot read {inp.label}: {err.strerror}; check that it exists and is readable.") from err
 
@@ -783,7 +790,7 @@ def _verify_ids(ids: np.ndarray, vocab: Vocab, expected_crc: int) -> None:
     step = _VERIFY_BYTES // ids.itemsize
     for start in range(0, len(ids), step):
         part = ids[start : start + step]  # (<= step,) pages of the mapping, read once for both checks
-        crc = zlib.crc32(memoryview(part).cast("B"), crc)
+        crc = zlib.crc32(memoryview(part).cast("B"), crc)  # type: ignore[arg-type]  # a numpy buffer
         top = max(top, int(part.max()))
     if crc != expected_crc:
         raise _Damaged("checksum mismatch")
@@ -813,10 +820,10 @@ def _stat_signature(inputs: list[_Input]) -> str | None:
     stats = []
     for inp in inputs:
         try:
-            st = os.stat(inp.path)
+            st = os.stat(inp.file)
         except OSError:
             return None  # reading it will say what is wrong
-        stats.append([os.path.abspath(inp.path), inp.skippable, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+        stats.append([os.path.abspath(inp.file), inp.skippable, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
                       st.st_ino, st.st_dev])  # fmt: skip
     return hashlib.sha256(json.dumps(stats).encode("utf-8")).hexdigest()
 

@@ -112,7 +112,7 @@ class DeviceFeeder:
         cuda = device.type == "cuda"
         n = 2 if cuda else 1
         self._batchers = [StreamBatcher(ids, batch_size, seq_len, rank, world_size, pin_memory=cuda) for _ in range(n)]
-        self._events = [None] * n
+        self._events: list[torch.cuda.Event | None] = [None] * n
         self._turn = 0
         self.batches_per_epoch = self._batchers[0].batches_per_epoch
 
@@ -121,10 +121,11 @@ class DeviceFeeder:
             return self._batchers[0].batch(j)
         k = self._turn
         self._turn = 1 - k
-        if self._events[k] is not None:
+        previous = self._events[k]
+        if previous is not None:
             # The event was recorded after this buffer's copy two batches ago, so waiting on it keeps the host
             # at most two steps ahead of the GPU without a per-step device sync.
-            self._events[k].synchronize()
+            previous.synchronize()
         # Copy the whole contiguous (B, T+1) pinned buffer and slice on the device: a strided view would be
         # staged through pageable memory and lose the asynchronous copy.
         on_device = self._batchers[k].fill(j).to(self.device, non_blocking=True)

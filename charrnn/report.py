@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from charrnn.errors import CheckpointWriteError
 
@@ -90,7 +90,7 @@ class Reporter:
         self.silent = silent
         self.interactive = self.console.is_terminal and not self.quiet  # silent torchrun ranks draw no bar either
         self._progress: Progress | None = None
-        self._task = None
+        self._task: TaskID | None = None
         self._last_val = math.nan
 
     # -- plain messages -------------------------------------------------------------------------
@@ -131,7 +131,9 @@ class Reporter:
             # The bar runs over the budget, steps or wall clock, and its ETA is the trainer's: Rich's own needs
             # many updates before it shows anything, and updates come once a log window.
             self._task = self._progress.add_task(
-                "train", total=1.0, completed=_done(info), step=info["step"], stats="", eta=_eta_text(info.get("eta_s"))
+                "train",
+                total=1.0,
+                completed=_done(info),  # type: ignore[arg-type]  # rich takes a float step=info["step"], stats="", eta=_eta_text(info.get("eta_s"))
             )
 
     def _on_log(self, info: dict) -> None:
@@ -143,6 +145,7 @@ class Reporter:
                 f"epoch {info['epoch']:.2f}  loss {info['train_loss']:.3f}  val {val}  "
                 f"{info['chars_per_sec']:,.0f} char/s"
             )
+            assert self._task is not None  # added with the bar
             self._progress.update(
                 self._task, completed=_done(info), step=info["step"], stats=stats, eta=_eta_text(info.get("eta_s"))
             )

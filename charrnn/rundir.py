@@ -20,7 +20,7 @@ from charrnn.errors import CharRNNError, CheckpointError, CheckpointWriteError, 
 try:
     import fcntl
 except ImportError:  # Windows
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
 
 LOCK_NAME = ".lock"
 MARKER_NAME = ".charrnn-run"  # tells a directory-corpus walk (corpus.py) that this directory is a run, not text

@@ -166,7 +166,7 @@ class ModelBundle:
 
 def _vocab(d: dict, path, advice: str) -> Vocab:
     try:
-        return Vocab.from_dict(d.get("vocab"))
+        return Vocab.from_dict(d.get("vocab"))  # type: ignore[arg-type]  # from_dict checks the type
     except CorpusError:
         raise field_error(path, "vocab", "is not a sorted list of distinct single characters", advice) from None
 
@@ -186,8 +186,9 @@ class CorpusInfo:
     @classmethod
     def from_dict(cls, d: dict) -> CorpusInfo:
         sources = d.get("sources")
-        ok = isinstance(sources, list) and all(isinstance(s, str) for s in sources)
-        return cls(d.get("name", ""), d.get("sha256", ""), int(d.get("num_chars", 0)), list(sources) if ok else [])
+        if not (isinstance(sources, list) and all(isinstance(s, str) for s in sources)):
+            sources = []
+        return cls(d.get("name", ""), d.get("sha256", ""), int(d.get("num_chars", 0)), list(sources))
 
 
 @dataclass

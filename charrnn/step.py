@@ -20,7 +20,8 @@ from charrnn.model import CharRNN, State, detach_state
 
 def make_optimizer(model: CharRNN, cfg, device: torch.device) -> torch.optim.Optimizer:
     """AdamW as training runs it; `cfg` is a TrainConfig (its lr and weight_decay)."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():  # weight matrices decay; biases and the embedding table do not
         (decay if p.dim() >= 2 and not name.startswith("embed") else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -104,7 +105,7 @@ class TrainStep:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         elif self.fused:
-            self.optimizer.found_inf = bad.float()  # fused AdamW leaves weights and moments untouched when 1
+            self.optimizer.found_inf = bad.float()  # type: ignore[attr-defined]  # fused AdamW leaves weights and moments untouched when 1
             self.optimizer.step()
         elif not bad.item():  # foreach AdamW (MPS) has no found_inf: a host check, on a device we do not tune for
             self.optimizer.step()

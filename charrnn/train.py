@@ -338,7 +338,7 @@ class Trainer:
         carried state, streams re-sharded at the same fraction of the epoch."""
         world = self.dist.world_size
         if saved.world_size == world:
-            if self.dist.enabled:
+            if self.dist.enabled and saved.hidden_ranks is not None and saved.rng_ranks is not None:
                 return saved.hidden_ranks[self.dist.rank], saved.rng_ranks[self.dist.rank]
             return saved.hidden, saved.rng
         self.report(
