@@ -19,7 +19,7 @@ import time
 import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -350,6 +350,16 @@ TRAIN_FIELDS = (
 )
 
 
+def option(panel: str, help: str, *names: str, show_default: bool = True) -> Any:
+    """A `train` option in its help panel (Data, Model, ...): the flag names, if not the field's, then the help."""
+    return typer.Option(*names, help=help, rich_help_panel=panel, show_default=show_default)
+
+
+def maybe(panel: str, help: str) -> Any:
+    """An option whose default is None ("choose for me"): its help says what is chosen, so no [default: None]."""
+    return option(panel, help, show_default=False)
+
+
 # Each option's type, help and help panel; the command's signature names them, one line each.
 TrainCorpus = Annotated[
     Optional[list[str]],
@@ -359,127 +369,96 @@ TrainCorpus = Annotated[
         show_default=False,
     ),
 ]
-TrainValFrac = Annotated[
-    float, typer.Option(help="Last fraction of the text held out for validation.", rich_help_panel=DATA)
-]
-TrainSeqLen = Annotated[
-    int, typer.Option(help="Characters per stream per step (truncated BPTT length).", rich_help_panel=DATA)
-]
-TrainBatchSize = Annotated[int, typer.Option(help="Parallel contiguous streams per step.", rich_help_panel=DATA)]
+TrainValFrac = Annotated[float, option(DATA, "Last fraction of the text held out for validation.")]
+TrainSeqLen = Annotated[int, option(DATA, "Characters per stream per step (truncated BPTT length).")]
+TrainBatchSize = Annotated[int, option(DATA, "Parallel contiguous streams per step.")]
 TrainVerbose = Annotated[
     bool,
-    typer.Option("--verbose", "-v", help="List the files a directory corpus skipped, and why.", rich_help_panel=DATA),
+    option(DATA, "List the files a directory corpus skipped, and why.", "--verbose", "-v"),
 ]
-TrainModel = Annotated[str, typer.Option(help="lstm, gru or rnn.", rich_help_panel=MODEL)]
+TrainModel = Annotated[str, option(MODEL, "lstm, gru or rnn.")]
 TrainHiddenSize = Annotated[
     Optional[int],
-    typer.Option(
-        help="Hidden units per layer \\[default: sized to the time budget; 512 under --max-steps/--max-epochs].",
-        show_default=False,
-        rich_help_panel=MODEL,
-    ),
+    maybe(MODEL, "Hidden units per layer \\[default: sized to the time budget; 512 under --max-steps/--max-epochs]."),
 ]
 TrainNumLayers = Annotated[
     Optional[int],
-    typer.Option(help="Stacked recurrent layers \\[default: 2].", show_default=False, rich_help_panel=MODEL),
+    maybe(MODEL, "Stacked recurrent layers \\[default: 2]."),
 ]
-TrainEmbedSize = Annotated[int, typer.Option(help="Embedding size (0: same as --hidden-size).", rich_help_panel=MODEL)]
+TrainEmbedSize = Annotated[int, option(MODEL, "Embedding size (0: same as --hidden-size).")]
 TrainDropout = Annotated[
     Optional[float],
-    typer.Option(
-        help="Dropout on the embeddings, between layers and before the head \\[default: by the planned passes "
+    maybe(
+        MODEL,
+        "Dropout on the embeddings, between layers and before the head \\[default: by the planned passes "
         "over the text: 0 below 8, 0.1 below 16, else 0.2].",
-        show_default=False,
-        rich_help_panel=MODEL,
     ),
 ]
 TrainTieWeights = Annotated[
     bool,
-    typer.Option("--tie-weights", help="Share the embedding matrix with the output layer.", rich_help_panel=MODEL),
+    option(MODEL, "Share the embedding matrix with the output layer.", "--tie-weights"),
 ]
-TrainLr = Annotated[float, typer.Option(help="Peak learning rate (AdamW).", rich_help_panel=OPTIM)]
-TrainMinLrFrac = Annotated[float, typer.Option(help="The decay ends at lr * this.", rich_help_panel=OPTIM)]
+TrainLr = Annotated[float, option(OPTIM, "Peak learning rate (AdamW).")]
+TrainMinLrFrac = Annotated[float, option(OPTIM, "The decay ends at lr * this.")]
 TrainDecayFrac = Annotated[
     float,
-    typer.Option(
-        help="The cosine decay takes the last this fraction of the budget; the lr is constant before it.",
-        rich_help_panel=OPTIM,
-    ),
+    option(OPTIM, "The cosine decay takes the last this fraction of the budget; the lr is constant before it."),
 ]
-TrainWarmupSteps = Annotated[int, typer.Option(help="Linear warm-up steps.", rich_help_panel=OPTIM)]
-TrainWeightDecay = Annotated[float, typer.Option(help="AdamW weight decay on weight matrices.", rich_help_panel=OPTIM)]
-TrainGradClip = Annotated[float, typer.Option(help="Clip the global gradient norm to this.", rich_help_panel=OPTIM)]
-TrainMaxSkips = Annotated[
-    int, typer.Option(help="Stop as diverged after this many consecutive non-finite steps.", rich_help_panel=OPTIM)
-]
-TrainMaxSteps = Annotated[
-    Optional[int], typer.Option(help="Stop after this many steps.", show_default=False, rich_help_panel=STOP)
-]
+TrainWarmupSteps = Annotated[int, option(OPTIM, "Linear warm-up steps.")]
+TrainWeightDecay = Annotated[float, option(OPTIM, "AdamW weight decay on weight matrices.")]
+TrainGradClip = Annotated[float, option(OPTIM, "Clip the global gradient norm to this.")]
+TrainMaxSkips = Annotated[int, option(OPTIM, "Stop as diverged after this many consecutive non-finite steps.")]
+TrainMaxSteps = Annotated[Optional[int], maybe(STOP, "Stop after this many steps.")]
 TrainMaxEpochs = Annotated[
     Optional[float],
-    typer.Option(help="Stop after this many passes over the training text.", show_default=False, rich_help_panel=STOP),
+    maybe(STOP, "Stop after this many passes over the training text."),
 ]
 TrainMaxTime = Annotated[
     Optional[str],
-    typer.Option(
-        help="The whole command ends within this long: 90s, 10m, 2h, 1h30m; a bare number is seconds "
+    maybe(
+        STOP,
+        "The whole command ends within this long: 90s, 10m, 2h, 1h30m; a bare number is seconds "
         "\\[default, when no limit is given: 10m per million characters, 2m to 1h].",
-        show_default=False,
-        rich_help_panel=STOP,
     ),
 ]
-TrainEvalEvery = Annotated[int, typer.Option(help="Evaluate and checkpoint every N steps.", rich_help_panel=OUTPUT)]
-TrainEvalStreams = Annotated[
-    int, typer.Option(help="Validation text is scored as this many carried streams.", rich_help_panel=OUTPUT)
-]
-TrainLogEvery = Annotated[int, typer.Option(help="Report progress every N steps.", rich_help_panel=OUTPUT)]
+TrainEvalEvery = Annotated[int, option(OUTPUT, "Evaluate and checkpoint every N steps.")]
+TrainEvalStreams = Annotated[int, option(OUTPUT, "Validation text is scored as this many carried streams.")]
+TrainLogEvery = Annotated[int, option(OUTPUT, "Report progress every N steps.")]
 TrainRunDir = Annotated[
     Optional[Path],
-    typer.Option(
-        help="Run directory \\[default: checkpoints/<corpus name>, or <name>-2, -3, ... when that holds a run].",
-        show_default=False,
-        rich_help_panel=OUTPUT,
-    ),
+    maybe(OUTPUT, "Run directory \\[default: checkpoints/<corpus name>, or <name>-2, -3, ... when that holds a run]."),
 ]
 TrainResume = Annotated[
     bool,
-    typer.Option(
+    option(
+        OUTPUT,
+        "Continue the run in --run-dir from its last good checkpoint (the corpus is found from the checkpoint).",
         "--resume",
-        help="Continue the run in --run-dir from its last good checkpoint (the corpus is found from the checkpoint).",
-        rich_help_panel=OUTPUT,
     ),
 ]
 TrainOverwrite = Annotated[
     bool,
-    typer.Option(
-        "--overwrite",
-        help="Replace the run in --run-dir: its checkpoints and metrics are deleted.",
-        rich_help_panel=OUTPUT,
-    ),
+    option(OUTPUT, "Replace the run in --run-dir: its checkpoints and metrics are deleted.", "--overwrite"),
 ]
 TrainInitFrom = Annotated[
     Optional[Path],
-    typer.Option(
-        help="Start a new run from this checkpoint's weights (fine-tuning).",
-        show_default=False,
-        rich_help_panel=OUTPUT,
-    ),
+    maybe(OUTPUT, "Start a new run from this checkpoint's weights (fine-tuning)."),
 ]
 TrainKeep = Annotated[
     int,
-    typer.Option(help="Older numbered checkpoints to keep besides best.pt and last.pt.", rich_help_panel=OUTPUT),
+    option(OUTPUT, "Older numbered checkpoints to keep besides best.pt and last.pt."),
 ]
-TrainDevice = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=RUNTIME)]
+TrainDevice = Annotated[str, option(RUNTIME, "auto, cpu, cuda, cuda:N or mps.")]
 TrainSeed = Annotated[
     Optional[int],
-    typer.Option(help="Random seed \\[default: drawn and printed].", show_default=False, rich_help_panel=RUNTIME),
+    maybe(RUNTIME, "Random seed \\[default: drawn and printed]."),
 ]
 TrainThreads = Annotated[
     Optional[int],
-    typer.Option(help="CPU threads \\[default: torch's].", show_default=False, rich_help_panel=RUNTIME),
+    maybe(RUNTIME, "CPU threads \\[default: torch's]."),
 ]
-TrainAmp = Annotated[bool, typer.Option(help="fp16 mixed precision on CUDA.", rich_help_panel=RUNTIME)]
-TrainQuiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.", rich_help_panel=RUNTIME)]
+TrainAmp = Annotated[bool, option(RUNTIME, "fp16 mixed precision on CUDA.")]
+TrainQuiet = Annotated[bool, option(RUNTIME, "No progress output.", "--quiet", "-q")]
 
 
 @app.command(epilog=TRAIN_EPILOG)
