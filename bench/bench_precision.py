@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_sample import ours  # noqa: E402
 from bench.common import bench_corpus_path, machine  # noqa: E402
+from bench.quality import run_training, train_command  # noqa: E402
 from charrnn.checkpoint import load_model  # noqa: E402
 from charrnn.corpus import load_corpus  # noqa: E402
 from charrnn.data import split  # noqa: E402
@@ -47,24 +47,7 @@ def score_with_stepper(model: CharRNN, ids: torch.Tensor, precision: str, sigmoi
 
 
 def train_checkpoint(corpus_path: str, max_time: str, out_dir: Path) -> Path:
-    cmd = [
-        sys.executable,
-        "-m",
-        "charrnn",
-        "train",
-        corpus_path,
-        "--max-time",
-        max_time,
-        "--seed",
-        "1",
-        "--run-dir",
-        str(out_dir),
-        "--log-every",
-        "100",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"training failed:\n{proc.stderr[-3000:]}")
+    run_training(train_command(corpus_path, max_time, out_dir, seed=1))
     return out_dir / "best.pt"
 
 

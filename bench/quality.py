@@ -37,6 +37,20 @@ from charrnn.data import split  # noqa: E402
 from charrnn.train import evaluate  # noqa: E402
 
 
+def train_command(corpus_path: str, max_time: str, run_dir: Path, seed: int, *extra: str) -> list[str]:
+    """`charrnn train` on corpus_path for a wall-clock budget (`--max-time`), into run_dir, logging every 100 steps."""
+    options = ["--max-time", max_time, "--run-dir", str(run_dir), "--seed", str(seed), "--log-every", "100"]
+    return [sys.executable, "-m", "charrnn", "train", corpus_path, *options, *extra]
+
+
+def run_training(cmd: list[str]) -> subprocess.CompletedProcess:
+    """Run a `charrnn train` command to its end; exit with the tail of its stderr if it fails."""
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"training failed:\n{proc.stderr[-3000:]}")
+    return proc
+
+
 def score_one_stream(ckpt: Path, corpus_path: str, val_frac: float = 0.1) -> float:
     model, bundle = load_model(ckpt, "cpu")
     vocab = bundle.vocab
@@ -154,29 +168,11 @@ def main() -> None:
             return
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = args.keep_run or Path(tmp) / "run"
-        cmd = [
-            sys.executable,
-            "-m",
-            "charrnn",
-            "train",
-            corpus_path,
-            "--max-time",
-            args.max_time,
-            "--run-dir",
-            str(run_dir),
-            "--seed",
-            str(args.seed),
-            "--log-every",
-            "100",
-            "--overwrite",
-            *args.train_args,
-        ]
+        cmd = train_command(corpus_path, args.max_time, run_dir, args.seed, "--overwrite", *args.train_args)
         load_before = os.getloadavg()[0]
         t = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = run_training(cmd)
         wall = time.perf_counter() - t
-        if proc.returncode != 0:
-            sys.exit(f"training failed:\n{proc.stderr[-3000:]}")
         chosen = [ln for ln in proc.stderr.splitlines() if ln.startswith("auto-sized")]
         metrics = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
         best = min((m for m in metrics if math.isfinite(m["val_loss"])), key=lambda m: m["val_loss"])

@@ -1,7 +1,8 @@
 """A training job, from the command line's request to its result: the one setup path.
 
     TrainJob (flags as configs) -> check every option -> read the corpus -> claim the run directory
-        -> (resume: the run's checkpoint, read once) -> torchrun, device, threads -> the model size -> Trainer
+        -> (resume: the run's checkpoint, read once the directory is locked; without a corpus argument its
+            sources are read before, to find the corpus) -> torchrun, device, threads -> the model size -> Trainer
 
 Each decision is made here exactly once and handed on; train.py's Trainer receives a ready `Setup` and only
 builds the model, the optimizer and the loop from it.
@@ -271,8 +272,11 @@ def _default_budget(cfg: TrainConfig, num_chars: int, report: Reporter) -> None:
 def _setup(job: TrainJob, corpus: Corpus, dist: runtime.Dist, run_dir: RunDir, report: Reporter) -> Setup:
     """The one place where the run's configs, device and starting point are decided."""
     resumed = _read_resume(job, corpus, run_dir, report) if job.resume else None
-    cfg = _resume_config(job, resumed.state, run_dir.path) if resumed else job.train
-    cfg.validate()
+    cfg = job.train
+    if resumed:  # the run's settings with the ones that may change: checked as a new run's were in job.check()
+        cfg = _resume_config(job, resumed.state, run_dir.path)
+        cfg.validate()
+        check_corpus_size(len(corpus.ids), cfg)
     run_dir.keep = cfg.keep  # on resume, the saved --keep unless given again
     device = runtime.init_distributed(dist, runtime.select_device(cfg.device))
     runtime.set_threads(cfg.threads)

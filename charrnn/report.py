@@ -83,12 +83,11 @@ def _eta_text(eta: float | None) -> str:
 class Reporter:
     """Turns training events into stderr output; never writes to stdout."""
 
-    def __init__(self, quiet: bool = False, console: Console | None = None, silent: bool = False):
-        """quiet: no progress or info, warnings still shown; silent: nothing at all (torchrun ranks > 0)."""
+    def __init__(self, quiet: bool = False, console: Console | None = None):
+        """quiet: no progress or info, warnings still shown. (Under torchrun, job.py sends ranks > 0 no events.)"""
         self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)
-        self.quiet = quiet or silent
-        self.silent = silent
-        self.interactive = self.console.is_terminal and not self.quiet  # silent torchrun ranks draw no bar either
+        self.quiet = quiet
+        self.interactive = self.console.is_terminal and not self.quiet
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         self._last_val = math.nan
@@ -99,8 +98,7 @@ class Reporter:
             self.console.print(escape(message))
 
     def warn(self, message: str) -> None:
-        if not self.silent:
-            self.console.print(f"[yellow]warning:[/yellow] {escape(message)}")
+        self.console.print(f"[yellow]warning:[/yellow] {escape(message)}")
 
     # -- training events ------------------------------------------------------------------------
     def __call__(self, event: str, info: dict) -> None:
@@ -133,7 +131,10 @@ class Reporter:
             self._task = self._progress.add_task(
                 "train",
                 total=1.0,
-                completed=_done(info),  # type: ignore[arg-type]  # rich takes a float step=info["step"], stats="", eta=_eta_text(info.get("eta_s"))
+                completed=_done(info),  # type: ignore[arg-type]  # rich takes a float
+                step=info["step"],
+                stats="",
+                eta=_eta_text(info.get("eta_s")),
             )
 
     def _on_log(self, info: dict) -> None:

@@ -252,7 +252,6 @@ class Trainer:
         self.run_dir: RunDir = setup.run_dir
         self.dist, self.device, self.vocab = setup.dist, setup.device, setup.start.vocab
         cfg = self.cfg
-        check_corpus_size(len(setup.start.ids), cfg)
         self.train_ids, self.val_ids = split(setup.start.ids, cfg.val_frac)
         # Under torchrun each rank trains its own batch_size streams out of batch_size * world_size.
         self.feeder = DeviceFeeder(

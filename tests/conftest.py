@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from charrnn.train import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO.parent / "shared" / "corpora" / "tinyshakespeare.txt"
@@ -69,44 +74,72 @@ def small_corpus(tmp_path) -> Path:
     return path
 
 
-TINY_TRAIN = [
-    "--hidden-size",
-    "32",
-    "--num-layers",
-    "1",
-    "--batch-size",
-    "4",
-    "--seq-len",
-    "16",
-    "--eval-every",
-    "10",
-    "--log-every",
-    "5",
-    "--max-steps",
-    "20",
-    "--seed",
-    "7",
-    "--device",
-    "cpu",
-]
+def flags(**options) -> list[str]:
+    """Command-line flags from keywords, in their order: flags(max_steps=20, device="cpu") is
+    ["--max-steps", "20", "--device", "cpu"]."""
+    return [arg for name, value in options.items() for arg in (f"--{name.replace('_', '-')}", str(value))]
+
+
+TINY_TRAIN = flags(
+    hidden_size=32,
+    num_layers=1,
+    batch_size=4,
+    seq_len=16,
+    eval_every=10,
+    log_every=5,
+    max_steps=20,
+    seed=7,
+    device="cpu",
+)
+
+
+def tiny_train_config(**kw) -> TrainConfig:
+    """A TrainConfig for a tiny run on the CPU (4 streams of 16 characters, 5 warm-up steps); kw sets the rest."""
+    from charrnn.train import TrainConfig
+
+    return TrainConfig(**{"seq_len": 16, "batch_size": 4, "warmup_steps": 5, "device": "cpu", "eval_streams": 2, **kw})
+
+
+def charrnn_cmd(*args) -> list[str]:
+    """The command line that runs `charrnn ARGS` in a subprocess."""
+    return [sys.executable, "-m", "charrnn", *map(str, args)]
+
+
+def cli_env(work: Path) -> dict:
+    """The environment of a charrnn subprocess working in `work`: its own corpus cache, this checkout importable."""
+    return dict(os.environ, CHARRNN_CACHE_DIR=str(Path(work) / "cache"), PYTHONPATH=str(REPO))
+
+
+def cli(args, cwd, env=None, **kw) -> subprocess.CompletedProcess:
+    """`charrnn ARGS` run to its end in a subprocess, both streams captured as text."""
+    return subprocess.run(
+        charrnn_cmd(*args),
+        cwd=cwd,
+        env=env or cli_env(cwd),
+        capture_output=True,
+        text=True,
+        timeout=kw.pop("timeout", 120),
+        **kw,
+    )
+
+
+def spawn(cmd: list[str], env: dict, cwd=None) -> subprocess.Popen:
+    """`cmd` started with stdout and stderr piped as text, for a test that signals it or reads it with
+    wait_for_line while it runs."""
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def cli_start(args, cwd, env=None) -> subprocess.Popen:
+    """`charrnn ARGS` started in a subprocess, as cli() runs it, without waiting for it."""
+    return spawn(charrnn_cmd(*args), env or cli_env(cwd), cwd)
 
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """A tiny run trained once through the real CLI in a subprocess; returns its directory."""
-    import subprocess
-
     work = tmp_path_factory.mktemp("trained")
     corpus = work / "words.txt"
     corpus.write_text(word_text(), encoding="utf-8")
-    env = dict(os.environ, CHARRNN_CACHE_DIR=str(work / "cache"))
-    proc = subprocess.run(
-        [sys.executable, "-m", "charrnn", "train", str(corpus), "--run-dir", str(work / "run"), *TINY_TRAIN],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = cli(["train", corpus, "--run-dir", work / "run", *TINY_TRAIN], cwd=work)
     assert proc.returncode == 0, proc.stderr
     return work / "run"

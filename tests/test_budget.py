@@ -7,8 +7,6 @@ from __future__ import annotations
 import io
 import json
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -23,36 +21,14 @@ from charrnn.job import MAX_BUDGET, MIN_BUDGET, default_budget, train
 from charrnn.model import ModelConfig
 from charrnn.report import Reporter
 from charrnn.train import TrainConfig
-from tests.conftest import TINY_TRAIN, word_text
-from tests.test_never_lose import _env, cli
+from tests.conftest import TINY_TRAIN, cli, cli_start, flags, word_text
 
 
 def test_max_time_ends_the_whole_command_within_a_few_seconds_of_the_budget(tmp_path, small_corpus):
     budget = 6.0
+    args = flags(hidden_size=64, num_layers=1, batch_size=4, seq_len=16, max_time=f"{budget:g}s", seed=1, device="cpu")
     t = time.perf_counter()
-    r = cli(
-        [
-            "train",
-            small_corpus,
-            "--run-dir",
-            tmp_path / "run",
-            "--hidden-size",
-            "64",
-            "--num-layers",
-            "1",
-            "--batch-size",
-            "4",
-            "--seq-len",
-            "16",
-            "--max-time",
-            f"{budget:g}s",
-            "--seed",
-            "1",
-            "--device",
-            "cpu",
-        ],
-        cwd=tmp_path,
-    )
+    r = cli(["train", small_corpus, "--run-dir", tmp_path / "run", *args], cwd=tmp_path)
     wall = time.perf_counter() - t
     assert r.returncode == 0, r.stderr
     # Python and torch start-up before the command begins are the only time outside the budget.
@@ -77,20 +53,7 @@ def test_no_limit_gets_a_budget_from_the_corpus_size_and_says_so(tmp_path, small
     assert default_budget(14_000) == MIN_BUDGET
     assert default_budget(1_115_394) == pytest.approx(669)  # tiny-shakespeare: about 11 minutes
     assert default_budget(500_000_000) == MAX_BUDGET
-    args = [
-        sys.executable,
-        "-m",
-        "charrnn",
-        "train",
-        str(small_corpus),
-        "--run-dir",
-        str(tmp_path / "run"),
-        "--device",
-        "cpu",
-        "--seed",
-        "1",
-    ]
-    proc = subprocess.Popen(args, cwd=tmp_path, env=_env(tmp_path), stderr=subprocess.PIPE, text=True)
+    proc = cli_start(["train", small_corpus, "--run-dir", tmp_path / "run", "--device", "cpu", "--seed", "1"], tmp_path)
     seen = []
     try:
         for line in proc.stderr:
@@ -98,7 +61,7 @@ def test_no_limit_gets_a_budget_from_the_corpus_size_and_says_so(tmp_path, small
             if line.startswith("step "):
                 break
         proc.send_signal(signal.SIGINT)  # the budget is two minutes; what matters is what it said before step 1
-        rest, _ = proc.communicate(timeout=60)
+        _, rest = proc.communicate(timeout=60)
     finally:
         proc.kill()
     said = "".join(seen)
@@ -122,24 +85,23 @@ def test_auto_sizing_caps_the_model_by_what_the_text_can_support(monkeypatch):
     assert ModelConfig(65, "lstm", 768, 2).num_params() > autosize.PARAMS_PER_CHAR * 1_115_394 * 0.9
 
 
-def test_evaluation_stays_a_small_share_of_a_time_budget(tmp_path):
+def train_words(tmp_path, cfg: TrainConfig, hidden_size: int, given: set[str]) -> tuple:
+    """Train a 1-layer model on 2,000 lines of words in tmp_path / "run"; returns the result and the reported
+    (event, info) pairs. `given` names the settings the user gave."""
     path = tmp_path / "words.txt"
     path.write_text(word_text(2000), encoding="utf-8")
     corpus = load_corpus([str(path)])
     said = []
+    model = ModelConfig(vocab_size=len(corpus.vocab), hidden_size=hidden_size, num_layers=1)
+    result = train(corpus, model, cfg, tmp_path / "run", report=lambda e, i: said.append((e, i)), given=given)
+    return result, said
+
+
+def test_evaluation_stays_a_small_share_of_a_time_budget(tmp_path):
     cfg = TrainConfig(
         batch_size=4, seq_len=16, max_time=4.0, eval_every=2, log_every=50, seed=1, device="cpu", eval_chars=None
     )
-    from charrnn.model import ModelConfig
-
-    result = train(
-        corpus,
-        ModelConfig(vocab_size=len(corpus.vocab), hidden_size=64, num_layers=1),
-        cfg,
-        tmp_path / "run",
-        report=lambda e, i: said.append((e, i)),
-        given=set(),
-    )
+    result, said = train_words(tmp_path, cfg, hidden_size=64, given=set())
     evals = [i for e, i in said if e == "eval"]
     messages = [i["text"] for e, i in said if e == "message"]
     assert any("evaluating less often" in m for m in messages), messages
@@ -151,23 +113,10 @@ def test_evaluation_stays_a_small_share_of_a_time_budget(tmp_path):
 
 
 def test_eval_every_given_evaluates_at_every_one_even_under_a_budget(tmp_path):
-    path = tmp_path / "words.txt"
-    path.write_text(word_text(2000), encoding="utf-8")
-    corpus = load_corpus([str(path)])
-    said = []
     cfg = TrainConfig(
         batch_size=4, seq_len=16, max_time=60.0, max_steps=12, eval_every=2, log_every=50, seed=1, device="cpu"
     )
-    from charrnn.model import ModelConfig
-
-    train(
-        corpus,
-        ModelConfig(vocab_size=len(corpus.vocab), hidden_size=32, num_layers=1),
-        cfg,
-        tmp_path / "run",
-        report=lambda e, i: said.append((e, i)),
-        given={"eval_every"},
-    )
+    _, said = train_words(tmp_path, cfg, hidden_size=32, given={"eval_every"})
     assert [i["step"] for e, i in said if e == "eval"] == [2, 4, 6, 8, 10, 12]
 
 
@@ -198,21 +147,15 @@ def test_the_progress_bar_shows_the_trainers_eta_from_the_first_report():
     assert "eta 9m57s" in out and "-:--:--" not in out
 
 
-def test_a_silent_reporter_draws_no_bar_even_on_a_terminal_and_a_quiet_one_only_warns():
-    buf = io.StringIO()
-    silent = Reporter(silent=True, console=Console(file=buf, force_terminal=True, width=120, color_system=None))
-    silent("start", {"step": 0, "total_steps": 10, "plan": "training 1x32 LSTM"})
-    silent("log", log_event(1, elapsed=1.0, eta=9.0, total_steps=10))
-    silent.warn("disk nearly full")
-    silent.close()
-    assert silent._progress is None and buf.getvalue() == ""  # under torchrun, ranks > 0 say nothing at all
+def test_a_quiet_reporter_draws_no_bar_even_on_a_terminal_and_only_warns():
     buf = io.StringIO()
     quiet = Reporter(quiet=True, console=Console(file=buf, force_terminal=True, width=120, color_system=None))
     quiet("start", {"step": 0, "total_steps": 10, "plan": "training 1x32 LSTM"})
     quiet.info("corpus small")
+    quiet("log", log_event(1, elapsed=1.0, eta=9.0, total_steps=10))
     quiet.warn("disk nearly full")
     quiet.close()
-    assert buf.getvalue().strip() == "warning: disk nearly full"
+    assert quiet._progress is None and buf.getvalue().strip() == "warning: disk nearly full"
 
 
 # A throughput table (chars/s by size) for a machine where each size is ~2x slower than the one before it.

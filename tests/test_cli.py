@@ -223,25 +223,8 @@ def test_train_empty_stdin(tmp_path):
     assert "standard input is empty" in assert_one_error(r, 1).lower()
 
 
-@pytest.mark.parametrize(
-    "args,needle",
-    [
-        (["--device", "cuda"], "cuda"),
-        (["--max-time", "soon"], "duration"),
-        (["--val-frac", "1.5"], "val-frac"),
-        (["--seq-len", "0"], "seq-len"),
-        (["--lr", "-1"], "lr"),
-        (["--model", "transformer"], "model"),
-        (["--min-lr-frac", "1.5"], "min-lr-frac"),
-        (["--embed-size", "-3"], "embed-size"),
-    ],
-)
-def test_train_bad_options_are_usage_errors(args, needle, tmp_path, small_corpus):
-    if "cuda" in args and torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
-    r = run(["train", small_corpus, "--run-dir", tmp_path / "r", *TINY_TRAIN, *args])
-    assert needle in assert_one_error(r, 2).lower()
-    assert not (tmp_path / "r" / "last.pt").exists()
+# Bad train options (exit 2, one sentence, nothing written): the table is in test_never_lose,
+# test_bad_options_are_refused_before_the_corpus_is_read, which also checks that the corpus was never read.
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -14,43 +14,16 @@ import pytest
 import torch
 
 from charrnn.checkpoint import load_checkpoint
-from tests.conftest import wait_for_line, word_text
+from tests.conftest import cli, flags, spawn, wait_for_line, word_text
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
 
 
 def torchrun(corpus: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "charrnn",
-        "train",
-        str(corpus),
-        "--run-dir",
-        str(run_dir),
-        "--hidden-size",
-        "48",
-        "--num-layers",
-        "2",
-        "--dropout",
-        "0.1",
-        "--batch-size",
-        "4",
-        "--seq-len",
-        "16",
-        "--seed",
-        "3",
-        "--device",
-        "cpu",
-        "--log-every",
-        "1",
-        *extra,
-    ]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "charrnn"]
+    size = flags(hidden_size=48, num_layers=2, dropout=0.1, batch_size=4, seq_len=16)
+    rest = flags(seed=3, device="cpu", log_every=1)
+    return [*launch, "train", str(corpus), "--run-dir", str(run_dir), *size, *rest, *extra]
 
 
 @pytest.fixture
@@ -72,6 +45,9 @@ def test_two_ranks_train_and_only_rank_0_writes(setup, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.splitlines() == [str(tmp_path / "run" / "best.pt")]  # one path, from rank 0 only
+    said = proc.stderr.splitlines()
+    for start in ("corpus ", "training ", "best val loss "):  # rank 1 says nothing of its own
+        assert sum(line.startswith(start) for line in said) == 1, (start, proc.stderr[-3000:])
     ck = load_checkpoint(tmp_path / "run" / "last.pt")
     assert ck["step"] == 12 and ck["world_size"] == 2
     assert len(ck["rng_ranks"]) == 2 and len(ck["hidden_ranks"]) == 2
@@ -81,25 +57,10 @@ def test_two_ranks_train_and_only_rank_0_writes(setup, tmp_path):
     assert len(metrics) == 2  # evaluations at steps 6 and 12, written once
 
     # resuming the two-rank run in one process re-shards the streams, says so, and carries on
-    single = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "charrnn",
-            "train",
-            str(corpus),
-            "--run-dir",
-            str(tmp_path / "run"),
-            "--resume",
-            "--max-steps",
-            "16",
-            "--device",
-            "cpu",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    single = cli(
+        ["train", corpus, "--run-dir", tmp_path / "run", "--resume", "--max-steps", "16", "--device", "cpu"],
+        tmp_path,
+        env,
     )
     assert single.returncode == 0, single.stderr[-3000:]
     assert "re-sharded" in single.stderr
@@ -127,13 +88,7 @@ def _worker_pids(agent_pid: int) -> dict[int, int]:
 
 def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(setup, tmp_path):
     corpus, env = setup
-    proc = subprocess.Popen(
-        torchrun(corpus, tmp_path / "run", "--max-steps", "100000", "--eval-every", "1000"),
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = spawn(torchrun(corpus, tmp_path / "run", "--max-steps", "100000", "--eval-every", "1000"), env)
     # wait until training is under way (rank 0 logs steps)
     lines = wait_for_line(
         proc, lambda line: bool(re.match(r"step\s+(\d+)\s+epoch", line)) and int(line.split()[1]) >= 5

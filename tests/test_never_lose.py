@@ -6,7 +6,6 @@ subprocess where pipes, signals, closed descriptors and a second process are the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -20,30 +19,11 @@ import torch
 
 from charrnn.checkpoint import load_checkpoint
 from charrnn.train import TrainConfig
-from tests.conftest import TINY_TRAIN, wait_for_line, word_text
-from tests.test_cli import assert_one_error, run
+from tests.conftest import REPO, TINY_TRAIN, cli, cli_env, cli_start, flags, wait_for_line, word_text
+from tests.test_cli import assert_one_error, digest, run
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def cli(args, cwd, env=None, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "charrnn", *[str(a) for a in args]],
-        cwd=cwd,
-        env=env or _env(cwd),
-        capture_output=True,
-        text=True,
-        timeout=kw.pop("timeout", 120),
-        **kw,
-    )
-
-
-def _env(work: Path) -> dict:
-    return dict(os.environ, CHARRNN_CACHE_DIR=str(Path(work) / "cache"), PYTHONPATH=str(REPO))
+# TINY_TRAIN without its step limit and seed, logging every step: a run that goes on until it is stopped.
+ENDLESS = [*TINY_TRAIN[:-6], "--max-steps", "100000", "--log-every", "1", "--device", "cpu"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -115,7 +95,7 @@ def test_a_closed_stderr_does_not_stop_training(tmp_path):
         f"{sys.executable} -m charrnn train {corpus} --run-dir {tmp_path / 'run'} {args} --max-steps 40 2>&1 | head -3"
     )
     proc = subprocess.run(
-        ["bash", "-c", cmd], cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=120
+        ["bash", "-c", cmd], cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=120
     )
     assert len(proc.stdout.splitlines()) == 3
     # bash waited for the whole pipeline, so training went on, quietly, to its end after head left
@@ -127,38 +107,9 @@ def _slow_train(tmp_path: Path) -> subprocess.Popen:
     corpus.write_text(word_text(4000))
     # One step of a 2x1024 LSTM over 64 x 256 characters takes seconds on two cores: long enough for a
     # signal to land in the middle of it.
-    args = [
-        "train",
-        corpus,
-        "--run-dir",
-        tmp_path / "run",
-        "--hidden-size",
-        "1024",
-        "--num-layers",
-        "2",
-        "--batch-size",
-        "64",
-        "--seq-len",
-        "256",
-        "--max-steps",
-        "50",
-        "--log-every",
-        "1",
-        "--eval-every",
-        "1000",
-        "--seed",
-        "1",
-        "--device",
-        "cpu",
-    ]
-    return subprocess.Popen(
-        [sys.executable, "-m", "charrnn", *map(str, args)],
-        cwd=tmp_path,
-        env=_env(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    size = flags(hidden_size=1024, num_layers=2, batch_size=64, seq_len=256)
+    run_for = flags(max_steps=50, log_every=1, eval_every=1000, seed=1, device="cpu")
+    return cli_start(["train", corpus, "--run-dir", tmp_path / "run", *size, *run_for], tmp_path)
 
 
 def _wait_for_first_step(proc: subprocess.Popen) -> None:
@@ -186,32 +137,8 @@ def test_a_second_sigint_exits_within_a_second_even_mid_step(tmp_path):
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGHUP, 129)])
-def test_sighup_saves_and_stops_like_sigterm(sig, code, tmp_path):
-    corpus = tmp_path / "words.txt"
-    corpus.write_text(word_text())
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "charrnn",
-            "train",
-            str(corpus),
-            "--run-dir",
-            str(tmp_path / "run"),
-            *TINY_TRAIN[:-6],
-            "--max-steps",
-            "100000",
-            "--log-every",
-            "1",
-            "--device",
-            "cpu",
-        ],
-        cwd=tmp_path,
-        env=_env(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def test_sighup_saves_and_stops_like_sigterm(sig, code, tmp_path, small_corpus):
+    proc = cli_start(["train", small_corpus, "--run-dir", tmp_path / "run", *ENDLESS], tmp_path)
     _wait_for_first_step(proc)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
@@ -220,32 +147,8 @@ def test_sighup_saves_and_stops_like_sigterm(sig, code, tmp_path):
     assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] >= 1
 
 
-def test_a_burst_of_sigints_never_prints_a_traceback(tmp_path):
-    corpus = tmp_path / "words.txt"
-    corpus.write_text(word_text())
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "charrnn",
-            "train",
-            str(corpus),
-            "--run-dir",
-            str(tmp_path / "run"),
-            *TINY_TRAIN[:-6],
-            "--max-steps",
-            "100000",
-            "--log-every",
-            "1",
-            "--device",
-            "cpu",
-        ],
-        cwd=tmp_path,
-        env=_env(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def test_a_burst_of_sigints_never_prints_a_traceback(tmp_path, small_corpus):
+    proc = cli_start(["train", small_corpus, "--run-dir", tmp_path / "run", *ENDLESS], tmp_path)
     _wait_for_first_step(proc)
     for _ in range(100):
         try:
@@ -277,7 +180,7 @@ def test_unwritable_stdout_is_one_sentence_and_exit_1(command, stdout, tmp_path,
     proc = subprocess.run(
         ["bash", "-c", f"{sys.executable} -m charrnn {args} {redirect}"],
         cwd=tmp_path,
-        env=_env(tmp_path),
+        env=cli_env(tmp_path),
         capture_output=True,
         text=True,
         timeout=120,
@@ -339,6 +242,17 @@ def test_unwritable_metrics_fails_before_the_first_step(tmp_path, small_corpus):
         (["--seed", str(-(2**63) - 1)], "seed"),
         (["--threads", "0"], "threads"),
         (["--model", "transformer"], "model"),
+        (["--max-time", "soon"], "duration"),
+        (["--val-frac", "1.5"], "val-frac"),
+        (["--seq-len", "0"], "seq-len"),
+        (["--lr", "-1"], "lr"),
+        (["--min-lr-frac", "1.5"], "min-lr-frac"),
+        (["--embed-size", "-3"], "embed-size"),
+        pytest.param(
+            ["--device", "cuda"],
+            "cuda",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"),
+        ),
     ],
 )
 def test_bad_options_are_refused_before_the_corpus_is_read(args, needle, tmp_path, small_corpus):
@@ -392,31 +306,9 @@ def test_sample_says_which_checkpoint_it_used_and_accepts_a_run_dir(trained_run)
 
 def test_info_before_the_first_evaluation_says_so_and_counts_layers_right(tmp_path, small_corpus):
     d = tmp_path / "run"
-    args = [a for a in TINY_TRAIN]
+    args = [a for a in ENDLESS]
     args[args.index("--eval-every") + 1] = "1000"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "charrnn",
-            "train",
-            str(small_corpus),
-            "--run-dir",
-            str(d),
-            *args[:-6],
-            "--max-steps",
-            "100000",
-            "--log-every",
-            "1",
-            "--device",
-            "cpu",
-        ],
-        cwd=tmp_path,
-        env=_env(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = cli_start(["train", small_corpus, "--run-dir", d, *args], tmp_path)
     _wait_for_first_step(proc)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
@@ -434,26 +326,8 @@ def test_resume_needs_no_corpus_and_the_printed_hint_works(tmp_path):
     corpus = tmp_path / "words.txt"
     corpus.write_text(word_text())
     args = [a for a in TINY_TRAIN if a not in ("--max-steps", "20")]
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "charrnn",
-            "train",
-            str(corpus),
-            "--run-dir",
-            str(tmp_path / "run"),
-            *args,
-            "--max-steps",
-            "100000",
-            "--log-every",
-            "1",
-        ],
-        cwd=tmp_path,
-        env=_env(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = cli_start(
+        ["train", corpus, "--run-dir", tmp_path / "run", *args, "--max-steps", "100000", "--log-every", "1"], tmp_path
     )
     _wait_for_first_step(proc)
     proc.send_signal(signal.SIGINT)
@@ -504,29 +378,7 @@ def test_resume_keeps_the_saved_settings_it_is_not_given(tmp_path, small_corpus)
 
 def test_a_second_process_on_a_run_dir_is_refused_naming_the_holder(tmp_path, small_corpus):
     d = tmp_path / "run"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "charrnn",
-            "train",
-            str(small_corpus),
-            "--run-dir",
-            str(d),
-            *TINY_TRAIN[:-6],
-            "--max-steps",
-            "100000",
-            "--log-every",
-            "1",
-            "--device",
-            "cpu",
-        ],
-        cwd=tmp_path,
-        env=_env(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = cli_start(["train", small_corpus, "--run-dir", d, *ENDLESS], tmp_path)
     try:
         _wait_for_first_step(proc)
         second = cli(["train", small_corpus, "--run-dir", d, "--resume", "--max-steps", "5"], cwd=tmp_path)
@@ -629,24 +481,8 @@ def test_training_beside_a_busy_process_drops_to_the_free_cores(tmp_path, small_
     # dozen tiny steps can finish before the second one on a fast machine (CI failed that way once).
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range((os.cpu_count() or 2) - 1)]
     try:
-        r = cli(
-            [
-                "train",
-                small_corpus,
-                "--run-dir",
-                tmp_path / "run",
-                *TINY_TRAIN[:-6],
-                "--max-steps",
-                "100000",
-                "--max-time",
-                "4s",
-                "--hidden-size",
-                "128",
-                "--device",
-                "cpu",
-            ],
-            cwd=tmp_path,
-        )
+        budget = flags(max_steps=100000, max_time="4s", hidden_size=128, device="cpu")
+        r = cli(["train", small_corpus, "--run-dir", tmp_path / "run", *TINY_TRAIN[:-6], *budget], cwd=tmp_path)
     finally:
         for hog in hogs:
             hog.kill()

@@ -6,8 +6,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,7 @@ from charrnn.errors import CorpusError, DivergedError
 from charrnn.job import ModelOptions, TrainJob, prepared, train
 from charrnn.model import ModelConfig
 from charrnn.train import TrainConfig
-from tests.conftest import wait_for_line, word_text
+from tests.conftest import cli, cli_env, cli_start, flags, tiny_train_config, wait_for_line, word_text
 
 N_STEPS = 40
 
@@ -34,21 +32,9 @@ def corpus(tmp_path_factory):
 
 
 def cfg(**kw) -> TrainConfig:
-    base = dict(
-        seq_len=16,
-        batch_size=4,
-        lr=5e-3,
-        warmup_steps=5,
-        eval_every=1000,
-        log_every=1,
-        max_steps=N_STEPS,
-        seed=11,
-        device="cpu",
-        eval_streams=2,
-        keep=1,
+    return tiny_train_config(
+        **{"lr": 5e-3, "eval_every": 1000, "log_every": 1, "max_steps": N_STEPS, "seed": 11, "keep": 1, **kw}
     )
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 def model_cfg(corpus) -> ModelConfig:
@@ -196,21 +182,33 @@ class NaNAt:
         return loss
 
 
-def test_nan_loss_is_skipped_without_touching_weights(corpus, tmp_path, monkeypatch):
-    monkeypatch.setattr(train_mod.F, "cross_entropy", NaNAt({5}))
+def weights_after_each_step(corpus, run_dir: Path, max_steps: int, check=lambda trainer: None) -> list[list]:
+    """Train through a TrainJob (log_every 1) and return a copy of the weights after every step; check(trainer) runs
+    on the prepared trainer before the first step."""
     snapshots = []
 
     def snapshot(trainer):
         snapshots.append([p.detach().clone() for p in trainer.model.parameters()])
 
     job = TrainJob(
-        corpus=corpus, train=cfg(max_steps=8), model=ModelOptions.of(model_cfg(corpus)), run_dir=tmp_path / "r"
+        corpus=corpus, train=cfg(max_steps=max_steps), model=ModelOptions.of(model_cfg(corpus)), run_dir=run_dir
     )
     with prepared(job, lambda e, i: snapshot(trainer) if e == "log" else None) as trainer:
+        check(trainer)
         trainer.run()
+    return snapshots
+
+
+def same(a: list, b: list) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=False))
+
+
+def test_nan_loss_is_skipped_without_touching_weights(corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_mod.F, "cross_entropy", NaNAt({5}))
+    snapshots = weights_after_each_step(corpus, tmp_path / "r", max_steps=8)
     after4, after5, after6 = snapshots[3], snapshots[4], snapshots[5]
-    assert all(torch.equal(a, b) for a, b in zip(after4, after5, strict=False))  # the NaN step changed nothing
-    assert not all(torch.equal(a, b) for a, b in zip(after5, after6, strict=False))  # and training went on
+    assert same(after4, after5)  # the NaN step changed nothing
+    assert not same(after5, after6)  # and training went on
     ck = load_checkpoint(tmp_path / "r" / "last.pt")
     assert ck["skipped_steps"] == 1 and ck["step"] == 8
     assert all(torch.isfinite(t).all() for t in ck["model"].values())
@@ -225,19 +223,13 @@ def test_nan_step_is_skipped_with_a_non_fused_optimizer(corpus, tmp_path, monkey
         lambda m, c, d: torch.optim.AdamW(real(m, c, d).param_groups, fused=False, foreach=True),
     )
     monkeypatch.setattr(train_mod.F, "cross_entropy", NaNAt({3}))
-    snapshots = []
 
-    def snapshot(trainer):
-        snapshots.append([p.detach().clone() for p in trainer.model.parameters()])
-
-    job = TrainJob(
-        corpus=corpus, train=cfg(max_steps=5), model=ModelOptions.of(model_cfg(corpus)), run_dir=tmp_path / "r"
-    )
-    with prepared(job, lambda e, i: snapshot(trainer) if e == "log" else None) as trainer:
+    def not_fused(trainer):
         assert not trainer.train_step.fused
-        trainer.run()
-    assert all(torch.equal(a, b) for a, b in zip(snapshots[1], snapshots[2], strict=False))
-    assert not all(torch.equal(a, b) for a, b in zip(snapshots[2], snapshots[3], strict=False))
+
+    snapshots = weights_after_each_step(corpus, tmp_path / "r", max_steps=5, check=not_fused)
+    assert same(snapshots[1], snapshots[2])
+    assert not same(snapshots[2], snapshots[3])
 
 
 def test_persistent_nan_stops_as_diverged_and_keeps_the_last_good_checkpoint(corpus, tmp_path, monkeypatch):
@@ -295,37 +287,10 @@ def test_interrupts_outside_the_loop_exit_with_the_signal_code(exc, code):
     assert info.value.exit_code == code
 
 
-def _train_cmd(corpus_path: Path, run_dir: Path, *extra) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "charrnn",
-        "train",
-        str(corpus_path),
-        "--run-dir",
-        str(run_dir),
-        "--hidden-size",
-        "96",
-        "--num-layers",
-        "2",
-        "--dropout",
-        "0.2",
-        "--batch-size",
-        "8",
-        "--seq-len",
-        "32",
-        "--log-every",
-        "1",
-        "--eval-every",
-        "25",
-        "--seed",
-        "5",
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-        *extra,
-    ]
+def _train_args(corpus_path: Path, run_dir: Path, *extra) -> list:
+    size = flags(hidden_size=96, num_layers=2, dropout=0.2, batch_size=8, seq_len=32)
+    rest = flags(log_every=1, eval_every=25, seed=5, device="cpu", threads=1)
+    return ["train", corpus_path, "--run-dir", run_dir, *size, *rest, *extra]
 
 
 def _wait_for_step(proc, step: int, timeout: float = 60.0) -> list[str]:
@@ -342,10 +307,8 @@ def reference_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("signals")
     text = work / "words.txt"
     text.write_text(word_text(200, seed=9))
-    env = dict(os.environ, CHARRNN_CACHE_DIR=str(work / "cache"))
-    ref = subprocess.run(
-        _train_cmd(text, work / "A", "--max-steps", str(TOTAL)), env=env, capture_output=True, text=True, timeout=180
-    )
+    env = cli_env(work)
+    ref = cli(_train_args(text, work / "A", "--max-steps", str(TOTAL)), cwd=work, env=env, timeout=180)
     assert ref.returncode == 0, ref.stderr
     return text, env, load_checkpoint(work / "A" / "last.pt")
 
@@ -354,13 +317,7 @@ def reference_run(tmp_path_factory):
 def test_signal_saves_and_resume_matches_an_uninterrupted_run(sig, code, tmp_path, reference_run):
     text, env, a = reference_run
     total = TOTAL
-    proc = subprocess.Popen(
-        _train_cmd(text, tmp_path / "B", "--max-steps", str(total)),
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = cli_start(_train_args(text, tmp_path / "B", "--max-steps", str(total)), tmp_path, env)
     _wait_for_step(proc, 10)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)  # a signalled run that does not stop fails here
@@ -369,13 +326,7 @@ def test_signal_saves_and_resume_matches_an_uninterrupted_run(sig, code, tmp_pat
     stopped = load_checkpoint(tmp_path / "B" / "last.pt")["step"]
     assert 10 <= stopped < total
 
-    resumed = subprocess.run(
-        _train_cmd(text, tmp_path / "B", "--max-steps", str(total), "--resume"),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    resumed = cli(_train_args(text, tmp_path / "B", "--max-steps", str(total), "--resume"), tmp_path, env, timeout=180)
     assert resumed.returncode == 0, resumed.stderr
     b = load_checkpoint(tmp_path / "B" / "last.pt")
     assert a["step"] == b["step"] == total
@@ -386,14 +337,7 @@ def test_signal_saves_and_resume_matches_an_uninterrupted_run(sig, code, tmp_pat
 def test_double_sigint_exits_without_corrupting(tmp_path):
     text = tmp_path / "words.txt"
     text.write_text(word_text(200, seed=9))
-    env = dict(os.environ, CHARRNN_CACHE_DIR=str(tmp_path / "cache"))
-    proc = subprocess.Popen(
-        _train_cmd(text, tmp_path / "C", "--max-steps", "100000", "--eval-every", "5"),
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = cli_start(_train_args(text, tmp_path / "C", "--max-steps", "100000", "--eval-every", "5"), tmp_path)
     _wait_for_step(proc, 12)
     proc.send_signal(signal.SIGINT)
     proc.send_signal(signal.SIGINT)

@@ -10,25 +10,13 @@ from charrnn.job import train
 from charrnn.model import ModelConfig
 from charrnn.sample import SampleConfig, generate
 from charrnn.train import TrainConfig, budget_progress, evaluate, lr_at
+from tests.conftest import tiny_train_config
 
 PHRASE = "hello world, hello there, hello charrnn.\n"
 
 
 def quick_cfg(**kw) -> TrainConfig:
-    base = dict(
-        seq_len=16,
-        batch_size=4,
-        lr=1e-2,
-        warmup_steps=5,
-        eval_every=50,
-        log_every=5,
-        max_steps=50,
-        seed=1,
-        device="cpu",
-        eval_streams=2,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_train_config(**{"lr": 1e-2, "eval_every": 50, "log_every": 5, "max_steps": 50, "seed": 1, **kw})
 
 
 def test_memorises_text_and_greedy_sampling_reproduces_it(tmp_path):
