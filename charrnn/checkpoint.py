@@ -289,7 +289,8 @@ def load_checkpoint(path: Path | str, *, map_location="cpu", require: tuple[str,
 
 
 class RunDir:
-    """One run's checkpoints: ckpt-NNNNNNNNN.pt files, last.pt and best.pt (hard links to them), metrics.jsonl."""
+    """One run's checkpoints: ckpt-NNNNNNNNN.pt files, last.pt and best.pt (hard links to them), metrics.jsonl,
+    samples.jsonl (the previews written during training)."""
 
     def __init__(self, path: Path, keep: int = 3, *, durable: bool = True, overwrite: bool = False) -> None:
         if keep < 0:
@@ -301,6 +302,7 @@ class RunDir:
         self.last_path = self.path / "last.pt"
         self.best_path = self.path / "best.pt"
         self.metrics_path = self.path / "metrics.jsonl"
+        self.samples_path = self.path / "samples.jsonl"
 
     def prepare(self) -> None:
         """Fail now, not after an hour of training, if checkpoints cannot be written here; remove stale temps."""
@@ -323,7 +325,7 @@ class RunDir:
 
     def run_files(self) -> list[Path]:
         """What a run writes here (what --overwrite removes); never anything else a user keeps in the folder."""
-        names = [self.last_path, self.best_path, self.metrics_path] + [p for _, p in self.numbered()]
+        names = [self.last_path, self.best_path, self.metrics_path, self.samples_path] + [p for _, p in self.numbered()]
         return [p for p in names if p.exists()]
 
     def _remove_earlier_run(self) -> None:

@@ -341,6 +341,9 @@ TRAIN_FIELDS = (
     "eval_every",
     "eval_streams",
     "log_every",
+    "sample_every",
+    "sample_length",
+    "sample_prime",
     "keep",
     "max_skips",
     "seed",
@@ -424,6 +427,18 @@ TrainMaxTime = Annotated[
 TrainEvalEvery = Annotated[int, option(OUTPUT, "Evaluate and checkpoint every N steps.")]
 TrainEvalStreams = Annotated[int, option(OUTPUT, "Validation text is scored as this many carried streams.")]
 TrainLogEvery = Annotated[int, option(OUTPUT, "Report progress every N steps.")]
+TrainSampleEvery = Annotated[
+    Optional[int], maybe(OUTPUT, "Preview the model's text every N steps \\[default: at each evaluation].")
+]
+TrainSampleLength = Annotated[
+    int,
+    option(
+        OUTPUT, "Characters in each preview (temperature 0.8, the run's seed), on stderr and in samples.jsonl; 0: none."
+    ),
+]
+TrainSamplePrime = Annotated[
+    str, option(OUTPUT, "Text each preview starts from (not shown) \\[default: a newline].", show_default=False)
+]
 TrainRunDir = Annotated[
     Optional[Path],
     maybe(OUTPUT, "Run directory \\[default: checkpoints/<corpus name>, or <name>-2, -3, ... when that holds a run]."),
@@ -488,6 +503,9 @@ def train(
     eval_every: TrainEvalEvery = 200,
     eval_streams: TrainEvalStreams = 8,
     log_every: TrainLogEvery = 20,
+    sample_every: TrainSampleEvery = None,
+    sample_length: TrainSampleLength = 200,
+    sample_prime: TrainSamplePrime = "",
     run_dir: TrainRunDir = None,
     resume: TrainResume = False,
     overwrite: TrainOverwrite = False,

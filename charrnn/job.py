@@ -176,6 +176,7 @@ def prepared(
     try:
         corpus = job.corpus if job.corpus is not None else _load_corpus(job, dist, report)
         cfg = job.train
+        _check_sample_prime(cfg, corpus.vocab)
         if not job.resume:
             check_corpus_size(len(corpus.ids), cfg, len(corpus.vocab))  # before the run directory is created
             _default_budget(cfg, len(corpus.ids), report)
@@ -294,6 +295,15 @@ def _setup(job: TrainJob, corpus: Corpus, dist: runtime.Dist, run_dir: RunDir, r
         else:
             start.model_config = _new_model_config(job, corpus, cfg, dist, device, report)
     return Setup(corpus, start, cfg, run_dir, dist, device, job.given, job.started)
+
+
+def _check_sample_prime(cfg: TrainConfig, vocab: Vocab) -> None:
+    """--sample-prime must be text the model can read; checked before anything is created, not at the first
+    preview. (A resumed run's vocabulary is its corpus's; a fine-tuned model's holds the corpus's.)"""
+    unknown = vocab.unknown(cfg.sample_prime)
+    if unknown:
+        listed = " ".join(repr(c) for c in unknown[:20])
+        raise UsageError(f"--sample-prime has character(s) the corpus does not: {listed}; remove them or leave it out.")
 
 
 def _read_resume(job: TrainJob, corpus: Corpus, run_dir: RunDir, report: Reporter) -> Resumed:

@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
 from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from charrnn.errors import CheckpointWriteError
 
 
 def append_metrics(path: Path, record: dict) -> None:
-    """One JSON object per evaluation; appended and flushed so a crash loses at most the line being written.
+    """One JSON object per evaluation (metrics.jsonl) or preview (samples.jsonl); appended and flushed so a crash
+    loses at most the line being written.
     Non-finite numbers become null: NaN and Infinity are not JSON, and jq and friends reject them.
 
     A failed write (disk full, no permission) is a CheckpointWriteError like a failed checkpoint save: the
@@ -43,6 +46,13 @@ def check_metrics_writable(path: Path) -> None:
         raise CheckpointWriteError(
             f"cannot write {path} ({exc.strerror or exc}); fix its permissions or choose another --run-dir."
         ) from None
+
+
+def printable(text: str) -> str:
+    """Text safe for a terminal: control characters but newline and tab written as escapes."""
+    return "".join(
+        c if c in "\n\t" or unicodedata.category(c) != "Cc" else c.encode("unicode_escape").decode() for c in text
+    )
 
 
 def format_duration(seconds: float) -> str:
@@ -171,6 +181,15 @@ class Reporter:
             f"{'  (best)' if info.get('is_best') else ''}"
         )
         self.console.print(line)
+
+    def _on_sample(self, info: dict) -> None:
+        """A preview of the model's text under the progress output: plain text, never markup, with control
+        characters (a crafted corpus could teach the model escape sequences) shown as escapes."""
+        if self.quiet:
+            return
+        val = f", val {info['val_loss']:.4f}" if math.isfinite(info["val_loss"]) else ""
+        self.console.print(Text(f"sample at step {info['step']:,}{val}:", style="dim"))
+        self.console.print(Text(printable(info["text"]), style="italic"), highlight=False)
 
     def _on_end(self, info: dict) -> None:
         self.close()

@@ -24,13 +24,25 @@ from charrnn.data import DeviceFeeder, min_corpus_chars, split
 from charrnn.errors import CorpusError, DivergedError, UsageError
 from charrnn.model import CharRNN, State, load_weights
 from charrnn.report import append_metrics, chars_per_sec, check_metrics_writable, eta_seconds, format_duration
+from charrnn.sample import SampleConfig, generate
 from charrnn.state import CorpusInfo, ModelBundle, TrainState, checkpoint_dict
 from charrnn.step import TrainStep, make_optimizer
+from charrnn.vocab import Vocab
 
 Reporter = Callable[[str, dict], None]
 
 # Options that change no arithmetic, so a resumed run may take new values for them.
-RESUME_OVERRIDABLE = ("device", "threads", "keep", "log_every", "eval_every", "max_skips")
+RESUME_OVERRIDABLE = (
+    "device",
+    "threads",
+    "keep",
+    "log_every",
+    "eval_every",
+    "max_skips",
+    "sample_every",
+    "sample_length",
+    "sample_prime",
+)
 LIMITS = ("max_steps", "max_epochs", "max_time")
 MAX_LOGITS = 1 << 28  # B * T * V values per step; fp32 logits, their softmax and gradient are 3 GiB at the limit
 EVAL_LOGITS = 1 << 24  # evaluation scores at most this many logits at a time (64 MiB), whatever the vocabulary
@@ -39,6 +51,8 @@ EVAL_LOGITS = 1 << 24  # evaluation scores at most this many logits at a time (6
 # steps of 2x512 took ~6 % of a 10-minute budget on 2 cores (bench/README.md, issue 9), steps the model never got.
 EVAL_SHARE = 0.04
 CLOSING_MARGIN = 1.0  # seconds kept back beyond the final evaluation and save's expected cost
+MAX_PREVIEW = 10_000  # characters in a preview during training (`charrnn sample` has no such limit)
+PREVIEW_TEMPERATURE = 0.8
 
 
 @dataclass
@@ -67,6 +81,11 @@ class TrainConfig:
     eval_streams: int = 8  # validation text is cut into this many contiguous streams, every char scored once
     eval_chars: int | None = 2_000_000  # score at most this many validation chars (None: all of them)
     log_every: int = 20
+    # a preview of the model's text at every evaluation (or every sample_every steps), on stderr and in
+    # samples.jsonl; a fixed seed per run, so successive previews differ only by what the model learned
+    sample_every: int | None = None  # None: at every evaluation
+    sample_length: int = 200  # 0: no previews
+    sample_prime: str = ""
     keep: int = 3
     max_skips: int = 5  # consecutive non-finite steps before training stops as diverged
     # runtime
@@ -83,6 +102,7 @@ class TrainConfig:
             "log_every": self.log_every,
             "eval_streams": self.eval_streams,
             "max_skips": self.max_skips,
+            "sample_every": self.sample_every or 1,
         }
         for name, value in positive.items():
             if value < 1:
@@ -95,8 +115,12 @@ class TrainConfig:
             raise UsageError(f"--weight-decay must be a number >= 0, not {self.weight_decay}.")
         if not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
             raise UsageError(f"--grad-clip must be a positive number, not {self.grad_clip}.")
-        if self.warmup_steps < 0 or self.keep < 0:
-            raise UsageError("--warmup-steps and --keep must be 0 or more.")
+        if self.warmup_steps < 0 or self.keep < 0 or self.sample_length < 0:
+            raise UsageError("--warmup-steps, --keep and --sample-length must be 0 or more.")
+        if self.sample_length > MAX_PREVIEW:
+            raise UsageError(
+                f"--sample-length must be at most {MAX_PREVIEW:,} (a preview, not a sample), not {self.sample_length}."
+            )
         if not 0.0 <= self.min_lr_frac <= 1.0:
             raise UsageError(f"--min-lr-frac must be between 0 and 1, not {self.min_lr_frac}.")
         if not 0.0 <= self.decay_frac <= 1.0:
@@ -215,6 +239,29 @@ def evaluate(
         ).double()
     model.train(was_training)
     return total.item() / (num_streams * stream_len)
+
+
+def preview_seed(seed: int) -> int:
+    """The run's seed as a sampling seed (sampling takes 0 .. 2^63 - 2; a run's seed may be any 64-bit value)."""
+    return seed % (2**63 - 1)
+
+
+def preview_text(model: CharRNN, vocab: Vocab, cfg: TrainConfig, device: torch.device) -> str:
+    """`sample_length` characters at temperature 0.8 from the run's seed, after `sample_prime` (not repeated).
+
+    The model runs in eval mode, so no dropout mask is drawn from the global RNG the training step uses, and
+    sampling draws from its own seeded generator: a preview never changes what training does next."""
+    was_training = model.training
+    model.eval()
+    try:
+        sampling = SampleConfig(
+            temperature=PREVIEW_TEMPERATURE, length=cfg.sample_length, seed=preview_seed(cfg.seed), precision="fp32"
+        )
+        prime_ids = [int(i) for i in vocab.encode(cfg.sample_prime or vocab.start())]
+        with torch.no_grad():
+            return "".join(vocab.decode(block[0].tolist()) for block in generate(model, prime_ids, sampling, device))
+    finally:
+        model.train(was_training)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -474,6 +521,8 @@ class Trainer:
                 self._evaluate_and_save(train_loss)
             elif self.step % cfg.eval_every == 0:
                 self._save_only(train_loss)
+            if cfg.sample_every and self.step % cfg.sample_every == 0:
+                self._preview()
         if window.steps:
             train_loss = self._log(window)
         if reason == "signal":
@@ -622,6 +671,26 @@ class Trainer:
         if self.dist.is_main:
             append_metrics(self.run_dir.metrics_path, record)
             self.report("eval", {**record, "is_best": is_best})
+        if cfg.sample_every is None:
+            self._preview()
+
+    def _preview(self) -> None:
+        """A preview of the model's text (rank 0): on stderr and in samples.jsonl, with the time it took."""
+        if not self.cfg.sample_length or not self.dist.is_main:
+            return
+        t = time.perf_counter()
+        text = preview_text(self.model, self.vocab, self.cfg, self.device)
+        record = {
+            "step": self.step,
+            "val_loss": self.last_val,
+            "temperature": PREVIEW_TEMPERATURE,
+            "seed": preview_seed(self.cfg.seed),
+            "prime": self.cfg.sample_prime,
+            "text": text,
+            "seconds": round(time.perf_counter() - t, 4),
+        }
+        append_metrics(self.run_dir.samples_path, record)
+        self.report("sample", record)
 
 
 class LogWindow:

@@ -39,6 +39,10 @@ class Vocab:
                 return np.dtype(dtype)
         return np.dtype(np.uint32)
 
+    def start(self) -> str:
+        """An unprinted first character to sample from when there is no prime: a newline where the text has one."""
+        return "\n" if "\n" in self._stoi else self.chars[0]
+
     def unknown(self, text: str) -> list[str]:
         return [c for c in dict.fromkeys(text) if c not in self._stoi]
 

@@ -3,6 +3,7 @@ non-finite steps skipped without touching the weights, divergence, and NaN valid
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -346,3 +347,31 @@ def test_double_sigint_exits_without_corrupting(tmp_path):
     assert "Traceback" not in err
     assert load_checkpoint(tmp_path / "C" / "last.pt")["step"] >= 10  # whatever happened, a good checkpoint loads
     assert not list((tmp_path / "C").glob("*.tmp"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# previews during training
+
+
+PREVIEWS = {"sample_every": 3, "sample_length": 30}
+
+
+def test_previews_change_nothing_in_training_and_resume_stays_bit_exact(corpus, uninterrupted, tmp_path):
+    """The model has dropout 0.3, so a preview that drew from the global RNG would shift every later loss."""
+    losses_a, tensors_a = uninterrupted
+    assert run_losses(corpus, tmp_path / "P", **PREVIEWS) == losses_a
+    first = run_losses(corpus, tmp_path / "B", stop_after=17, **PREVIEWS)
+    second = run_losses(corpus, tmp_path / "B", resume=True, **PREVIEWS)
+    assert first + second == losses_a
+    tensors_b = final_tensors(tmp_path / "B")
+    assert all(torch.equal(tensors_a[name], tensors_b[name]) for name in tensors_a)
+    previews = [json.loads(line) for line in (tmp_path / "B" / "samples.jsonl").read_text().splitlines()]
+    assert [p["step"] for p in previews] == list(range(3, N_STEPS + 1, 3))
+    assert all(len(p["text"]) == 30 for p in previews)
+
+
+def test_the_preview_test_has_teeth(corpus, uninterrupted, tmp_path, monkeypatch):
+    """Control: a preview that draws one random number from the global RNG does change the run."""
+    real = train_mod.preview_text
+    monkeypatch.setattr(train_mod, "preview_text", lambda *a: (torch.rand(1), real(*a))[1])
+    assert run_losses(corpus, tmp_path / "P", **PREVIEWS) != uninterrupted[0]
