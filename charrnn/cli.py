@@ -9,6 +9,7 @@ away (`| head`), which ends the command quietly with exit 0.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import re
@@ -25,7 +26,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from charrnn.errors import CharRNNError
+from charrnn.errors import CharRNNError, UsageError
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -636,6 +637,14 @@ SamplePrecision = Annotated[
         "slightly less accurate."
     ),
 ]
+SampleBeam = Annotated[
+    Optional[int],
+    typer.Option(
+        help="Beam search: the most likely continuation (or --num-samples best) kept over this many beams; "
+        "deterministic, so no temperature, top-k, top-p or seed.",
+        show_default=False,
+    ),
+]
 SampleQuiet = Annotated[
     bool,
     typer.Option("--quiet", "-q", help="Say nothing on stderr but errors (not the checkpoint used, nor the seed)."),
@@ -644,6 +653,7 @@ SampleQuiet = Annotated[
 
 @app.command(epilog=SAMPLE_EPILOG)
 def sample(
+    ctx: typer.Context,
     checkpoint: SampleCheckpoint = None,
     temp: SampleTemp = 0.8,
     top_k: SampleTopK = None,
@@ -654,6 +664,7 @@ def sample(
     seed: SampleSeed = None,
     device: SampleDevice = "auto",
     precision: SamplePrecision = "fp32",
+    beam: SampleBeam = None,
     quiet: SampleQuiet = False,
 ) -> None:
     """Stream text from a trained checkpoint to stdout."""
@@ -661,18 +672,18 @@ def sample(
 
     from charrnn import runtime
     from charrnn.checkpoint import load_model
-    from charrnn.sample import SampleConfig, generate
+    from charrnn.sample import BeamConfig, SampleConfig, beam_search, generate, refuse_sampling_controls
 
     with user_errors(), reader_may_leave():
-        cfg = SampleConfig(
-            temperature=temp,
-            top_k=top_k,
-            top_p=top_p,
-            length=length,
-            num_samples=num_samples,
-            seed=runtime.draw_seed() if seed is None else seed,
-            precision=precision,
-        )
+        cfg: SampleConfig | BeamConfig
+        if beam is not None:
+            refuse_sampling_controls(temp if given(ctx, "temp") else None, top_k, top_p)
+            if seed is not None:
+                raise UsageError("--beam is deterministic, so --seed does nothing with it; leave --seed out.")
+            cfg = BeamConfig(beam_size=beam, length=length, num_results=num_samples, precision=precision)
+        else:
+            seed = runtime.draw_seed() if seed is None else seed
+            cfg = SampleConfig(temp, top_k, top_p, length, num_samples, seed, precision)
         cfg.validate()
         dev = runtime.select_device(device)
         path = resolve_checkpoint(checkpoint)
@@ -680,11 +691,13 @@ def sample(
         vocab = bundle.vocab
         text = _read_prime(prime, vocab)
         if not quiet:
-            _announce(path, bundle, cfg, seed_drawn=seed is None, device=dev)
-        seed_text = text or ("\n" if "\n" in vocab.chars else vocab.chars[0])  # an unprinted start when no prime
-        prime_ids = [int(i) for i in vocab.encode(seed_text)]
+            _announce(path, bundle, cfg, seed_drawn=beam is None and not given(ctx, "seed"), device=dev)
+        prime_ids = [int(i) for i in vocab.encode(text or vocab.start())]  # an unprinted start when no prime
         with torch.inference_mode():
-            stream_samples(generate(model, prime_ids, cfg, dev), text, vocab, num_samples)
+            if isinstance(cfg, BeamConfig):
+                stream_beams(beam_search(model, prime_ids, cfg, dev), text, vocab, quiet)
+            else:
+                stream_samples(generate(model, prime_ids, cfg, dev), text, vocab, num_samples)
 
 
 def _read_prime(prime: str | None, vocab) -> str:
@@ -723,6 +736,32 @@ def _progress_line(facts) -> str:
     return f"step {step}, " + (f"val {val:.4f} nats/char" if val is not None else "not evaluated yet")
 
 
+def stream_beams(events, prime: str, vocab, quiet: bool) -> None:
+    """Beam search's text: one result streams as its beams agree; several come best first, a blank line apart,
+    each after its prime. Each result's mean log-probability goes to stderr (unless --quiet)."""
+    from charrnn.sample import BeamPiece
+
+    write_out(prime)
+    last, streamed = prime, False
+    for event in events:
+        if isinstance(event, BeamPiece):
+            piece = vocab.decode(event.ids)
+            write_out(piece)
+            last, streamed = (last + piece)[-1:] or last, True
+            continue
+        text = vocab.decode(event.ids)
+        if event.rank > 0:
+            write_out(("\n" if not last.endswith("\n") else "") + "\n" + prime + text)
+            last = (prime + text)[-1:]
+        elif not streamed:
+            write_out(text)
+            last = (prime + text)[-1:]
+        if not quiet:
+            say(f"beam result {event.rank + 1}: mean log-probability {event.score:.4f} nats/char")
+    if not last.endswith("\n"):
+        write_out("\n")
+
+
 def stream_samples(blocks, prime: str, vocab, num_samples: int) -> None:
     """Sample 0 streams live; the others (generated in the same batch) follow it, a blank line apart."""
     write_out(prime)
@@ -743,6 +782,165 @@ def stream_samples(blocks, prime: str, vocab, num_samples: int) -> None:
         last = body or last
     if not last.endswith("\n"):
         write_out("\n")
+
+
+# ---------------------------------------------------------------------------------------------------
+# score
+
+SCORE_EPILOG = """Examples:\n
+  charrnn score notes.txt                   (the newest run's best.pt: nats/char, bits/char, perplexity)\n
+  charrnn score checkpoints/notes --per-line --independent candidates.txt | sort -n | head\n
+  charrnn score checkpoints/notes server.log --per-line | sort -rn | head   (the least typical lines)\n
+  charrnn score checkpoints/notes draft.txt --html draft.html"""
+
+ScoreArgs = Annotated[
+    list[str],
+    typer.Argument(
+        metavar="[CHECKPOINT] FILE",
+        help="A checkpoint or run directory \\[default: the newest run], then the text to score ('-': stdin).",
+        show_default=False,
+    ),
+]
+ScorePerLine = Annotated[
+    bool, typer.Option("--per-line", help="One TSV line per input line: bpc, nats, chars, the line.")
+]
+ScoreIndependent = Annotated[
+    bool,
+    typer.Option("--independent", help="Score each line from a fresh state (to rank candidates), not in context."),
+]
+ScoreSkipUnknown = Annotated[
+    bool,
+    typer.Option(
+        "--skip-unknown", help="Leave characters the model never saw out, instead of charging each ln(V) nats."
+    ),
+]
+ScoreJson = Annotated[bool, typer.Option("--json", help="JSON: one object, or one per line with --per-line.")]
+ScoreHeatmap = Annotated[
+    bool, typer.Option("--heatmap", help="Print the text coloured by each character's surprise (in a terminal).")
+]
+ScoreHtml = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="Write a page of the text coloured by surprise, each character's probability and the model's top "
+        "choices on hover.",
+        show_default=False,
+    ),
+]
+
+
+@app.command(epilog=SCORE_EPILOG)
+def score(
+    args: ScoreArgs,
+    per_line: ScorePerLine = False,
+    independent: ScoreIndependent = False,
+    skip_unknown: ScoreSkipUnknown = False,
+    json_out: ScoreJson = False,
+    heatmap: ScoreHeatmap = False,
+    html: ScoreHtml = None,
+    device: SampleDevice = "auto",
+    quiet: SampleQuiet = False,
+) -> None:
+    """How well a model predicts a text: nats/char, bits/char and perplexity, per line, or as a heatmap."""
+    from charrnn import runtime
+    from charrnn.checkpoint import load_model
+    from charrnn.score import ScoreConfig, read_text
+
+    with user_errors(), reader_may_leave():
+        checkpoint, source = _score_args(args)
+        if (heatmap or html is not None) and (per_line or independent):
+            raise UsageError(
+                "--heatmap and --html score the text in context as a whole; leave out --per-line and --independent."
+            )
+        if html is not None and not html.parent.is_dir():
+            raise UsageError(
+                f"--html {html}: the directory {html.parent} does not exist; create it or choose another path."
+            )
+        cfg = ScoreConfig(skip_unknown=skip_unknown, independent=independent)
+        chunks = read_text(source)
+        # The first block decoded now: a missing, empty, binary or non-UTF-8 file fails before the model loads.
+        chunks = itertools.chain([next(chunks)], chunks)
+        dev = runtime.select_device(device)
+        path = resolve_checkpoint(checkpoint)
+        model, bundle = load_model(path, dev)
+        if not quiet:
+            say(f"using {path} ({_progress_line(bundle.facts)})")
+        if heatmap or html is not None:
+            _score_heatmap(model, bundle.vocab, chunks, dev, heatmap, html, source)
+        elif per_line:
+            _score_per_line(model, bundle.vocab, chunks, dev, cfg, json_out, quiet)
+        else:
+            _score_whole(model, bundle.vocab, chunks, dev, cfg, json_out)
+
+
+def _score_args(args: list[str]) -> tuple[Path | None, str]:
+    if len(args) == 1:
+        return None, args[0]
+    if len(args) == 2:
+        return Path(args[0]), args[1]
+    raise UsageError(
+        f"score takes [CHECKPOINT] FILE, not {len(args)} arguments; e.g. charrnn score checkpoints/notes text.txt."
+    )
+
+
+def _score_whole(model, vocab, chunks, device, cfg, json_out: bool) -> None:
+    import json
+
+    from charrnn.score import score_text
+
+    total = score_text(model, vocab, chunks, device, cfg)
+    _unknown_note(total)
+    write_out((json.dumps(total.to_dict()) if json_out else total.summary()) + "\n")
+
+
+def _score_per_line(model, vocab, chunks, device, cfg, json_out: bool, quiet: bool) -> None:
+    """A line out for each line in, as it is scored; the total and any unknown characters on stderr at the end."""
+    import json
+
+    from charrnn.score import Score, score_lines
+
+    total = Score.empty(len(vocab), cfg.skip_unknown)
+    for line in score_lines(model, vocab, chunks, device, cfg):
+        total.add(line)
+        if json_out:
+            record = {
+                "bpc": line.bits_per_char,
+                "nats": line.nats,
+                "chars": line.chars,
+                "line": line.text.rstrip("\r\n"),
+            }
+            write_out(
+                json.dumps(
+                    {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+                )
+                + "\n"
+            )
+        else:
+            write_out(line.tsv() + "\n")
+    _unknown_note(total)
+    if not quiet:
+        say(f"total: {total.summary()}")
+
+
+def _score_heatmap(model, vocab, chunks, device, heatmap: bool, html: Path | None, source: str) -> None:
+    from charrnn.score import char_scores, collect_text, heatmap_html, heatmap_text
+
+    records = char_scores(model, vocab, collect_text(chunks), device)
+    if html is not None:
+        try:
+            title = "standard input" if source == "-" else source
+            html.write_text(heatmap_html(records, title=title), encoding="utf-8")
+        except OSError as e:
+            raise CharRNNError(f"cannot write {html} ({e.strerror or e}); choose another --html path.") from None
+        say(f"wrote {html}")
+    if heatmap:
+        out = Console(file=sys.stdout, highlight=False, soft_wrap=True)
+        out.print(heatmap_text(records), end="" if records and records[-1].char == "\n" else "\n")
+
+
+def _unknown_note(total) -> None:
+    note = total.unknown_note()
+    if note:
+        say(f"warning: {note}")
 
 
 # ---------------------------------------------------------------------------------------------------

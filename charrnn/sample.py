@@ -29,6 +29,11 @@ Sampling is inverse-CDF with one seeded torch.Generator per stream (seed + i), s
 same text as a single-sample run with seed + i. In fp32 the batch and the single run differ only by float
 rounding in the logits, which changes a character only if a uniform lands that close to a CDF step.
 
+Beam search (`beam_search`, `charrnn sample --beam N`) steps its N beams as one batch of the same Stepper. Each
+step ranks every (beam, next id) pair by summed log-probability, keeps the best N, and moves each kept beam's
+state to its row with `Stepper.reorder`. With one result asked for, ids are yielded as soon as every beam agrees
+on them, so the text still streams. It runs in fp32 only, so its scores are the model's own log-probabilities.
+
 The measured figures behind these choices live in bench/README.md, where they can be dated and rerun.
 """
 
@@ -427,6 +432,7 @@ class Stepper:
             self._w_head = self.cell.own(model.head.weight.detach().t())  # (H, V), float32 in every precision
             self._b_head = self.cell.own(model.head.bias.detach())
         self.logits = torch.zeros(B, c.vocab_size, device=device, dtype=torch.float32)  # (B, V), reused by every step
+        self._reorder_scratch: torch.Tensor | None = None  # (B, L*H), made by the first reorder()
 
     # ---- state in model format ----
 
@@ -443,6 +449,24 @@ class Stepper:
         B, L, H = self.batch_size, self.num_layers, self.hidden_size
         h = self.hs.view(B, L, H).transpose(0, 1).contiguous()
         return (h, self.cs.view(B, L, H).transpose(0, 1).contiguous()) if self.cs is not None else (h,)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Row b of the state becomes row index[b] of the current state, index (B,) int64 on the device (beam
+        search's parents; a row may be copied to several). In place: the cells' views point into hs and cs, so
+        those buffers are overwritten through a scratch buffer, never replaced."""
+        if index.shape != (self.batch_size,):
+            raise ValueError(f"reorder needs one index per row, shape ({self.batch_size},), not {tuple(index.shape)}")
+        with torch.no_grad():
+            scratch = self._reorder_scratch
+            if scratch is None:
+                # A plain tensor even when the first call is in inference mode, so later calls work in any mode.
+                with torch.inference_mode(False):
+                    scratch = self._reorder_scratch = torch.empty_like(self.hs)  # (B, L*H)
+            for buf in (self.hs, self.cs):
+                if buf is not None:
+                    # Gathering straight into buf would read rows it has already overwritten.
+                    torch.index_select(buf, 0, index, out=scratch)
+                    buf.copy_(scratch)
 
     # ---- one step ----
 
@@ -557,12 +581,7 @@ def generate(model: CharRNN, prime_ids: list[int], cfg: SampleConfig, device: to
 
     Bad options raise UsageError here, at the call, not at the first next()."""
     cfg.validate()
-    if not prime_ids:
-        raise UsageError("--prime must contain at least one character; pass e.g. a newline.")
-    V = model.config.vocab_size
-    bad = [i for i in prime_ids if not 0 <= i < V]
-    if bad:
-        raise UsageError(f"prime id {bad[0]} is outside the vocabulary of {V} characters.")
+    check_prime(prime_ids, model.config.vocab_size)
     device = torch.device(device)
     if cfg.precision == "bf16" and device.type not in ("cpu", "cuda"):
         raise UsageError(f"--precision bf16 runs on cpu and cuda, not {device.type}; use --precision fp32 there.")
@@ -571,6 +590,15 @@ def generate(model: CharRNN, prime_ids: list[int], cfg: SampleConfig, device: to
             "this GPU has no bfloat16 matrix units (it needs compute capability 8.0+); use --precision fp32."
         )
     return _generate(model, list(prime_ids), cfg, device)
+
+
+def check_prime(prime_ids: list[int], vocab_size: int) -> None:
+    """A prime to start from: at least one id, every id in the vocabulary (UsageError otherwise)."""
+    if not prime_ids:
+        raise UsageError("--prime must contain at least one character; pass e.g. a newline.")
+    bad = [i for i in prime_ids if not 0 <= i < vocab_size]
+    if bad:
+        raise UsageError(f"prime id {bad[0]} is outside the vocabulary of {vocab_size} characters.")
 
 
 def _generate(model: CharRNN, prime_ids: list[int], cfg: SampleConfig, device: torch.device) -> Iterator[torch.Tensor]:
@@ -683,3 +711,201 @@ class _Loop:
         self.tok.copy_(saved_tok)
         self.u.copy_(saved_u)
         return graph if captured else None
+
+
+# --------------------------------------------------------------------------------------------------
+# beam search
+# --------------------------------------------------------------------------------------------------
+
+MAX_BEAM_CANDIDATES = 1 << 24  # beam * V scores ranked per step: each (N, V) float32 temporary is 64 MiB at most
+
+
+@dataclass
+class BeamConfig:
+    """`charrnn sample --beam N`: the N most likely continuations kept at each step, the best K returned."""
+
+    beam_size: int = 1  # --beam: continuations kept at each step
+    length: int = 2000  # --length: new characters
+    num_results: int = 1  # --num-samples: the K best continuations returned, K <= beam_size
+    precision: str = "fp32"  # fp32 only (see validate)
+
+    def validate(self) -> None:
+        N, K = self.beam_size, self.num_results
+        if N < 1:
+            raise UsageError(f"--beam must be at least 1, not {N}.")
+        if N > MAX_NUM_SAMPLES:
+            raise UsageError(f"--beam must be at most {MAX_NUM_SAMPLES} (the beams step as one batch), not {N}.")
+        if self.length < 0:
+            raise UsageError(f"--length must be at least 0, not {self.length}.")
+        if K < 1:
+            raise UsageError(f"--num-samples must be at least 1, not {K}.")
+        if K > N:
+            raise UsageError(
+                f"--num-samples {K} asks for more results than --beam {N} keeps; "
+                f"use --num-samples at most {N} or a larger --beam."
+            )
+        if N * self.length > MAX_HELD_CHARS:
+            raise UsageError(
+                f"--beam {N} x --length {self.length} would hold {N * self.length:,} characters of beam history "
+                f"in memory (the limit is {MAX_HELD_CHARS:,}); use a smaller --beam or --length."
+            )
+        check_precision(self.precision)
+        if self.precision != "fp32":
+            raise UsageError(
+                f"--beam runs in fp32 only: its scores are the model's log-probabilities, which {self.precision} "
+                "products would shift; drop --precision."
+            )
+
+
+def refuse_sampling_controls(temperature: float | None, top_k: int | None, top_p: float | None) -> None:
+    """With --beam, refuse whichever sampling flags were given (None: not given), in one sentence."""
+    flags = (("--temperature", temperature), ("--top-k", top_k), ("--top-p", top_p))
+    given = [flag for flag, value in flags if value is not None]
+    if given:
+        raise UsageError(
+            f"--beam cannot be combined with {' or '.join(given)}: beam search is deterministic and maximises "
+            "likelihood, so sampling controls do not apply."
+        )
+
+
+@dataclass(frozen=True)
+class BeamPiece:
+    """Generated ids every live beam agrees on, following those already yielded: whichever beam wins starts with
+    them. Yielded only when one result is asked for."""
+
+    ids: list[int]
+
+
+@dataclass(frozen=True)
+class BeamResult:
+    """One finished continuation; results come best first (rank 0)."""
+
+    rank: int
+    ids: list[int]  # the generated ids, prime excluded: `length` of them
+    log_prob: float  # sum of the model's log-probabilities (nats) of these ids after the prime
+    score: float  # log_prob / length: mean log-prob per generated character, the ranking key
+
+
+BeamEvent = BeamPiece | BeamResult
+
+
+def beam_search(model: CharRNN, prime_ids: list[int], cfg: BeamConfig, device: torch.device) -> Iterator[BeamEvent]:
+    """The cfg.num_results most likely continuations of the prime under the model, cfg.length ids each, by beam
+    search with cfg.beam_size beams stepped as one batch.
+
+    num_results == 1: BeamPiece events as soon as every live beam agrees on the next ids, then a last BeamPiece
+    with the rest of the winner (the pieces concatenate to its ids), then its BeamResult. num_results > 1: only
+    the BeamResults, best first, when the search ends. Fewer results come when fewer distinct continuations
+    exist (V ** length < num_results); length 0 yields nothing.
+
+    Bad options raise UsageError here, at the call, not at the first next()."""
+    cfg.validate()
+    V = model.config.vocab_size
+    check_prime(prime_ids, V)
+    if cfg.beam_size * V > MAX_BEAM_CANDIDATES:
+        raise UsageError(
+            f"--beam {cfg.beam_size} over {V:,} characters would rank {cfg.beam_size * V:,} candidates a step "
+            f"(the limit is {MAX_BEAM_CANDIDATES:,}); use --beam at most {MAX_BEAM_CANDIDATES // V}."
+        )
+    return _beam_search(model, list(prime_ids), cfg, torch.device(device))
+
+
+def _beam_search(model: CharRNN, prime_ids: list[int], cfg: BeamConfig, device: torch.device) -> Iterator[BeamEvent]:
+    if cfg.length == 0:
+        return
+    beams = _Beams(model, cfg.beam_size, cfg.length, device)  # buffers made in the caller's mode, as in generate
+    stream = cfg.num_results == 1
+    emitted = 0  # ids of the winner already yielded
+    # Inference mode is entered per step and never held across a yield: it would leak into the caller's code.
+    with torch.inference_mode():
+        beams.start(model, prime_ids)
+    for t in range(cfg.length):
+        with torch.inference_mode():
+            beams.advance(t)
+        if stream and beams.settled > emitted:
+            yield BeamPiece(beams.ids(emitted, beams.settled))
+            emitted = beams.settled
+    if stream and emitted < cfg.length:
+        yield BeamPiece(beams.ids(emitted, cfg.length))
+    yield from beams.results(cfg.num_results)
+
+
+class _Beams:
+    """N beams stepped as one batch: their states in a Stepper, their scores and id histories on the device.
+
+    Rows [0, live) are the live beams, best first after each step. live grows from 1 (the prime) to
+    min(N, V ** (t + 1)) after step t; the rows past it are padding that the Stepper steps and nothing reads.
+    The first `settled` columns of the history hold the same ids in every live beam, and never change again.
+
+    Memory: the Stepper's state and buffers for N rows, N * length int64 ids of history, N * V float32 scores.
+    Work per step beyond the Stepper's: a top-N over N * V scores, and gathering the unsettled history columns.
+    """
+
+    def __init__(self, model: CharRNN, beam_size: int, length: int, device: torch.device) -> None:
+        N = self.beam_size = beam_size
+        self.length, self.vocab_size = length, model.config.vocab_size
+        self.stepper = Stepper(model, N, device)
+        i64: dict[str, Any] = dict(device=device, dtype=torch.int64)
+        self.scores = torch.zeros(N, device=device, dtype=torch.float32)  # (N,) summed log-probs of each beam
+        self.history = torch.zeros(N, length, **i64)  # (N, length) ids of each beam
+        self.parents = torch.zeros(N, **i64)  # (N,) the old beam each new beam extends; padding rows copy row 0
+        self.tokens = torch.zeros(N, **i64)  # (N,) the id each new beam appended
+        self.live, self.settled = 1, 0
+        self.logits = torch.zeros(1, self.vocab_size, device=device)  # (live, V) next-id logits of the live beams
+
+    def start(self, model: CharRNN, prime_ids: list[int]) -> None:
+        """Every row starts from the prime's state, but only row 0 is live: the first step then ranks one row's
+        ids, rather than picking N copies of the same continuation."""
+        prime_logits, prime_state = _run_prime(model, prime_ids, self.stepper.device)
+        self.stepper.set_state(tuple(s.expand(-1, self.beam_size, -1) for s in prime_state))
+        self.logits = prime_logits  # (1, V)
+
+    def advance(self, t: int) -> None:
+        """Choose the ids at position t: rank every (live beam, next id) pair by its summed log-prob, keep the
+        best N as the new beams, and step their states unless t is the last position."""
+        N, V, live = self.beam_size, self.vocab_size, self.live
+        logp = torch.log_softmax(self.logits[:live], dim=1)  # (live, V)
+        candidates = (logp + self.scores[:live, None]).reshape(-1)  # (live * V,): beam b's id v at b * V + v
+        kept = min(N, live * V)
+        best, flat = torch.topk(candidates, kept)  # (kept,) each, sorted: row 0 is the best beam
+        self.parents[:kept] = flat.div(V, rounding_mode="floor")
+        self.tokens[:kept] = flat.remainder(V)
+        self.scores[:kept] = best
+        self._reorder_history(t, kept)
+        self.history[:kept, t] = self.tokens[:kept]
+        self.stepper.reorder(self.parents)
+        self.live = kept
+        if t + 1 < self.length:
+            self.logits = self.stepper.step(self.tokens)  # (N, V); rows past `live` are padding
+        self._settle(t)
+
+    def _reorder_history(self, t: int, kept: int) -> None:
+        """History rows <- their parents' rows, over columns [start, t). The settled columns are the same in
+        every live row, so gathering them would change nothing, unless rows just became live (padding rows hold
+        none of them). So the copy covers the unsettled window, not all t columns."""
+        start = self.settled if kept == self.live else 0
+        if t > start:
+            window = self.history[:, start:t]  # (N, t - start)
+            window.copy_(window.index_select(0, self.parents))
+
+    def _settle(self, t: int) -> None:
+        """Move `settled` over the columns up to t on which every live beam agrees. Agreement is final: every
+        later beam descends from one of these, so it inherits their common prefix."""
+        if self.live == 1:
+            self.settled = t + 1
+            return
+        window = self.history[: self.live, self.settled : t + 1]  # (live, w)
+        agree = (window == window[:1]).all(dim=0)  # (w,)
+        self.settled += int(agree.long().cumprod(0).sum())  # the leading agreed columns; one host sync a step
+
+    def ids(self, start: int, stop: int) -> list[int]:
+        """The best beam's ids at positions [start, stop)."""
+        return self.history[0, start:stop].tolist()
+
+    def results(self, k: int) -> list[BeamResult]:
+        """The k best beams, best first (fewer if fewer are live)."""
+        n = min(k, self.live)
+        ids, log_probs = self.history[:n].tolist(), self.scores[:n].tolist()
+        # Every candidate has `length` ids, so dividing by it leaves the ranking as it was: normalising only
+        # matters when comparing continuations of different lengths. The mean is kept as the reported score.
+        return [BeamResult(rank=i, ids=ids[i], log_prob=lp, score=lp / self.length) for i, lp in enumerate(log_probs)]

@@ -1,18 +1,24 @@
 """Contracts of charrnn.sample: the Stepper computes what the model computes, sampling is seeded per stream,
-and temperature / top-k / top-p mean what they say."""
+temperature / top-k / top-p mean what they say, and beam search finds what exhaustive search finds."""
 
 from __future__ import annotations
 
+import itertools
 import math
+import re
 
 import pytest
 import torch
 
-from charrnn import kernels
+from charrnn import kernels, sample
 from charrnn.errors import UsageError
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.sample import (
     SIGMOID_ONLY_MIN_ELEMS,
+    BeamConfig,
+    BeamEvent,
+    BeamPiece,
+    BeamResult,
     GRUCell,
     LSTMCell,
     LSTMCellOneSigmoid,
@@ -21,7 +27,9 @@ from charrnn.sample import (
     SampleConfig,
     Stepper,
     _Sampler,
+    beam_search,
     generate,
+    refuse_sampling_controls,
 )
 
 CPU = torch.device("cpu")
@@ -454,3 +462,208 @@ def test_empty_prime_and_out_of_vocab_prime_are_usage_errors():
 
 def test_length_zero_yields_nothing():
     assert list(generate(make_model(), [1], SampleConfig(length=0, num_samples=3), CPU)) == []
+
+
+# ---- Stepper.reorder ----
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_reorder_moves_each_rows_state_in_place(kind):
+    model = make_model(kind, 2, hidden_size=16)
+    gen = torch.Generator().manual_seed(3)
+    state = tuple(torch.randn(2, 4, 16, generator=gen) for _ in range(2 if kind == "lstm" else 1))
+    stepper = Stepper(model, 4, CPU)
+    stepper.set_state(state)
+    buffers = [b.data_ptr() for b in (stepper.hs, stepper.cs) if b is not None]
+    index = torch.tensor([2, 0, 0, 3])
+    stepper.reorder(index)
+    moved = tuple(s[:, index] for s in state)  # (L, B, H) each
+    for got, want in zip(stepper.get_state(), moved, strict=True):
+        assert torch.equal(got, want)
+    assert [b.data_ptr() for b in (stepper.hs, stepper.cs) if b is not None] == buffers
+    # The cells' views still read those buffers: a step from the reordered state is the model's step from it.
+    tokens = torch.tensor([1, 2, 3, 4])
+    with torch.no_grad():
+        logits, _ = model(tokens[:, None], moved)
+    assert (stepper.step(tokens) - logits[:, 0]).abs().max().item() <= 1e-5
+    with pytest.raises(ValueError, match="one index per row"):
+        stepper.reorder(torch.tensor([0, 1]))
+
+
+# ---- beam search ----
+
+
+def tiny_model(kind: str, num_layers: int, vocab: int = 3, seed: int = 0) -> CharRNN:
+    torch.manual_seed(seed)
+    model = CharRNN(ModelConfig(vocab_size=vocab, model=kind, hidden_size=8, num_layers=num_layers))
+    with torch.no_grad():
+        model.head.weight.mul_(4.0)  # spread the log-probs, so no two sequences nearly tie
+    return model.eval()
+
+
+def sequence_log_probs(model: CharRNN, prime: list[int], seqs: torch.Tensor) -> torch.Tensor:
+    """Summed log-prob (float64, (S,)) of each row of seqs (S, n) after the prime, from the model's own forward."""
+    logp = torch.log_softmax(teacher_forced_logits(model, prime, seqs).double(), dim=-1)  # (S, n, V)
+    return logp.gather(-1, seqs[..., None])[..., 0].sum(-1)
+
+
+def beam(model: CharRNN, prime: list[int] = (1, 2), **cfg) -> list[BeamEvent]:
+    return list(beam_search(model, list(prime), BeamConfig(**cfg), CPU))
+
+
+def results(events: list[BeamEvent]) -> list[BeamResult]:
+    return [e for e in events if isinstance(e, BeamResult)]
+
+
+def streamed(events: list[BeamEvent]) -> list[int]:
+    return [i for e in events if isinstance(e, BeamPiece) for i in e.ids]
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_a_beam_as_wide_as_every_sequence_is_exhaustive_search(kind, num_layers):
+    model, prime, n = tiny_model(kind, num_layers), [1, 2], 4
+    every = torch.tensor(list(itertools.product(range(3), repeat=n)))  # (81, n): all 3**4 continuations
+    exact = sequence_log_probs(model, prime, every)  # (81,)
+    order = exact.argsort(descending=True)
+    # No near-ties, so the order is well defined: the stepper's float32 sums sit within ~1e-6 of the model's.
+    assert (exact[order][:-1] - exact[order][1:]).min() > 2e-5
+    found = results(beam(model, prime, beam_size=81, length=n, num_results=81))
+    assert [r.rank for r in found] == list(range(81))
+    assert [r.ids for r in found] == every[order].tolist()  # the best sequence and the whole order
+    assert [r.log_prob for r in found] == pytest.approx(exact[order].tolist(), abs=1e-5)
+    assert [r.score for r in found] == pytest.approx([r.log_prob / n for r in found])
+    top = beam(model, prime, beam_size=81, length=n, num_results=5)
+    assert top == results(top)  # more than one result: no streamed pieces, only the results at the end
+    assert [r.ids for r in top] == every[order[:5]].tolist()
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_a_narrow_beam_returns_distinct_sequences_scored_as_the_model_scores_them(kind):
+    model, prime, n = tiny_model(kind, 2, vocab=4), [0, 3], 12
+    found = results(beam(model, prime, beam_size=3, length=n, num_results=3))
+    ids = torch.tensor([r.ids for r in found])  # (3, n)
+    assert ids.shape == (3, n) and ((ids >= 0) & (ids < 4)).all()
+    assert len({tuple(r.ids) for r in found}) == 3
+    assert [r.log_prob for r in found] == pytest.approx(sequence_log_probs(model, prime, ids).tolist(), abs=1e-4)
+    assert [r.score for r in found] == sorted((r.score for r in found), reverse=True)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_beam_one_is_greedy_sampling(kind):
+    model = make_model(kind)
+    events = beam(model, [1, 2, 3], beam_size=1, length=40)
+    greedy = run(model, length=40, temperature=0.0)[0].tolist()
+    assert results(events)[0].ids == greedy
+    assert [e.ids for e in events if isinstance(e, BeamPiece)] == [[g] for g in greedy]  # one id a step
+
+
+def confident_model() -> CharRNN:
+    """An Elman RNN over 3 ids whose unit 0 remembers whether every id so far was 0 (+1) or not (-1, for good).
+    While it is +1, id 0 comes next with probability 1 - 4e-9; after any other id, all ids are about equally
+    likely. A beam that strayed pays log 3 a step, so a fresh stray outranks an old one, and the beams agree on
+    all but their last id."""
+    model = CharRNN(ModelConfig(vocab_size=3, model="rnn", hidden_size=8, num_layers=1))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.embed.weight[:, 0] = torch.tensor([1.0, -1.0, -1.0])  # z: +1 for id 0, -1 otherwise
+        model.rnn.weight_ih_l0[0, 0] = 10.0  # h0' = tanh(10 (h0 + z - 0.5)): once -1, always -1
+        model.rnn.weight_hh_l0[0, 0] = 10.0
+        model.rnn.bias_ih_l0[0] = -5.0
+        a = torch.tensor([5.0, -5.0, -5.0])
+        model.head.weight[:, 0] = a  # logits a (h0 + 1): (10, -10, -10) while h0 = +1, about 0 after
+        model.head.bias.copy_(a)
+    return model.eval()
+
+
+def test_beam_streams_what_every_beam_agrees_on_before_the_end(monkeypatch):
+    model, n = confident_model(), 30
+    steps: list[int] = []
+    advance = sample._Beams.advance
+    monkeypatch.setattr(sample._Beams, "advance", lambda self, t: (steps.append(t), advance(self, t))[1])
+    it = beam_search(model, [0], BeamConfig(beam_size=3, length=n), CPU)
+    first = next(it)
+    assert first == BeamPiece([0]) and steps == [0, 1]  # beams 00, 01, 02 agree on the first id
+    events = [first, *it]
+    (best,) = results(events)
+    assert events[-1] is best and best.ids == [0] * n
+    assert streamed(events) == best.ids
+    assert sum(isinstance(e, BeamPiece) for e in events) == n  # one id a step, then the last one at the end
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_streamed_pieces_concatenate_to_the_best_beam(kind):
+    model = make_model(kind)
+    events = beam(model, [1, 2, 3], beam_size=4, length=60)
+    (best,) = results(events)
+    assert streamed(events) == best.ids and len(best.ids) == 60
+    assert sum(isinstance(e, BeamPiece) for e in events) > 1  # it streamed, not one piece at the end
+    four = beam(model, [1, 2, 3], beam_size=4, length=60, num_results=4)
+    assert four == results(four) and four[0].ids == best.ids
+    assert four[0].log_prob == pytest.approx(best.log_prob)
+
+
+def test_beam_search_runs_inside_the_callers_inference_mode_and_leaves_none_behind():
+    model = make_model()
+    with torch.inference_mode():  # as the CLI calls it
+        inside = beam(model, beam_size=3, length=20, num_results=2)
+    assert beam(model, beam_size=3, length=20, num_results=2) == inside
+    it = beam_search(model, [1], BeamConfig(beam_size=2, length=5), CPU)
+    next(it)
+    assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()
+
+
+def test_beam_length_zero_yields_nothing_and_fewer_continuations_than_asked_yield_fewer_results():
+    assert beam(tiny_model("lstm", 1), beam_size=3, length=0, num_results=2) == []
+    found = results(beam(tiny_model("lstm", 1), beam_size=5, length=1, num_results=5))  # V = 3: 3 exist
+    assert sorted(r.ids for r in found) == [[0], [1], [2]]
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        ({"beam_size": 0}, "--beam must be at least 1"),
+        ({"beam_size": sample.MAX_NUM_SAMPLES + 1}, "--beam must be at most"),
+        ({"beam_size": 2, "num_results": 3}, "--num-samples 3 asks for more results than --beam 2"),
+        ({"num_results": 0}, "--num-samples must be at least 1"),
+        ({"length": -1}, "--length must be at least 0"),
+        ({"beam_size": 1000, "length": 60_000}, "beam history"),
+        ({"precision": "bf16"}, "--beam runs in fp32 only"),
+        ({"precision": "fp16"}, "--precision must be one of"),
+    ],
+)
+def test_bad_beam_options_are_usage_errors_at_the_call(cfg, message):
+    with pytest.raises(UsageError, match=re.escape(message)):
+        beam_search(make_model(), [1], BeamConfig(**cfg), CPU)
+
+
+def test_beam_refuses_a_bad_prime_and_too_many_candidates_a_step(monkeypatch):
+    with pytest.raises(UsageError, match="--prime"):
+        beam_search(make_model(), [], BeamConfig(beam_size=2, length=5), CPU)
+    with pytest.raises(UsageError, match="outside the vocabulary"):
+        beam_search(make_model(), [V], BeamConfig(beam_size=2, length=5), CPU)
+    monkeypatch.setattr(sample, "MAX_BEAM_CANDIDATES", 2 * V)
+    beam_search(make_model(), [1], BeamConfig(beam_size=2, length=5), CPU)  # at the limit: accepted
+    with pytest.raises(UsageError, match="use --beam at most 2"):
+        beam_search(make_model(), [1], BeamConfig(beam_size=3, length=5), CPU)
+
+
+def test_sampling_controls_are_refused_with_beam_in_one_sentence():
+    refuse_sampling_controls(None, None, None)
+    with pytest.raises(UsageError, match="--temperature or --top-p: beam search is deterministic"):
+        refuse_sampling_controls(0.8, None, 0.9)
+    with pytest.raises(UsageError, match="with --top-k:"):
+        refuse_sampling_controls(None, 5, None)
+
+
+@pytest.mark.gpu
+def test_beam_search_on_cuda_finds_what_it_finds_on_cpu():
+    model = make_model()
+    cfg = BeamConfig(beam_size=4, length=80, num_results=4)
+    cpu = list(beam_search(model, [1, 2, 3], cfg, CPU))
+    cuda = list(beam_search(model, [1, 2, 3], cfg, torch.device("cuda")))
+    assert [r.ids for r in cuda] == [r.ids for r in cpu]
+    assert [r.log_prob for r in cuda] == pytest.approx([r.log_prob for r in cpu], abs=1e-3)
+    one = list(beam_search(model, [1, 2, 3], BeamConfig(beam_size=4, length=80), torch.device("cuda")))
+    assert streamed(one) == cpu[0].ids
