@@ -581,6 +581,8 @@ def _report_result(result, train_job) -> None:
         return
     if math.isfinite(result.best_val_loss):
         say(f"best val loss {result.best_val_loss:.4f} nats ({result.best_val_loss / math.log(2):.4f} bpc)")
+        if train_job.show_progress:  # not --quiet
+            _say_curve(result.run_dir)
     write_out(f"{result.best_path}\n")
 
 
@@ -944,6 +946,53 @@ def _unknown_note(total) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
+# plot
+
+PLOT_EPILOG = """Examples:\n
+  charrnn plot checkpoints/notes                         (the curve in the terminal)\n
+  charrnn plot checkpoints/a checkpoints/b -o loss.png   (two runs in one figure; .svg and .pdf too)\n
+  charrnn plot checkpoints/a checkpoints/b -o loss.png --x time"""
+
+PlotRuns = Annotated[
+    list[Path], typer.Argument(metavar="RUN_DIR...", help="Run directories (each has a metrics.jsonl).")
+]
+PlotOutput = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--output",
+        "-o",
+        help="Write the figure here (.png, .svg or .pdf; needs matplotlib: pip install 'charrnn[plot]') "
+        "\\[default: draw it in the terminal].",
+        show_default=False,
+    ),
+]
+PlotX = Annotated[str, typer.Option("--x", help="step, or time (wall clock; with -o).")]
+
+
+@app.command(epilog=PLOT_EPILOG)
+def plot(runs: PlotRuns, output: PlotOutput = None, x: PlotX = "step") -> None:
+    """Train and validation loss against step (or time) for one or more runs."""
+    from charrnn import plot as plots
+
+    with user_errors(), reader_may_leave():
+        if x not in ("step", "time"):
+            raise UsageError(f"--x must be step or time, not {x!r}.")
+        if output is not None:
+            written = plots.plot_runs(runs, output, x="time" if x == "time" else "step")
+            say(f"wrote {written}")
+            return
+        if x == "time":
+            raise UsageError("the terminal curve is drawn against steps; give -o FILE for a plot against time.")
+        width = max(40, min(err.width, 120))
+        for run in plots.load_runs(runs):
+            if run.skipped_lines:
+                say(f"warning: {run.path / 'metrics.jsonl'}: {run.skipped_lines} unreadable line(s) skipped")
+            Console(file=sys.stdout, highlight=False, soft_wrap=True, width=width).print(
+                plots.terminal_curve(run, width=width)
+            )
+
+
+# ---------------------------------------------------------------------------------------------------
 # info
 
 INFO_EPILOG = """Examples:\n
@@ -969,6 +1018,16 @@ def info(
         path = resolve_checkpoint(checkpoint)
         model, bundle = load_model(path, "cpu")
         write_out(_description(path, model, bundle))
+        _say_curve(path.parent)
+
+
+def _say_curve(run_dir: Path) -> None:
+    """The validation loss so far as a sparkline on stderr, when the run directory has two evaluations or more."""
+    from charrnn.plot import val_sparkline
+
+    line = val_sparkline(run_dir)
+    if line is not None:
+        say(f"validation loss: {line}")
 
 
 def _description(path: Path, model, bundle) -> str:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
+
+import pytest
 
 from tests.conftest import word_text
 from tests.test_cli import assert_one_error, run
@@ -143,3 +146,41 @@ def test_beam_refuses_sampling_controls_and_bad_sizes(trained_run):
         assert r.exit_code == 2 and needle in r.stderr and r.stdout == "", r.stderr
     zero = run(["sample", trained_run, "--beam", "0"])
     assert zero.exit_code == 2 and "--beam must be at least 1" in zero.stderr
+
+
+# ---------------------------------------------------------------------------------------------------
+# plot, and the sparkline in info
+
+
+def test_plot_writes_a_figure_of_two_runs_and_draws_one_in_the_terminal(trained_run, tmp_path):
+    pytest.importorskip("matplotlib")  # an optional extra for users; CI installs it with .[dev]
+    other = tmp_path / "other"
+    shutil.copytree(trained_run, other)
+    png = tmp_path / "loss.png"
+    r = run(["plot", trained_run, other, "-o", png])
+    assert r.exit_code == 0 and r.stdout == "" and f"wrote {png}" in r.stderr, r.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    terminal = run(["plot", trained_run])
+    assert terminal.exit_code == 0, terminal.stderr
+    assert "validation" in terminal.stdout and "┤" in terminal.stdout
+
+
+def test_plot_refusals(trained_run, tmp_path):
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    assert "metrics.jsonl" in assert_one_error(run(["plot", empty]), 1)
+    for args, needle in [
+        (["--x", "epoch"], "--x must be step or time"),
+        (["--x", "time"], "give -o FILE"),
+        (["-o", tmp_path / "loss.gif"], ".png"),
+    ]:
+        r = run(["plot", trained_run, *args])
+        assert r.exit_code in (1, 2) and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_info_and_train_end_with_the_validation_sparkline(trained_run):
+    r = run(["info", trained_run])
+    assert r.exit_code == 0, r.stderr
+    (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("validation loss: ")]
+    assert set(line.removeprefix("validation loss: ")) <= set("▁▂▃▄▅▆▇█ ")
+    assert "▁" not in r.stdout  # the description on stdout stays plain data

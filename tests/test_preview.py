@@ -31,6 +31,7 @@ def test_each_evaluation_shows_a_preview_and_keeps_it_with_its_step_and_loss(tmp
         assert f"sample at step {p['step']}" in r.stderr
         assert p["text"].splitlines()[0] in r.stderr
     assert r.stdout.strip() == str(tmp_path / "run" / "best.pt")  # previews never reach stdout
+    assert "validation loss: " in r.stderr.splitlines()[-1]  # and the run ends with its curve as a sparkline
 
 
 def test_sample_every_length_and_prime_and_zero_turns_them_off(tmp_path, small_corpus):
