@@ -30,9 +30,11 @@ from charrnn.errors import CharRNNError, UsageError
 
 app = typer.Typer(
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish and PowerShell
     context_settings={"help_option_names": ["-h", "--help"]},
     help="Character-level LSTM/GRU/RNN language models: train on any text, then stream new text in its style.",
+    epilog="Examples:\n\n  charrnn train notes.txt && charrnn sample -n 500\n\n"
+    "  charrnn COMMAND --help   (each command's options)",
 )
 DATA, MODEL, OPTIM, STOP, OUTPUT, RUNTIME = "Data", "Model", "Optimization", "Stopping", "Output", "Runtime"
 # SIGHUP: the terminal or SSH session closed (Windows has none).
@@ -96,6 +98,24 @@ def shown(text: str) -> str:
 def say(message: str) -> None:
     """A plain line on stderr (never Rich markup: paths and user text pass through as they are)."""
     err.print(escape(message))
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from charrnn import __version__
+
+        write_out(f"charrnn {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Character-level LSTM/GRU/RNN language models: train on any text, then stream new text in its style."""
 
 
 # ---------------------------------------------------------------------------------------------------
