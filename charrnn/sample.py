@@ -44,6 +44,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -831,14 +832,18 @@ def _beam_search(model: CharRNN, prime_ids: list[int], cfg: BeamConfig, device: 
 
 
 class _Beams:
-    """N beams stepped as one batch: their states in a Stepper, their scores and id histories on the device.
+    """N beams stepped as one batch: their states in a Stepper, their scores on the device, and for every step
+    the parent each beam extended and the id it appended (back-pointers, on the host).
 
     Rows [0, live) are the live beams, best first after each step. live grows from 1 (the prime) to
     min(N, V ** (t + 1)) after step t; the rows past it are padding that the Stepper steps and nothing reads.
-    The first `settled` columns of the history hold the same ids in every live beam, and never change again.
+    The first `settled` positions hold the same ids in every live beam, and never change again.
 
-    Memory: the Stepper's state and buffers for N rows, N * length int64 ids of history, N * V float32 scores.
-    Work per step beyond the Stepper's: a top-N over N * V scores, and gathering the unsettled history columns.
+    Memory: the Stepper's state and buffers for N rows, 2 * N * length int32 back-pointers, N * V float32 scores.
+    Work per step beyond the Stepper's: a top-N over N * V scores and copying 2N ids to the host. A beam's ids
+    are read back by following the pointers; agreement is checked by walking back to `settled`, each step while
+    the unsettled stretch is short and then only when it doubles, so beams that never agree cost linear, not
+    quadratic, time.
     """
 
     def __init__(self, model: CharRNN, beam_size: int, length: int, device: torch.device) -> None:
@@ -847,10 +852,11 @@ class _Beams:
         self.stepper = Stepper(model, N, device)
         i64: dict[str, Any] = dict(device=device, dtype=torch.int64)
         self.scores = torch.zeros(N, device=device, dtype=torch.float32)  # (N,) summed log-probs of each beam
-        self.history = torch.zeros(N, length, **i64)  # (N, length) ids of each beam
         self.parents = torch.zeros(N, **i64)  # (N,) the old beam each new beam extends; padding rows copy row 0
         self.tokens = torch.zeros(N, **i64)  # (N,) the id each new beam appended
-        self.live, self.settled = 1, 0
+        self.parent_at = np.zeros((length, N), dtype=np.int32)  # (length, N) back-pointers, step by step
+        self.token_at = np.zeros((length, N), dtype=np.int32)  # (length, N) the id appended at each step
+        self.live, self.settled, self.stepped = 1, 0, -1  # stepped: the latest position chosen
         self.logits = torch.zeros(1, self.vocab_size, device=device)  # (live, V) next-id logits of the live beams
 
     def start(self, model: CharRNN, prime_ids: list[int]) -> None:
@@ -871,41 +877,43 @@ class _Beams:
         self.parents[:kept] = flat.div(V, rounding_mode="floor")
         self.tokens[:kept] = flat.remainder(V)
         self.scores[:kept] = best
-        self._reorder_history(t, kept)
-        self.history[:kept, t] = self.tokens[:kept]
         self.stepper.reorder(self.parents)
         self.live = kept
         if t + 1 < self.length:
             self.logits = self.stepper.step(self.tokens)  # (N, V); rows past `live` are padding
+        self.parent_at[t, :kept] = self.parents[:kept].cpu().numpy()
+        self.token_at[t, :kept] = self.tokens[:kept].cpu().numpy()
+        self.stepped = t
         self._settle(t)
 
-    def _reorder_history(self, t: int, kept: int) -> None:
-        """History rows <- their parents' rows, over columns [start, t). The settled columns are the same in
-        every live row, so gathering them would change nothing, unless rows just became live (padding rows hold
-        none of them). So the copy covers the unsettled window, not all t columns."""
-        start = self.settled if kept == self.live else 0
-        if t > start:
-            window = self.history[:, start:t]  # (N, t - start)
-            window.copy_(window.index_select(0, self.parents))
+    def _columns(self, rows: np.ndarray, t: int, start: int) -> np.ndarray:
+        """(t + 1 - start, len(rows)) ids at positions [start, t] of the beams `rows`, as numbered after step t."""
+        cols = np.empty((t + 1 - start, len(rows)), dtype=np.int32)
+        for c in range(t, start - 1, -1):
+            cols[c - start] = self.token_at[c, rows]
+            rows = self.parent_at[c, rows]
+        return cols
 
     def _settle(self, t: int) -> None:
-        """Move `settled` over the columns up to t on which every live beam agrees. Agreement is final: every
+        """Move `settled` over the positions up to t on which every live beam agrees. Agreement is final: every
         later beam descends from one of these, so it inherits their common prefix."""
-        if self.live == 1:
-            self.settled = t + 1
+        gap = t + 1 - self.settled
+        if gap > 32 and gap & (gap - 1):  # a long stretch that still disagrees: look again when it doubles
             return
-        window = self.history[: self.live, self.settled : t + 1]  # (live, w)
-        agree = (window == window[:1]).all(dim=0)  # (w,)
-        self.settled += int(agree.long().cumprod(0).sum())  # the leading agreed columns; one host sync a step
+        cols = self._columns(np.arange(self.live), t, self.settled)  # (gap, live)
+        agree = (cols == cols[:, :1]).all(axis=1)  # (gap,)
+        self.settled += int(np.cumprod(agree).sum())  # the leading agreed positions
 
     def ids(self, start: int, stop: int) -> list[int]:
-        """The best beam's ids at positions [start, stop)."""
-        return self.history[0, start:stop].tolist()
+        """The best beam's ids at positions [start, stop); stop is at most the positions stepped so far. Rows are
+        numbered after the latest step, so the walk starts there."""
+        return self._columns(np.zeros(1, dtype=np.int64), self.stepped, start)[: stop - start, 0].tolist()
 
     def results(self, k: int) -> list[BeamResult]:
         """The k best beams, best first (fewer if fewer are live)."""
         n = min(k, self.live)
-        ids, log_probs = self.history[:n].tolist(), self.scores[:n].tolist()
+        ids = self._columns(np.arange(n), self.length - 1, 0).T.tolist()  # (n, length)
+        log_probs = self.scores[:n].tolist()
         # Every candidate has `length` ids, so dividing by it leaves the ranking as it was: normalising only
         # matters when comparing continuations of different lengths. The mean is kept as the reported score.
         return [BeamResult(rank=i, ids=ids[i], log_prob=lp, score=lp / self.length) for i, lp in enumerate(log_probs)]
