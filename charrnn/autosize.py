@@ -65,9 +65,14 @@ def choose_model_size(
     dropout: float | None = None,
     report: Callable[[str], None] = lambda s: None,
     vocab_size: int = 96,
+    world_size: int = 1,
 ) -> dict:
     """Largest candidate whose measured throughput allows TARGET_EPOCHS passes within max_time, and whose
-    parameters the text can support (at most PARAMS_PER_CHAR per training character)."""
+    parameters the text can support (at most PARAMS_PER_CHAR per training character).
+
+    world_size: processes training together under torchrun. One process measures; each of them steps its own
+    batch in that time, so the job reads world_size times the characters (less the gradient all-reduce, which
+    is not measured: the passes are an upper estimate)."""
     train_chars = num_chars * (1.0 - cfg.val_frac)
     train_time = max_time * (1.0 - CALIBRATION_FRACTION - EVAL_FRACTION)  # what the loop itself will get
     budget = CALIBRATION_FRACTION * max_time
@@ -81,7 +86,7 @@ def choose_model_size(
             capped = True
             break
         config = ModelConfig(vocab_size=vocab_size, model=model_type, hidden_size=hidden, num_layers=layers)
-        rate = measure_chars_per_sec(config, cfg, device)
+        rate = measure_chars_per_sec(config, cfg, device) * world_size
         if rate * train_time / train_chars < TARGET_EPOCHS and chosen_rate is not None:
             break
         chosen, chosen_rate = (hidden, layers), rate
@@ -91,10 +96,11 @@ def choose_model_size(
     epochs = chosen_rate * train_time / train_chars
     drop = dropout_for(epochs) if dropout is None else dropout
     why = f"; larger would exceed {PARAMS_PER_CHAR} parameters per training character" if capped else ""
+    ranks = f" over {world_size} processes" if world_size > 1 else ""
     report(
         f"auto-sized for {format_duration(max_time)} on {device}: {layers_str(chosen)} {model_type.upper()}, "
-        f"dropout {drop:g} (~{chosen_rate:,.0f} chars/s, ~{epochs:.1f} passes{why}); set --hidden-size/--num-layers "
-        "to choose"
+        f"dropout {drop:g} (~{chosen_rate:,.0f} chars/s{ranks}, ~{epochs:.1f} passes{why}); set "
+        "--hidden-size/--num-layers to choose"
     )
     return {"hidden_size": chosen[0], "num_layers": chosen[1], "dropout": drop}
 

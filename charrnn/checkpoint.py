@@ -13,10 +13,15 @@ always loads with torch.load(weights_only=True). Why each step of the write prot
   the same way, so a KeyboardInterrupt anywhere in that chain wins over both;
 - before anything is decompressed, the records' declared sizes are bounded by the file's own size: torch.save
   stores records uncompressed, so only a crafted file (a zip bomb) declares much more than it holds.
+
+A model exported for sharing (`charrnn export`) is a .safetensors file instead: weights, config and vocabulary,
+no pickle and no optimizer state (export.py is its codec). It is written with the same protocol, and
+load_bundle, hence sample, score, info and --init-from, reads it wherever a .pt is accepted; resuming needs a .pt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -26,11 +31,13 @@ import stat
 import tempfile
 import zipfile
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
+from charrnn import export
 from charrnn.errors import CheckpointError, CheckpointWriteError, UsageError
 from charrnn.state import MODEL_KEYS, ModelBundle, check_format
 
@@ -68,8 +75,21 @@ def save_checkpoint(state: dict, path: Path, *, durable: bool = True) -> None:
     _atomic_write(path, lambda f: torch.save(state, f), durable=durable)
 
 
-def _atomic_write(path: Path, write, *, durable: bool) -> None:
-    """mkstemp beside `path` -> write(f) -> flush -> fsync -> verify -> os.replace -> fsync the directory."""
+def export_bundle(bundle: ModelBundle, path: Path | str, dtype: str = "fp32") -> Path:
+    """Write `bundle` as a safetensors model file: the weights in `dtype` (fp32, fp16 or bf16), the config,
+    vocabulary, facts and provenance as metadata; atomically and durably, and read back in full before it
+    takes the name. UsageError for another dtype or a name not ending in .safetensors."""
+    path = Path(path)
+    export.check_options(path, dtype)
+    data = export.encode(bundle, dtype)
+    _atomic_write(path, lambda f: f.write(data), durable=True, verify=_load_safetensors)
+    return path
+
+
+def _atomic_write(path: Path, write, *, durable: bool, verify: Callable[[Path], object] | None = None) -> None:
+    """mkstemp beside `path` -> write(f) -> flush -> fsync -> verify -> os.replace -> fsync the directory.
+
+    verify(temp path) raises if the written file does not read back; verify_checkpoint by default."""
     directory = path.parent
     try:
         fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX)
@@ -83,7 +103,7 @@ def _atomic_write(path: Path, write, *, durable: bool) -> None:
             f.flush()
             if durable:
                 os.fsync(f.fileno())
-        verify_checkpoint(tmp)
+        (verify or verify_checkpoint)(tmp)
         os.replace(tmp, path)
         replaced = True
         if durable:
@@ -199,8 +219,23 @@ def _walk(value, where: str) -> Iterator[tuple[str, object]]:
 
 
 def verify_checkpoint(path: Path) -> None:
-    """Check that `path` is a complete zip archive whose every record matches its CRC32; unpickles nothing."""
-    path = Path(path)
+    """Check that `path` is a complete zip archive whose every record matches its CRC32, or a charrnn safetensors
+    model file with a sound header; unpickles nothing and reads no weights of the latter."""
+    _verify(Path(path))
+
+
+def _verify(path: Path) -> bool:
+    """verify_checkpoint; True when `path` is a safetensors model file."""
+    size, head = _check_file(path)
+    if export.is_safetensors(path, head):
+        _verify_safetensors(path)
+        return True
+    _verify_zip(path, size, head)
+    return False
+
+
+def _check_file(path: Path) -> tuple[int, bytes]:
+    """A readable, non-empty regular file: its size and first 9 bytes."""
     if not path.exists():
         raise CheckpointError.about(path, "does not exist", "check the path or train one with `charrnn train CORPUS`")
     if path.is_dir():
@@ -212,13 +247,17 @@ def verify_checkpoint(path: Path) -> None:
         _check_regular(path, st.st_mode)  # before open(): opening a FIFO blocks until a writer comes
         size = st.st_size
         with path.open("rb") as f:
-            head = f.read(4)
+            head = f.read(9)
     except OSError as exc:
         raise CheckpointError.about(path, f"cannot be read ({_describe(exc)})", "check its permissions") from exc
     if size == 0:
         raise CheckpointError.about(
             path, "is empty (0 bytes), probably from an interrupted write", "use an older checkpoint"
         )
+    return size, head
+
+
+def _verify_zip(path: Path, size: int, head: bytes) -> None:
     if not zipfile.is_zipfile(path):
         if b"PK\x03\x04".startswith(head[:4]):  # starts like a zip but has no end: cut short
             problem = "is corrupt (truncated: the zip directory at its end is missing)"
@@ -267,7 +306,12 @@ def _check_expansion(path: Path, records: list[zipfile.ZipInfo], size: int) -> N
 def load_checkpoint(path: Path | str, *, map_location="cpu", require: tuple[str, ...] = MODEL_KEYS) -> dict:
     """Verify, then torch.load(weights_only=True), then check that it is a charrnn checkpoint this version reads."""
     path = Path(path)
-    verify_checkpoint(path)
+    if _verify(path):
+        raise CheckpointError.about(
+            path,
+            "is an exported model file (weights, config and vocabulary only), so it cannot be resumed",
+            "resume from the run's last.pt, or start a new run from it with --init-from",
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
@@ -485,8 +529,46 @@ def find_latest_run(root: Path = Path("checkpoints")) -> Path:
 
 
 def load_bundle(path: Path | str) -> ModelBundle:
-    """A checkpoint's model as data (config, vocabulary, weights, facts), every field checked."""
-    return ModelBundle.from_dict(load_checkpoint(path), Path(path))
+    """A checkpoint's model as data (config, vocabulary, weights, facts), every field checked; a .pt checkpoint
+    or a .safetensors model file (told apart by name or content), whose weights come back float32."""
+    path = Path(path)
+    _, head = _check_file(path)
+    if export.is_safetensors(path, head):
+        return _load_safetensors(path)
+    return ModelBundle.from_dict(load_checkpoint(path), path)
+
+
+def _verify_safetensors(path: Path) -> None:
+    """The header and the marker only: a foreign file's weights are never read."""
+    with _reading(path) as f:
+        _checked_header(f, path)
+
+
+def _load_safetensors(path: Path) -> ModelBundle:
+    """The whole file, read through the handle its header was checked from."""
+    with _reading(path) as f:
+        header, size = _checked_header(f, path)
+        f.seek(0)
+        blob = f.read(size + 1)
+    if len(blob) != size or not blob.startswith(header.raw):
+        raise CheckpointError.about(path, "changed while it was being read", "try again once it is written")
+    return export.decode(header, blob, path)
+
+
+def _checked_header(f: BinaryIO, path: Path) -> tuple[export.Header, int]:
+    size = os.fstat(f.fileno()).st_size
+    header = export.read_header(f, size, path)
+    export.check_header(header, path)
+    return header, size
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[BinaryIO]:
+    try:
+        with path.open("rb") as f:
+            yield f
+    except OSError as exc:
+        raise CheckpointError.about(path, f"cannot be read ({_describe(exc)})", "check its permissions") from exc
 
 
 def load_model(path: Path | str, device: torch.device | str = "cpu"):

@@ -9,6 +9,7 @@ away (`| head`), which ends the command quietly with exit 0.
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import math
 import os
@@ -93,6 +94,15 @@ def shown(text: str) -> str:
     """Text from a file, safe to print: control characters (a crafted ESC sequence could drive the terminal)
     are written as escapes; everything else, non-breaking spaces and emoji included, as it is."""
     return "".join(c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) == "Cc" else c for c in text)
+
+
+def rendered(renderable, *, end: str = "\n", width: int | None = None) -> str:
+    """Rich output as text for write_out (so a closed or full stdout is one sentence, not a silent exit 0 or a
+    traceback): coloured only when stdout is a terminal and NO_COLOR is unset."""
+    terminal = sys.stdout is not None and sys.stdout.isatty()
+    console = Console(file=io.StringIO(), force_terminal=terminal, highlight=False, soft_wrap=True, width=width)
+    console.print(renderable, end=end)
+    return console.file.getvalue()  # type: ignore[attr-defined]
 
 
 def say(message: str) -> None:
@@ -389,7 +399,8 @@ TrainCorpus = Annotated[
     Optional[list[str]],
     typer.Argument(
         metavar="CORPUS",
-        help="Text file(s), a directory, '-' for stdin, or a named corpus (pydocs). Not needed with --resume.",
+        help="Text file(s), a directory, '-' for stdin, or a named corpus (charrnn corpus list). "
+        "Not needed with --resume.",
         show_default=False,
     ),
 ]
@@ -601,9 +612,9 @@ def _report_result(result, train_job) -> None:
         return
     if math.isfinite(result.best_val_loss):
         say(f"best val loss {result.best_val_loss:.4f} nats ({result.best_val_loss / math.log(2):.4f} bpc)")
-        if train_job.show_progress:  # not --quiet
-            _say_curve(result.run_dir)
     write_out(f"{result.best_path}\n")
+    if math.isfinite(result.best_val_loss) and train_job.show_progress:  # not --quiet
+        _say_curve(result.run_dir)
 
 
 def _shell_quote(path: Path) -> str:
@@ -626,7 +637,8 @@ SampleCheckpoint = Annotated[
     Optional[Path],
     typer.Argument(
         metavar="CHECKPOINT",
-        help="A checkpoint, or a run directory (its best.pt) \\[default: the newest run under ./checkpoints].",
+        help="A checkpoint (.pt or .safetensors), or a run directory (its best.pt) "
+        "\\[default: the newest run under ./checkpoints].",
         show_default=False,
     ),
 ]
@@ -955,8 +967,8 @@ def _score_heatmap(model, vocab, chunks, device, heatmap: bool, html: Path | Non
             raise CharRNNError(f"cannot write {html} ({e.strerror or e}); choose another --html path.") from None
         say(f"wrote {html}")
     if heatmap:
-        out = Console(file=sys.stdout, highlight=False, soft_wrap=True)
-        out.print(heatmap_text(records), end="" if records and records[-1].char == "\n" else "\n")
+        end = "" if records and records[-1].char == "\n" else "\n"
+        write_out(rendered(heatmap_text(records), end=end))
 
 
 def _unknown_note(total) -> None:
@@ -1007,9 +1019,86 @@ def plot(runs: PlotRuns, output: PlotOutput = None, x: PlotX = "step") -> None:
         for run in plots.load_runs(runs):
             if run.skipped_lines:
                 say(f"warning: {run.path / 'metrics.jsonl'}: {run.skipped_lines} unreadable line(s) skipped")
-            Console(file=sys.stdout, highlight=False, soft_wrap=True, width=width).print(
-                plots.terminal_curve(run, width=width)
-            )
+            write_out(rendered(plots.terminal_curve(run, width=width), width=width))
+
+
+# ---------------------------------------------------------------------------------------------------
+# export
+
+EXPORT_EPILOG = """Examples:\n
+  charrnn export checkpoints/notes -o notes.safetensors\n
+  charrnn export checkpoints/notes/best.pt -o notes-fp16.safetensors --dtype fp16"""
+
+
+@app.command(epilog=EXPORT_EPILOG)
+def export(
+    checkpoint: Annotated[
+        Path, typer.Argument(metavar="CHECKPOINT", help="A checkpoint (.pt or .safetensors) or a run directory.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The .safetensors file to write.")],
+    dtype: Annotated[str, typer.Option(help="fp32, or fp16 / bf16 for a file half the size.")] = "fp32",
+) -> None:
+    """Write a model file that is safe to share: safetensors weights, with the config, vocabulary and provenance
+    as metadata (no pickle, no optimizer state); sample, score, info and --init-from read it. Prints its path."""
+    from charrnn.checkpoint import export_bundle, load_bundle
+    from charrnn.export import check_options
+
+    with user_errors(), reader_may_leave():
+        check_options(output, dtype)
+        bundle = load_bundle(resolve_checkpoint(checkpoint))
+        written = export_bundle(bundle, output, dtype)
+        say(f"{written.stat().st_size:,} bytes ({dtype})")
+        write_out(f"{written}\n")
+
+
+# ---------------------------------------------------------------------------------------------------
+# corpus
+
+corpus_app = typer.Typer(
+    no_args_is_help=True,
+    help="The named corpora: list them, download one, print its path.",
+    epilog="Examples:\n\n  charrnn corpus list\n\n"
+    "  charrnn corpus get tiny-shakespeare && charrnn train tiny-shakespeare",
+)
+app.add_typer(corpus_app, name="corpus")
+CorpusName = Annotated[str, typer.Argument(metavar="NAME", help="A corpus name from `charrnn corpus list`.")]
+
+
+@corpus_app.command("list", epilog="Examples:\n\n  charrnn corpus list")
+def corpus_list() -> None:
+    """The known corpora: size, whether downloaded, licence and what they are (tab-separated on stdout)."""
+    from charrnn.corpora import list_corpora
+
+    with user_errors(), reader_may_leave():
+        for status in list_corpora():
+            c = status.corpus
+            size = "built in" if c.url is None else f"{(c.text_size or c.size or 0) / 1e6:.1f} MB"
+            here = "downloaded" if status.present else "-"
+            write_out(f"{c.name}\t{size}\t{here}\t{c.licence}\t{c.description}\n")
+
+
+@corpus_app.command("get", epilog="Examples:\n\n  charrnn corpus get enwik8")
+def corpus_get(name: CorpusName) -> None:
+    """Download a named corpus into the cache (resuming a broken download, checking its SHA-256, unpacking
+    archives) and print its path."""
+    from charrnn import corpora
+    from charrnn.report import Reporter
+
+    with user_errors(), reader_may_leave():
+        corpora.lookup(name)
+        reporter = Reporter(console=err)
+        with reporter.transfer(f"downloading {name}") as progress:
+            path = corpora.get(name, progress=progress, warn=reporter.warn)
+        write_out(f"{path}\n")
+
+
+@corpus_app.command("path", epilog="Examples:\n\n  wc -c $(charrnn corpus path tiny-shakespeare)")
+def corpus_path(name: CorpusName) -> None:
+    """Print the path of a downloaded corpus's text file (for pipelines)."""
+    from charrnn import corpora
+
+    with user_errors(), reader_may_leave():
+        write_out(f"{corpora.path(name)}\n")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1026,7 +1115,7 @@ def info(
         Path,
         typer.Argument(
             metavar="CHECKPOINT",
-            help="A charrnn checkpoint (.pt), or a run directory (its best.pt).",
+            help="A charrnn checkpoint (.pt or .safetensors), or a run directory (its best.pt).",
             show_default=False,
         ),
     ],

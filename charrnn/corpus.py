@@ -51,6 +51,7 @@ from typing import BinaryIO
 import numpy as np
 from tqdm import tqdm
 
+from charrnn import corpora
 from charrnn.errors import CorpusError
 from charrnn.rundir import MARKER_NAME
 from charrnn.vocab import Vocab
@@ -60,10 +61,9 @@ try:
 except ImportError:  # Windows: no advisory locks, so stale temporaries are never provably dead and stay
     fcntl = None  # type: ignore[assignment]
 
-NAMED_CORPORA: dict[str, str] = {
-    "pydocs": "Python's own help topics (pydoc_data.topics in the standard library), about 465,000 characters "
-    "of English prose and code",
-}
+# The registry itself, owned by corpora.py (URL, size, SHA-256, licence, description): one object, so a name
+# added there (or by a test) resolves here too.
+NAMED_CORPORA: dict[str, corpora.NamedCorpus] = corpora.REGISTRY
 
 _CODE_POINTS = 0x110000  # every Unicode code point fits below this
 _BOM = codecs.BOM_UTF8
@@ -207,7 +207,7 @@ class _Unusable(CorpusError):
 
 
 def _named_hint() -> str:
-    return "or a named corpus: " + "; ".join(f"{name} ({text})" for name, text in NAMED_CORPORA.items())
+    return f"or a named corpus ({', '.join(NAMED_CORPORA)}; `charrnn corpus list` describes them)"
 
 
 def _resolve(source: str, cache_dir: Path, excluded: frozenset[Path]) -> _Resolved:
@@ -216,8 +216,7 @@ def _resolve(source: str, cache_dir: Path, excluded: frozenset[Path]) -> _Resolv
     path = Path(source)
     if not os.path.lexists(path):
         if source in NAMED_CORPORA:
-            built = _build_named(source, cache_dir)
-            return _Resolved(source, source, [_Input(source, built, stream=False)])
+            return _Resolved(source, source, [_Input(source, _named_path(source, cache_dir), stream=False)])
         raise CorpusError(
             f"{source!r} is not a file, a directory or a named corpus; give a path to a UTF-8 text file or "
             f"directory, '-' for standard input, {_named_hint()}."
@@ -308,12 +307,19 @@ def _check_directories(resolved: list[_Resolved], accepted: list[_Input]) -> Non
             raise _no_text_files(r.source)
 
 
+def _named_path(name: str, cache_dir: Path) -> Path:
+    """The text of a named corpus: a built-in one is built here, a downloaded one must have been fetched already."""
+    if NAMED_CORPORA[name].builtin:
+        return _build_named(name, cache_dir)
+    return corpora.path(name, cache_dir)  # not downloaded yet: one sentence saying to run `charrnn corpus get NAME`
+
+
 def _build_named(name: str, cache_dir: Path) -> Path:
-    """Materialise a named corpus once under <cache_dir>/corpora; nothing copied is shipped with charrnn."""
-    path = cache_dir / "corpora" / f"{name}.txt"
+    """Materialise a built-in corpus once in the cache; nothing copied is shipped with charrnn."""
+    path = corpora.local_path(name, cache_dir)
     if path.is_file():
         return path
-    from pydoc_data.topics import topics  # only pydocs exists; the import is lazy because it is 0.5 MB
+    from pydoc_data.topics import topics  # pydocs is the only built-in; the import is lazy because it is 0.5 MB
 
     text = "\n\n".join(topics[key] for key in sorted(topics))
     try:

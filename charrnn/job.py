@@ -98,8 +98,8 @@ class TrainJob:
             raise UsageError("--resume continues a run, so it cannot be combined with --init-from or --overwrite.")
         if not self.sources and self.corpus is None and not self.resume:
             raise UsageError(
-                "give a corpus to train on (a file, a directory, '-' or pydocs), or --resume --run-dir DIR "
-                "to continue a run."
+                "give a corpus to train on (a file, a directory, '-' or a named corpus such as pydocs), or "
+                "--resume --run-dir DIR to continue a run."
             )
         if self.resume and not self.sources and self.corpus is None and self.run_dir is None:
             raise UsageError("--resume without a corpus needs --run-dir: the run directory to continue.")
@@ -323,10 +323,7 @@ def _read_resume(job: TrainJob, corpus: Corpus, run_dir: RunDir, report: Reporte
 
 def resume_conflict(flags: list[str], run_dir) -> str:
     """The one sentence that refuses flags a resumed run cannot take."""
-    may = (
-        "--max-steps, --max-epochs, --max-time, --eval-every, --log-every, --keep, --max-skips, --threads, --device "
-        "and --quiet"
-    )
+    may = ", ".join(f"--{name.replace('_', '-')}" for name in LIMITS + RESUME_OVERRIDABLE) + " and --quiet"
     return (
         f"{' and '.join(flags)} cannot change on --resume: the run in {run_dir} continues with the settings it "
         f"was started with (only {may} may change); leave {'them' if len(flags) > 1 else 'it'} out, or start a "
@@ -371,12 +368,13 @@ def _fine_tune_start(corpus: Corpus, job: TrainJob) -> Start:
     if job.model.dropout is not None:
         config = replace(config, dropout=job.model.dropout)  # a training choice, free to change when fine-tuning
     ids = resolve_init_vocab(corpus, bundle.vocab)
+    check_corpus_size(len(ids), job.train, len(bundle.vocab))  # the checkpoint's vocabulary sets the logits' size
     return Start(ids, bundle.vocab, config, init=bundle, init_path=job.init_from)
 
 
 def resolve_init_vocab(corpus: Corpus, ckpt_vocab: Vocab) -> np.ndarray:
     """Re-encode the corpus ids into the checkpoint's vocabulary (for --init-from fine-tuning)."""
-    missing = [c for c in corpus.vocab.chars if c not in set(ckpt_vocab.chars)]
+    missing = ckpt_vocab.unknown("".join(corpus.vocab.chars))
     if missing:
         shown = ", ".join(repr(c) for c in missing[:20]) + (" …" if len(missing) > 20 else "")
         raise CorpusError(
@@ -394,21 +392,42 @@ def _new_model_config(job, corpus, cfg, dist, device, report) -> ModelConfig:
     opts, vocab_size = job.model, len(corpus.vocab)
     sized: dict = {}
     if cfg.max_time is not None and opts.hidden_size is None and opts.num_layers is None:
-        if dist.enabled:
-            report("message", {"text": "auto-sizing is off under torchrun (ranks would time it apart); using 2x512"})
-        else:
-            sized = choose_model_size(
-                len(corpus.ids), cfg.max_time, device, cfg, opts.model, opts.dropout, _say(report), vocab_size
-            )
+        sized = _auto_size(job, corpus, cfg, dist, device, report)
     if opts.dropout is None and "dropout" not in sized:
-        sized["dropout"] = dropout_for(_planned_passes(cfg, len(corpus.ids)))
+        sized["dropout"] = dropout_for(_planned_passes(cfg, len(corpus.ids), dist.world_size))
     return opts.config(vocab_size, sized)
 
 
-def _planned_passes(cfg: TrainConfig, num_chars: int) -> float:
+def _auto_size(
+    job: TrainJob, corpus: Corpus, cfg: TrainConfig, dist: runtime.Dist, device: torch.device, report: Reporter
+) -> dict:
+    """choose_model_size's pick (hidden_size, num_layers, dropout). Under torchrun rank 0 alone times the
+    candidates and the other ranks wait in the broadcast for its choice: ranks timing apart could pick different
+    sizes (DDP refuses parameters whose shapes differ across ranks), and ranks timing at once would slow each
+    other on shared cores."""
+    assert cfg.max_time is not None  # sized only under a time budget
+    sized: dict = {}
+    if dist.is_main:
+        opts = job.model
+        sized = choose_model_size(
+            len(corpus.ids),
+            cfg.max_time,
+            device,
+            cfg,
+            opts.model,
+            opts.dropout,
+            _say(report),
+            len(corpus.vocab),
+            world_size=dist.world_size,
+        )
+    return runtime.broadcast(dist, sized)
+
+
+def _planned_passes(cfg: TrainConfig, num_chars: int, world_size: int = 1) -> float:
     """Passes over the training text the limits allow, when steps or epochs set them (0 when only time does:
-    the passes a time buys are known only once measured, which auto-sizing does)."""
-    per_pass = num_chars * (1.0 - cfg.val_frac) / (cfg.batch_size * cfg.seq_len)
+    the passes a time buys are known only once measured, which auto-sizing does). Under torchrun a step reads
+    batch_size streams on every process."""
+    per_pass = num_chars * (1.0 - cfg.val_frac) / (cfg.batch_size * cfg.seq_len * world_size)
     passes = [cfg.max_epochs or 0.0, (cfg.max_steps or 0) / per_pass]
     return max(passes)
 

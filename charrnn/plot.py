@@ -203,11 +203,11 @@ def plot_runs(run_dirs: Sequence[Path | str], output: Path | str, *, x: XAxis = 
 def _output_format(output: Path) -> str:
     fmt = FORMATS.get(output.suffix.lower())
     if fmt is None:
-        raise CharRNNError(f"cannot write a plot to {output}: name a .png, .svg or .pdf file.")
+        raise UsageError(f"cannot write a plot to {output}: name a .png, .svg or .pdf file.")
     if output.is_dir():
-        raise CharRNNError(f"{output} is a directory; name a .png, .svg or .pdf file to write the plot to.")
+        raise UsageError(f"{output} is a directory; name a .png, .svg or .pdf file to write the plot to.")
     if not output.parent.is_dir():
-        raise CharRNNError(f"cannot write {output}: the directory {output.parent} does not exist; create it first.")
+        raise UsageError(f"cannot write {output}: the directory {output.parent} does not exist; create it first.")
     return fmt
 
 
@@ -361,7 +361,10 @@ def val_sparkline(run_dir: Path | str, width: int = 40) -> str | None:
         return None
     if sum(1 for v in run.val_loss if math.isfinite(v)) < 2:
         return None
-    return sparkline(run.val_loss, width)
+    try:
+        return sparkline(run.val_loss, width)
+    except (ArithmeticError, ValueError):  # a crafted metrics.jsonl (losses near float's limits): no decoration
+        return None
 
 
 # Braille cells are 2 dots wide and 4 high: bit of the dot at (column dx, row dy) of a cell.

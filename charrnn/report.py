@@ -5,14 +5,24 @@ train.py reports events through a callback (`reporter(event, info)`); this modul
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import unicodedata
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
 from rich.text import Text
 
 from charrnn.errors import CheckpointWriteError
@@ -109,6 +119,30 @@ class Reporter:
 
     def warn(self, message: str) -> None:
         self.console.print(f"[yellow]warning:[/yellow] {escape(message)}")
+
+    @contextlib.contextmanager
+    def transfer(self, label: str) -> Iterator[Callable[[int, int | None], None]]:
+        """A progress callback (bytes done, total or None) for a download: a Rich bar in a terminal, a line at
+        each tenth otherwise, nothing when quiet."""
+        if self.quiet:
+            yield lambda done, total: None
+            return
+        if not self.interactive:
+            said = [-1]
+
+            def line(done: int, total: int | None) -> None:
+                tenth = done * 10 // total if total else -1
+                if tenth > said[0]:
+                    said[0] = tenth
+                    self.console.print(f"{label}: {done / 1e6:,.1f} of {total / 1e6:,.1f} MB" if total else label)
+
+            yield line
+            return
+        with Progress(
+            TextColumn(escape(label)), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=self.console
+        ) as bar:
+            task = bar.add_task(label, total=None)
+            yield lambda done, total: bar.update(task, completed=done, total=total)
 
     # -- training events ------------------------------------------------------------------------
     def __call__(self, event: str, info: dict) -> None:

@@ -40,8 +40,10 @@ def holds_run(path: Path) -> bool:
     run = RunDir(path)
     if not run.path.is_dir():
         return False
-    # metrics.jsonl is created empty before the first step: a run that wrote nothing yet is no run.
-    return any(p != run.metrics_path or (p.is_file() and p.stat().st_size > 0) for p in run.run_files())
+    # metrics.jsonl and samples.jsonl are created empty before the first step: a run that wrote nothing yet is
+    # no run.
+    logs = (run.metrics_path, run.samples_path)
+    return any(p not in logs or (p.is_file() and p.stat().st_size > 0) for p in run.run_files())
 
 
 class RunLock:

@@ -7,11 +7,14 @@ import os
 import random
 import time
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from charrnn.errors import UsageError
+
+T = TypeVar("T")
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -284,6 +287,19 @@ def gather(info: Dist, obj) -> list:
     gathered: list = [None] * info.world_size
     tdist.all_gather_object(gathered, obj)
     return gathered
+
+
+def broadcast(info: Dist, obj: T) -> T:
+    """Rank 0's `obj` on every rank (`obj` itself in a single process): a decision one rank takes for all, such
+    as the auto-sized model, which the other ranks must not measure on their own (their timings would differ,
+    and so would their model shapes). The other ranks' `obj` is ignored; they wait here until rank 0 sends."""
+    if not info.enabled:
+        return obj
+    import torch.distributed as tdist
+
+    box: list = [obj if info.is_main else None]
+    tdist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def barrier(info: Dist) -> None:

@@ -2,7 +2,8 @@
 
 A checkpoint is one plain dict (torch.load(weights_only=True) reads it) made of two parts:
 
-    ModelBundle   what sampling, scoring and export need: model config, vocabulary, weights (+ the run's facts)
+    ModelBundle   what sampling, scoring and export need: model config, vocabulary, weights (+ the run's facts and
+                  provenance)
     TrainState    what resuming exactly needs: optimizer, scaler, RNG states, data position, carried hidden
                   state, counters, the run's TrainConfig and corpus identity
 
@@ -114,6 +115,43 @@ class RunFacts:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def to_dict(self) -> dict:
+        """The checkpoint's keys for these facts (what from_dict reads), the unknown ones left out (None, or a
+        NaN / inf loss, which from_dict reads as None): export writes this into a model file's metadata as JSON,
+        and from_dict reads it back there with the same checks."""
+        known = {k: v for k, v in self.as_dict().items() if v is not None and not k.startswith("corpus_")}
+        d = {k: v for k, v in known.items() if not (isinstance(v, float) and not math.isfinite(v))}
+        corpus = {"name": self.corpus_name, "num_chars": self.corpus_chars}
+        return d | {"corpus": {k: v for k, v in corpus.items() if v is not None}}
+
+
+@dataclass
+class Provenance:
+    """Where a model came from beyond what `info` prints: the hash of the text it trained on and the charrnn
+    version that trained it; an exported model file carries them so a shared model can be traced to its data."""
+
+    corpus_sha256: str | None = None
+    charrnn_version: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict, path) -> Provenance:
+        corpus = require_dict(d.get("corpus", {}), "corpus", path)
+        return cls(
+            corpus_sha256=_get(corpus, "sha256", TEXT, path, "corpus.") or None,  # "": a run saved before hashing
+            charrnn_version=_get(d, "charrnn_version", TEXT, path),
+        )
+
+    def to_dict(self) -> dict:
+        """The checkpoint's keys (what from_dict reads), the unknown ones left out."""
+        d: dict = {"corpus": {"sha256": self.corpus_sha256} if self.corpus_sha256 is not None else {}}
+        return d | ({"charrnn_version": self.charrnn_version} if self.charrnn_version is not None else {})
+
+
+def run_dict(facts: RunFacts, provenance: Provenance) -> dict:
+    """Both as one checkpoint-shaped dict (their corpus keys merged), which RunFacts and Provenance.from_dict read."""
+    a, b = facts.to_dict(), provenance.to_dict()
+    return a | b | {"corpus": a.get("corpus", {}) | b.get("corpus", {})}
+
 
 def _get(values: dict, key: str, rule: Rule, path, prefix: str = ""):
     return require(values[key], rule, prefix + key, path) if key in values else None
@@ -121,12 +159,14 @@ def _get(values: dict, key: str, rule: Rule, path, prefix: str = ""):
 
 @dataclass
 class ModelBundle:
-    """A trained model as data: config, vocabulary and weights (CPU tensors), and the facts of its run."""
+    """A trained model as data: config, vocabulary and weights (CPU tensors), and the facts of its run and where
+    it came from."""
 
     config: ModelConfig
     vocab: Vocab
     weights: dict[str, torch.Tensor]
     facts: RunFacts = field(default_factory=RunFacts)
+    provenance: Provenance = field(default_factory=Provenance)
 
     @classmethod
     def of(cls, model: CharRNN, vocab: Vocab) -> ModelBundle:
@@ -155,7 +195,7 @@ class ModelBundle:
             problem = f"has {len(vocab)} characters but model_config.vocab_size is {config.vocab_size}"
             raise field_error(path, "vocab", problem, advice)
         check_weights(d["model"], weight_shapes(config), path, advice)
-        return cls(config, vocab, d["model"], RunFacts.from_dict(d, path))
+        return cls(config, vocab, d["model"], RunFacts.from_dict(d, path), Provenance.from_dict(d, path))
 
     def build_model(self, device: torch.device | str = "cpu") -> CharRNN:
         """The model, in eval mode on `device`; the weights were checked against the config on reading."""
@@ -271,13 +311,13 @@ class TrainState:
             batches_per_epoch=data.get("batches_per_epoch"),
             optimizer=d["optimizer"],
             rng=d["rng"],
-            hidden=list(d.get("hidden") or []),
+            # checked against the live model by check_resume_state before use; only its container is read here
+            hidden=list(d["hidden"]) if isinstance(d.get("hidden"), (list, tuple)) else [],
             scaler=d.get("scaler"),
             world_size=int(d.get("world_size", 1)),
             hidden_ranks=d.get("hidden_ranks"),
             rng_ranks=d.get("rng_ranks"),
             elapsed_s=float(d.get("elapsed_s", 0.0)),
-            train_loss=float(d.get("train_loss", math.nan)),
             val_loss=float(d.get("val_loss", math.nan)),
             best_val_loss=float(d.get("best_val_loss", math.inf)),
             best_step=int(d.get("best_step", -1)),

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from charrnn import runtime
 from charrnn.checkpoint import RunDir
-from charrnn.checks import RESUME_ADVICE, check_resume_state
+from charrnn.checks import MAX_TEXT, RESUME_ADVICE, check_resume_state
 from charrnn.data import DeviceFeeder, min_corpus_chars, split
 from charrnn.errors import CorpusError, DivergedError, UsageError
 from charrnn.model import CharRNN, State, load_weights
@@ -52,6 +52,7 @@ EVAL_LOGITS = 1 << 24  # evaluation scores at most this many logits at a time (6
 EVAL_SHARE = 0.04
 CLOSING_MARGIN = 1.0  # seconds kept back beyond the final evaluation and save's expected cost
 MAX_PREVIEW = 10_000  # characters in a preview during training (`charrnn sample` has no such limit)
+MAX_PRIME = MAX_TEXT  # a preview's prime: any string a checkpoint field may hold
 PREVIEW_TEMPERATURE = 0.8
 
 
@@ -102,7 +103,7 @@ class TrainConfig:
             "log_every": self.log_every,
             "eval_streams": self.eval_streams,
             "max_skips": self.max_skips,
-            "sample_every": self.sample_every or 1,
+            "sample_every": 1 if self.sample_every is None else self.sample_every,
         }
         for name, value in positive.items():
             if value < 1:
@@ -117,6 +118,10 @@ class TrainConfig:
             raise UsageError(f"--grad-clip must be a positive number, not {self.grad_clip}.")
         if self.warmup_steps < 0 or self.keep < 0 or self.sample_length < 0:
             raise UsageError("--warmup-steps, --keep and --sample-length must be 0 or more.")
+        if len(self.sample_prime) > MAX_PRIME:
+            raise UsageError(
+                f"--sample-prime must be at most {MAX_PRIME:,} characters, not {len(self.sample_prime):,}."
+            )
         if self.sample_length > MAX_PREVIEW:
             raise UsageError(
                 f"--sample-length must be at most {MAX_PREVIEW:,} (a preview, not a sample), not {self.sample_length}."
@@ -325,6 +330,8 @@ class Trainer:
         if self.dist.is_main:
             self.run_dir.prepare()
             check_metrics_writable(self.run_dir.metrics_path)
+            if self.cfg.sample_length:
+                check_metrics_writable(self.run_dir.samples_path)
 
     # -- set-up ----------------------------------------------------------------------------------
     def _build_model(self) -> CharRNN:
@@ -424,7 +431,7 @@ class Trainer:
             rng_ranks=[r[1] for r in ranks] if self.dist.enabled else None,
             elapsed_s=self.elapsed,
             train_loss=train_loss,
-            val_loss=self.last_val,
+            val_loss=self.current_val,
             best_val_loss=self.best_val,
             best_step=self.best_step,
             skipped_steps=self.skipped,
@@ -452,6 +459,11 @@ class Trainer:
     @property
     def epoch_float(self) -> float:
         return self.epoch + self.batch_index / self.feeder.batches_per_epoch
+
+    @property
+    def current_val(self) -> float:
+        """The validation loss of the weights as they are now: NaN when they have not been evaluated."""
+        return self.last_val if self.evaluated_step == self.step else math.nan
 
     @property
     def elapsed(self) -> float:
@@ -521,14 +533,16 @@ class Trainer:
                 self._evaluate_and_save(train_loss)
             elif self.step % cfg.eval_every == 0:
                 self._save_only(train_loss)
-            if cfg.sample_every and self.step % cfg.sample_every == 0:
-                self._preview()
+            if self.step % (cfg.sample_every or cfg.eval_every) == 0:
+                self._preview()  # after the evaluation, outside its timing: a preview is not part of the budget
         if window.steps:
             train_loss = self._log(window)
         if reason == "signal":
             self.save(train_loss, is_best=False)  # no evaluation: get out within seconds
         elif self.evaluated_step != self.step:
             self._evaluate_and_save(train_loss)
+            if cfg.sample_every is None:
+                self._preview()
         best = self.run_dir.best_path if self.run_dir.best_path.exists() else self.run_dir.last_path
         return TrainResult(
             self.run_dir.path,
@@ -671,8 +685,6 @@ class Trainer:
         if self.dist.is_main:
             append_metrics(self.run_dir.metrics_path, record)
             self.report("eval", {**record, "is_best": is_best})
-        if cfg.sample_every is None:
-            self._preview()
 
     def _preview(self) -> None:
         """A preview of the model's text (rank 0): on stderr and in samples.jsonl, with the time it took."""
@@ -682,7 +694,7 @@ class Trainer:
         text = preview_text(self.model, self.vocab, self.cfg, self.device)
         record = {
             "step": self.step,
-            "val_loss": self.last_val,
+            "val_loss": self.current_val,
             "temperature": PREVIEW_TEMPERATURE,
             "seed": preview_seed(self.cfg.seed),
             "prime": self.cfg.sample_prime,

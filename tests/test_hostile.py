@@ -486,3 +486,27 @@ def test_a_config_asking_for_gigabytes_is_refused_within_a_small_memory_limit(fi
     )
     line = _one_error_line(proc)  # exit 1 and one sentence, not a failed allocation
     assert "big.pt" in line and ("model_config" in line or "must have shape" in line), line
+
+
+@pytest.mark.parametrize(
+    "field, value, code",
+    [
+        ("train_loss", "low", 0),  # carried for info, not read on resume
+        ("train_loss", None, 0),
+        ("device", [1], 1),  # what info prints: type-checked, one sentence
+        ("hidden", torch.zeros(3, 3), 1),  # checked against the model: one sentence
+        ("hidden", 7, 1),
+    ],
+)
+def test_fields_resume_does_not_need_never_crash_it(base, tmp_path, field, value, code):
+    """A crafted value in a field resume only carries (or reads after its checks) is one sentence or ignored,
+    never a traceback."""
+    run = tmp_path / "r"
+    shutil.copytree(base / "r", run)
+    _tamper(base / "r" / "last.pt", run / "last.pt", lambda c: c.__setitem__(field, value))
+    proc = _cli(["train", "--resume", "--run-dir", str(run), "--max-steps", "6", "--device", "cpu"], base, text=True)
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == code, proc.stderr[-2000:]
+    if code:
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("Error: ")]
+        assert len(errors) == 1 and errors[0].startswith("Error: checkpoint"), proc.stderr[-2000:]

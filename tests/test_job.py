@@ -3,8 +3,6 @@ the model sized once and handed to the Trainer as decided."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from charrnn import job
@@ -45,6 +43,26 @@ def test_model_options_are_checked_with_their_defaults_filled_in():
         ModelOptions(dropout=1.5).check()
     with pytest.raises(UsageError, match="--tie-weights needs"):
         ModelOptions(hidden_size=64, embed_size=32, tie_weights=True).check()
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"sample_every": 1, "sample_length": 0, "sample_prime": ""},
+        {"sample_length": 10_000, "sample_prime": "x" * 65_536, "max_time": 1e-3, "eval_chars": None},
+        {"seed": -(2**63), "threads": 1, "keep": 0, "warmup_steps": 0, "min_lr_frac": 0.0, "decay_frac": 1.0},
+        {"seed": 2**63 - 1, "max_steps": 1, "max_epochs": 1e-9, "val_frac": 1e-9, "weight_decay": 0.0},
+    ],
+)
+def test_every_setting_validate_accepts_is_one_a_checkpoint_may_hold(values):
+    """A run whose settings pass TrainConfig.validate() must be resumable: its saved train_config must pass the
+    rules resume checks (checks.TRAIN_RULES), or the run's own checkpoint reads as damaged."""
+    from charrnn.checks import TRAIN_RULES, check_fields
+
+    cfg = TrainConfig(**values)
+    cfg.validate()
+    check_fields(cfg.to_dict(), TRAIN_RULES, "train_config.", "x.pt", "")
+    assert set(TRAIN_RULES) == set(cfg.to_dict())  # every field has a rule
 
 
 @pytest.mark.parametrize(
@@ -90,4 +108,3 @@ def test_no_limit_gets_a_budget_from_the_corpus_size(corpus, tmp_path):
     with prepared(run, lambda event, info: said.append(info.get("text", ""))) as trainer:
         assert trainer.cfg.max_time == job.MIN_BUDGET  # ~20 k characters: the two-minute floor
     assert any("no limit given: a budget of 2m00s" in text for text in said)
-    assert not Path(tmp_path / "best.pt").exists()  # preparing trains nothing

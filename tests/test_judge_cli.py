@@ -102,14 +102,14 @@ def test_score_refusals_are_one_sentence(trained_run, tmp_path):
         assert needle in assert_one_error(run(["score", trained_run, path]), 1)
     words = _words(tmp_path)
     usage = [
-        (["score", trained_run, words, "--per-line", "--heatmap"], "--heatmap and --html"),
-        (["score", trained_run, words, "--html", tmp_path / "no" / "x.html"], "does not exist"),
-        (["score", trained_run, words, words], "[CHECKPOINT] FILE"),
-        (["score", trained_run, tmp_path / "missing.txt"], "missing.txt"),
+        (["score", trained_run, words, "--per-line", "--heatmap"], "--heatmap and --html", 2),
+        (["score", trained_run, words, "--html", tmp_path / "no" / "x.html"], "does not exist", 2),
+        (["score", trained_run, words, words], "[CHECKPOINT] FILE", 2),
+        (["score", trained_run, tmp_path / "missing.txt"], "missing.txt", 1),  # data, not usage
     ]
-    for args, needle in usage:
+    for args, needle, code in usage:
         r = run(args)
-        assert r.exit_code in (1, 2) and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert r.exit_code == code and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "no").exists()
 
 
@@ -173,9 +173,10 @@ def test_plot_refusals(trained_run, tmp_path):
         (["--x", "epoch"], "--x must be step or time"),
         (["--x", "time"], "give -o FILE"),
         (["-o", tmp_path / "loss.gif"], ".png"),
+        (["-o", tmp_path / "no" / "loss.png"], "does not exist"),
     ]:
         r = run(["plot", trained_run, *args])
-        assert r.exit_code in (1, 2) and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert r.exit_code == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_info_and_train_end_with_the_validation_sparkline(trained_run):

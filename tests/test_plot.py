@@ -304,3 +304,12 @@ def test_terminal_curve_survives_nan_and_a_single_evaluation(tmp_path):
     assert len(gap.plain.split("\n")) == 8
     one = terminal_curve(write_run(tmp_path / "one", [record(10, 2.0, 2.0)]), 50, 8)
     assert len(one.plain.split("\n")) == 8
+
+
+def test_val_sparkline_never_fails_on_crafted_losses(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"step": 1, "val_loss": 1.7e308, "train_loss": 1.0, "elapsed_s": 1.0}\n'
+        '{"step": 2, "val_loss": -1.7e308, "train_loss": 1.0, "elapsed_s": 2.0}\n'
+    )
+    line = val_sparkline(tmp_path)
+    assert line is None or len(line) == 40
