@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine  # noqa: E402
+from bench.common import add_model_args, drain_seconds, model_fields  # noqa: E402
 from charrnn.model import CharRNN, ModelConfig  # noqa: E402
 from charrnn.sample import BeamConfig, SampleConfig, beam_search, generate  # noqa: E402
 
@@ -42,19 +42,12 @@ def greedy(model: CharRNN, length: int) -> float:
 
 def beam(model: CharRNN, length: int, beam_size: int) -> float:
     """Seconds for beam_search() to return the best `length`-char continuation, streamed as it settles."""
-    cfg = BeamConfig(beam_size=beam_size, length=length, num_results=1)
-    start = time.perf_counter()
-    for _ in beam_search(model, [0], cfg, CPU):
-        pass
-    return time.perf_counter() - start
+    return drain_seconds(beam_search(model, [0], BeamConfig(beam_size=beam_size, length=length), CPU))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden-size", type=int, default=512)
-    parser.add_argument("--num-layers", type=int, default=2)
-    parser.add_argument("--model", default="lstm", choices=["lstm", "gru", "rnn"])
-    parser.add_argument("--length", type=int, default=500)
+    add_model_args(parser, length=500)
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
@@ -80,13 +73,7 @@ def main() -> None:
         "beam_chars_per_sec": round(beam_cps, 1),
         "greedy_chars_per_sec": round(greedy_cps, 1),
         "ratio_vs_greedy": round(beam_cps / greedy_cps, 3),
-        "model": args.model,
-        "hidden_size": args.hidden_size,
-        "num_layers": args.num_layers,
-        "vocab_size": VOCAB_SIZE,
-        "length": n,
-        "repeats": args.repeats,
-        "machine": machine(),
+        **model_fields(args, VOCAB_SIZE, n),
     }
     print(json.dumps(row), flush=True)
 

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine  # noqa: E402
+from bench.common import add_model_args, drain_seconds, model_fields  # noqa: E402
 from charrnn.model import CharRNN, ModelConfig  # noqa: E402
 from charrnn.sample import SampleConfig, generate  # noqa: E402
 
@@ -45,18 +45,12 @@ def baseline(model: CharRNN, length: int, temperature: float = 0.8) -> float:
 def ours(model: CharRNN, length: int, num_samples: int, precision: str = "fp32", temperature: float = 0.8) -> float:
     """Seconds for generate() to produce `length` chars per stream (prime and setup included)."""
     cfg = SampleConfig(temperature=temperature, length=length, num_samples=num_samples, seed=0, precision=precision)
-    start = time.perf_counter()
-    for _ in generate(model, [0], cfg, torch.device("cpu")):
-        pass
-    return time.perf_counter() - start
+    return drain_seconds(generate(model, [0], cfg, torch.device("cpu")))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden-size", type=int, default=512)
-    parser.add_argument("--num-layers", type=int, default=2)
-    parser.add_argument("--model", default="lstm", choices=["lstm", "gru", "rnn"])
-    parser.add_argument("--length", type=int, default=300)
+    add_model_args(parser, length=300)
     parser.add_argument("--num-samples", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated sampler precisions")
@@ -81,15 +75,7 @@ def main() -> None:
 
     base_cps = n / base
     cps = {(p, b): b * n / best[(p, b)] for p, b in runs}
-    common = {
-        "model": args.model,
-        "hidden_size": args.hidden_size,
-        "num_layers": args.num_layers,
-        "vocab_size": VOCAB_SIZE,
-        "length": n,
-        "repeats": args.repeats,
-        "machine": machine(),
-    }
+    common = model_fields(args, VOCAB_SIZE, n)
     print(
         json.dumps(
             {

@@ -4,11 +4,41 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from pathlib import Path
 
 import torch
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"
+
+
+def drain_seconds(events) -> float:
+    """Seconds to run a generator (a sampler's or beam search's output) to its end."""
+    start = time.perf_counter()
+    for _ in events:
+        pass
+    return time.perf_counter() - start
+
+
+def add_model_args(parser, *, length: int) -> None:
+    """The model and length flags every sampling benchmark takes."""
+    parser.add_argument("--hidden-size", type=int, default=512)
+    parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--model", default="lstm", choices=["lstm", "gru", "rnn"])
+    parser.add_argument("--length", type=int, default=length)
+
+
+def model_fields(args, vocab_size: int, length: int) -> dict:
+    """What a sampling benchmark's JSON line says about the model it timed, and the machine."""
+    return {
+        "model": args.model,
+        "hidden_size": args.hidden_size,
+        "num_layers": args.num_layers,
+        "vocab_size": vocab_size,
+        "length": length,
+        "repeats": args.repeats,
+        "machine": machine(),
+    }
 
 
 def machine() -> dict:

@@ -183,13 +183,19 @@ def list_corpora(cache_dir: Path | None = None) -> list[CorpusStatus]:
     return statuses
 
 
-def path(name: str, cache_dir: Path | None = None) -> Path:
-    """The local text file of `name`; a built-in corpus is built, a downloadable one must have been fetched by get()."""
+def _local(name: str, cache_dir: Path | None) -> tuple[NamedCorpus, Path, bool]:
+    """The entry, its text file's path, and whether that file is there and whole (a built-in one is built now)."""
     corpus = lookup(name)
     if corpus.builtin:
-        return _build(name, cache_dir)
+        return corpus, _build(name, cache_dir), True
     final = local_path(name, cache_dir)
-    if _is_present(corpus, final):
+    return corpus, final, _is_present(corpus, final)
+
+
+def path(name: str, cache_dir: Path | None = None) -> Path:
+    """The local text file of `name`; a built-in corpus is built, a downloadable one must have been fetched by get()."""
+    corpus, final, present = _local(name, cache_dir)
+    if present:
         return final
     if final.exists():
         raise _damaged(corpus, final)
@@ -214,11 +220,8 @@ def get(
     receives (bytes done, bytes in all) as the download streams; `warn` one sentence for an entry without a pin
     (warnings.warn when not given). `timeout` bounds the connection and every read, in seconds.
     """
-    corpus = lookup(name)
-    if corpus.builtin:
-        return _build(name, cache_dir)
-    final = local_path(name, cache_dir)
-    if _is_present(corpus, final):
+    corpus, final, present = _local(name, cache_dir)
+    if present:
         return final
     directory = final.parent
     try:
