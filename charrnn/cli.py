@@ -18,7 +18,6 @@ import signal
 import sys
 import threading
 import time
-import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -28,6 +27,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from charrnn.errors import CharRNNError, UsageError
+from charrnn.report import printable
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -91,9 +91,8 @@ err = Console(file=_stderr, highlight=False, soft_wrap=True)  # type: ignore[arg
 
 
 def shown(text: str) -> str:
-    """Text from a file, safe to print: control characters (a crafted ESC sequence could drive the terminal)
-    are written as escapes; everything else, non-breaking spaces and emoji included, as it is."""
-    return "".join(c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) == "Cc" else c for c in text)
+    """A name or path from a file, on one line and safe to print: every control character as an escape."""
+    return printable(text, keep="")
 
 
 def rendered(renderable, *, end: str = "\n", width: int | None = None) -> str:

@@ -58,10 +58,11 @@ def check_metrics_writable(path: Path) -> None:
         ) from None
 
 
-def printable(text: str) -> str:
-    """Text safe for a terminal: control characters but newline and tab written as escapes."""
+def printable(text: str, keep: str = "\n\t") -> str:
+    """Text safe for a terminal: control characters (a crafted ESC sequence could drive it) but those in `keep`
+    written as escapes; everything else, non-breaking spaces and emoji included, as it is."""
     return "".join(
-        c if c in "\n\t" or unicodedata.category(c) != "Cc" else c.encode("unicode_escape").decode() for c in text
+        c if c in keep or unicodedata.category(c) != "Cc" else c.encode("unicode_escape").decode("ascii") for c in text
     )
 
 

@@ -262,17 +262,13 @@ class _Encoder:
     """Characters -> ids of those in the vocabulary; the others are counted, remembered and left out."""
 
     def __init__(self, vocab: Vocab) -> None:
-        self.codes = np.array([ord(c) for c in vocab.chars], dtype=np.int64)  # (V,) ascending, as Vocab sorts
+        self.vocab = vocab
         self.unknown = 0
         self.unknown_chars: dict[str, None] = {}  # distinct, in order of first appearance
 
     def encode(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """text (N chars) -> (ids of its known characters (M,) int64, known (N,) bool)."""
-        # surrogatepass: a lone surrogate (only a caller's str can hold one) is unknown, not a crash.
-        cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4").astype(np.int64)  # (N,)
-        ids = np.searchsorted(self.codes, cps)
-        known = ids < len(self.codes)
-        known[known] = self.codes[ids[known]] == cps[known]
+        ids, known, cps = self.vocab.lookup(text)
         if not known.all():
             bad = cps[~known]
             self.unknown += len(bad)

@@ -46,12 +46,18 @@ class Vocab:
     def unknown(self, text: str) -> list[str]:
         return [c for c in dict.fromkeys(text) if c not in self._stoi]
 
-    def encode(self, text: str) -> np.ndarray:
+    def lookup(self, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """text (N chars) -> (ids (N,) int64, valid only where known; known (N,) bool; code points (N,) int64)."""
         # surrogatepass: a lone surrogate (e.g. from surrogateescape'd input) is reported as unknown, not a crash.
         cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4").astype(np.int64)  # (N,)
         ids = np.searchsorted(self._codes, cps)
         known = ids < len(self)
         known[known] = self._codes[ids[known]] == cps[known]
+        return ids, known, cps
+
+    def encode(self, text: str) -> np.ndarray:
+        """text -> ids (N,) int64; a character outside the vocabulary is a CorpusError naming it."""
+        ids, known, _ = self.lookup(text)
         if not known.all():
             unknown = self.unknown(text)
             listed = ", ".join(repr(c) for c in unknown[:MAX_LISTED]) + (" ..." if len(unknown) > MAX_LISTED else "")
