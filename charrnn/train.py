@@ -22,7 +22,7 @@ from charrnn.checkpoint import RunDir
 from charrnn.checks import MAX_TEXT, RESUME_ADVICE, check_resume_state
 from charrnn.data import DeviceFeeder, min_corpus_chars, split
 from charrnn.errors import CorpusError, DivergedError, UsageError
-from charrnn.model import CharRNN, State, load_weights
+from charrnn.model import CharRNN, State, copy_weights, load_weights
 from charrnn.report import append_metrics, chars_per_sec, check_metrics_writable, eta_seconds, format_duration
 from charrnn.sample import SampleConfig, generate
 from charrnn.state import CorpusInfo, ModelBundle, TrainState, checkpoint_dict
@@ -370,7 +370,7 @@ class Trainer:
             uses_scaler=self.train_step.scaler is not None,
             batches_per_epoch=self.feeder.batches_per_epoch,
         )
-        load_weights(self.model, resumed.bundle.weights, resumed.path, RESUME_ADVICE)
+        copy_weights(self.model, resumed.bundle.weights, resumed.path, RESUME_ADVICE)  # checked just above
         self.optimizer.load_state_dict(saved.optimizer)
         if self.train_step.scaler is not None and saved.scaler:
             self.train_step.scaler.load_state_dict(saved.scaler)
