@@ -42,10 +42,10 @@ from rich.text import Text
 from charrnn import runtime
 from charrnn.errors import CorpusError, UsageError
 from charrnn.model import CharRNN, State
-from charrnn.train import EVAL_LOGITS
 from charrnn.vocab import MAX_LISTED, Vocab
 
 READ_BYTES = 1 << 20  # bytes decoded at a time
+EVAL_LOGITS = 1 << 24  # logits scored at a time at most (64 MiB), whatever the vocabulary (training's evaluation too)
 BLOCK_CHARS = 1 << 20  # whole text: known characters held and scored at a time (ids, streams, losses: ~25 MB)
 NUM_STREAMS = 8  # whole text: contiguous streams per block, as training's --eval-streams
 SEQ_LEN = 256  # positions per forward pass, as training's evaluation: max(--seq-len, 256)
@@ -323,7 +323,7 @@ def _score_blocks(model: CharRNN, vocab: Vocab, chunks: Iterable[str], device: t
     for block in _blocks(enc, chunks, cfg.block_chars):
         ids = np.concatenate([prev, block])  # (n + 1,)
         if len(ids) > 1:
-            nats += _streams_nats(model, ids, device, cfg)
+            nats += streams_nats(model, ids, device, cfg)
             scored += len(ids) - 1
         prev = ids[-1:]
     return enc.score(nats, scored, len(vocab), cfg.skip_unknown)
@@ -349,7 +349,7 @@ def _blocks(enc: _Encoder, chunks: Iterable[str], block_chars: int) -> Iterator[
         yield np.concatenate(pending)
 
 
-def _streams_nats(model: CharRNN, ids: np.ndarray, device: torch.device, cfg: ScoreConfig) -> float:
+def streams_nats(model: CharRNN, ids: np.ndarray, device: torch.device, cfg: ScoreConfig) -> float:
     """Negative log-likelihood (nats) of ids[1:], cut as training's evaluate cuts it, plus the tail it drops."""
     n = len(ids) - 1  # characters to score
     V = model.config.vocab_size

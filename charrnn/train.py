@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from charrnn import runtime
 from charrnn.checkpoint import RunDir
@@ -25,6 +24,7 @@ from charrnn.errors import CorpusError, DivergedError, UsageError
 from charrnn.model import CharRNN, State, copy_weights, load_weights
 from charrnn.report import append_metrics, chars_per_sec, check_metrics_writable, eta_seconds, format_duration
 from charrnn.sample import SampleConfig, generate
+from charrnn.score import ScoreConfig, streams_nats
 from charrnn.state import CorpusInfo, ModelBundle, TrainState, checkpoint_dict
 from charrnn.step import TrainStep, make_optimizer
 from charrnn.vocab import Vocab
@@ -45,7 +45,6 @@ RESUME_OVERRIDABLE = (
 )
 LIMITS = ("max_steps", "max_epochs", "max_time")
 MAX_LOGITS = 1 << 28  # B * T * V values per step; fp32 logits, their softmax and gradient are 3 GiB at the limit
-EVAL_LOGITS = 1 << 24  # evaluation scores at most this many logits at a time (64 MiB), whatever the vocabulary
 # Under --max-time (with --eval-every left at its default) evaluations during the run may take at most this share
 # of the time so far; a scheduled one beyond it only saves a checkpoint. Evaluating 111 k characters every 200
 # steps of 2x512 took ~6 % of a 10-minute budget on 2 cores (bench/README.md, issue 9), steps the model never got.
@@ -209,7 +208,6 @@ def stop_reason(step: int, epoch_float: float, elapsed: float, cfg: TrainConfig)
 # evaluation
 
 
-@torch.no_grad()
 def evaluate(
     model: CharRNN,
     ids: np.ndarray,
@@ -219,31 +217,13 @@ def evaluate(
     amp: bool = False,
     max_chars: int | None = None,
 ) -> float:
-    """Mean cross-entropy (nats/char) over `ids`, cut into `num_streams` contiguous streams scored with the
-    hidden state carried through each stream, so every character (but each stream's first) is scored once."""
+    """Mean cross-entropy (nats/char) over `ids` (at most max_chars + 1 of them): score.py's whole-text scoring,
+    so `charrnn score` on the validation text gives the validation loss. The text is cut into `num_streams`
+    contiguous streams scored with their hidden state carried, so every character but the first is scored."""
     if max_chars is not None:
         ids = ids[: max_chars + 1]
-    # Bound the (S, T, V) logits: a corpus with a million distinct characters would otherwise ask for 18 GB.
-    # Fewer streams first (V <= 1,114,112 leaves room for at least 15), then shorter chunks.
-    V = model.config.vocab_size
-    num_streams = max(1, min(num_streams, len(ids) - 1, EVAL_LOGITS // V))
-    seq_len = max(1, min(seq_len, EVAL_LOGITS // (num_streams * V)))
-    stream_len = (len(ids) - 1) // num_streams
-    starts = np.arange(num_streams, dtype=np.int64)[:, None] * stream_len  # (S, 1)
-    was_training = model.training
-    model.eval()
-    state: State | None = None
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    for a in range(0, stream_len, seq_len):
-        cols = np.arange(a, min(a + seq_len, stream_len) + 1, dtype=np.int64)  # T+1 positions
-        chunk = torch.from_numpy(ids[starts + cols].astype(np.int64)).to(device)  # (S, T+1)
-        with runtime.autocast(device, amp):
-            logits, state = model(chunk[:, :-1], state)
-        total += F.cross_entropy(
-            logits.float().reshape(-1, logits.size(-1)), chunk[:, 1:].reshape(-1), reduction="sum"
-        ).double()
-    model.train(was_training)
-    return total.item() / (num_streams * stream_len)
+    cfg = ScoreConfig(num_streams=num_streams, seq_len=seq_len, amp=amp)
+    return streams_nats(model, np.asarray(ids, dtype=np.int64), device, cfg) / (len(ids) - 1)
 
 
 def preview_seed(seed: int) -> int:

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from charrnn import sample as sample_mod
+from charrnn import score as score_mod
 from charrnn import train as train_mod
 from charrnn.data import min_corpus_chars, min_train_chars
 from charrnn.model import CharRNN, ModelConfig
@@ -183,11 +184,11 @@ def test_evaluation_bounds_its_logits_whatever_the_vocabulary(monkeypatch):
     seen = []
     forward = model.forward
     monkeypatch.setattr(model, "forward", lambda x, state=None: (seen.append(tuple(x.shape)), forward(x, state))[1])
-    monkeypatch.setattr(train_mod, "EVAL_LOGITS", 8 * 5000 * 10)  # room for 10 positions of 8 streams
+    monkeypatch.setattr(score_mod, "EVAL_LOGITS", 8 * 5000 * 10)  # room for 10 positions of 8 streams
     ids = np.random.default_rng(0).integers(0, 5000, 4001).astype(np.uint16)
     loss = train_mod.evaluate(model, ids, 8, 256, torch.device("cpu"))
     assert max(t for _, t in seen) == 10
-    monkeypatch.setattr(train_mod, "EVAL_LOGITS", 1 << 30)
+    monkeypatch.setattr(score_mod, "EVAL_LOGITS", 1 << 30)
     assert math.isclose(loss, train_mod.evaluate(model, ids, 8, 256, torch.device("cpu")), rel_tol=1e-5)
 
 
@@ -196,8 +197,8 @@ def test_evaluation_bounds_its_logits_whatever_the_vocabulary(monkeypatch):
 
 
 def test_divergence_before_any_checkpoint_does_not_claim_one_is_kept(tmp_path, small_corpus, monkeypatch):
-    real = train_mod.F.cross_entropy
-    monkeypatch.setattr(train_mod.F, "cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
+    real = torch.nn.functional.cross_entropy
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
     args = [a for a in TINY_TRAIN]
     args[args.index("--log-every") + 1] = "1"
     r = run(["train", small_corpus, "--run-dir", tmp_path / "r", *args, "--max-skips", "1", "-q"])
