@@ -39,6 +39,7 @@ import torch
 
 from charrnn import export
 from charrnn.errors import CheckpointError, CheckpointWriteError, UsageError
+from charrnn.state import MODEL_KEYS, ModelBundle, check_format
 
 
 def torch_is_safe(version: str) -> bool:
@@ -54,7 +55,6 @@ if not torch_is_safe(torch.__version__):
         "can run code from a malicious checkpoint (CVE-2025-32434); upgrade torch."
     )
 
-from charrnn.state import MODEL_KEYS, ModelBundle, check_format
 
 TEMP_PREFIX = ".ckpt-"
 TEMP_SUFFIX = ".tmp"
