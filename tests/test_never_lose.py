@@ -481,8 +481,12 @@ def test_training_beside_a_busy_process_drops_to_the_free_cores(tmp_path, small_
     # dozen tiny steps can finish before the second one on a fast machine (CI failed that way once).
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range((os.cpu_count() or 2) - 1)]
     try:
-        budget = flags(max_steps=100000, max_time="4s", hidden_size=128, device="cpu")
-        r = cli(["train", small_corpus, "--run-dir", tmp_path / "run", *TINY_TRAIN[:-6], *budget], cwd=tmp_path)
+        # 8 s: start-up, auto-sizing's absence and the closing evaluation leave the loop several seconds of
+        # progress reports (each one a governor check) even on a loaded CI machine; no previews or mid-run
+        # evaluations to stretch the time between checks.
+        budget = flags(hidden_size=128, num_layers=1, batch_size=4, seq_len=16, log_every=5, eval_every=100000)
+        budget += flags(max_time="8s", sample_length=0, seed=7, device="cpu")
+        r = cli(["train", small_corpus, "--run-dir", tmp_path / "run", *budget], cwd=tmp_path)
     finally:
         for hog in hogs:
             hog.kill()
