@@ -881,8 +881,8 @@ class _Beams:
         self.live = kept
         if t + 1 < self.length:
             self.logits = self.stepper.step(self.tokens)  # (N, V); rows past `live` are padding
-        self.parent_at[t, :kept] = self.parents[:kept].cpu().numpy()
-        self.token_at[t, :kept] = self.tokens[:kept].cpu().numpy()
+        # One device-to-host copy a step (on CUDA, one sync): the back-pointers and ids travel together.
+        self.parent_at[t, :kept], self.token_at[t, :kept] = torch.stack((self.parents[:kept], self.tokens[:kept])).cpu()
         self.stepped = t
         self._settle(t)
 
