@@ -1,11 +1,14 @@
-"""What `charrnn sample --precision bf16` costs in accuracy and buys in speed, on a trained model.
+"""What `charrnn sample --precision bf16|int8` costs in accuracy and buys in speed, on a trained model.
 
     .venv/bin/python bench/bench_precision.py --checkpoint checkpoints/tinyshakespeare/best.pt
     .venv/bin/python bench/bench_precision.py --max-time 3m     # no checkpoint: train one first (seed 1)
 
-Accuracy: the sampler's own step (charrnn.sample.Stepper) scores the validation split (last 10 %) teacher-forced
-as ONE stream, hidden state carried through, every character counted once (the target-5 rule), in fp32 and in
-bf16. The difference in nats/char is the quality cost of bf16. Speed: generate() at 1 and --num-samples streams
+Accuracy, two ways, each precision against fp32 under the same rule:
+- one stream: the sampler's own step (charrnn.sample.Stepper) scores the validation split (last 10 %)
+  teacher-forced as ONE stream, hidden state carried through, every character counted once;
+- 64 streams: the split cut into 64 equal contiguous pieces scored side by side from a zero state, so the
+  batched cell (one sigmoid) and int8's per-call input range over 64 streams are what is measured.
+The larger difference in bits/char is the precision's cost. Speed: generate() at 1 and --num-samples streams
 in each precision, repetitions interleaved, best kept. Prints one JSON object per measurement; never asserts.
 """
 
@@ -27,23 +30,26 @@ from bench.quality import run_training, train_command  # noqa: E402
 from charrnn.checkpoint import load_model  # noqa: E402
 from charrnn.corpus import load_corpus  # noqa: E402
 from charrnn.data import split  # noqa: E402
-from charrnn.kernels import bf16_is_native  # noqa: E402
+from charrnn.kernels import bf16_is_native, int8_engine  # noqa: E402
 from charrnn.model import CharRNN  # noqa: E402
 from charrnn.sample import Stepper  # noqa: E402
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "int8")
 
 
-def score_with_stepper(model: CharRNN, ids: torch.Tensor, precision: str, sigmoid_only: bool = False) -> float:
-    """Mean nats/char of ids[1:] given everything before, through the sampler's step at batch 1.
-    sigmoid_only=True scores with the cell formulation that 64 streams use."""
-    stepper = Stepper(model, 1, torch.device("cpu"), precision=precision, sigmoid_only=sigmoid_only)
-    n = len(ids) - 1
-    logits = torch.empty(n, model.config.vocab_size)  # (N, V)
+def score_with_stepper(model: CharRNN, ids: torch.Tensor, precision: str, streams: int = 1) -> float:
+    """Mean nats/char of each piece's ids[1:] given everything before it in the piece, through the sampler's
+    step at batch `streams`: ids cut into `streams` equal contiguous pieces (the tail that does not divide is
+    left out), each from a zero state."""
+    n = len(ids) // streams
+    pieces = ids[: n * streams].view(streams, n)  # (S, n)
+    stepper = Stepper(model, streams, torch.device("cpu"), precision=precision)
+    logits = torch.empty(n - 1, streams, model.config.vocab_size)  # (n-1, S, V)
     with torch.inference_mode():
-        for t in range(n):
-            logits[t] = stepper.step(ids[t : t + 1])[0]
-        return torch.nn.functional.cross_entropy(logits, ids[1:]).item()
+        for t in range(n - 1):
+            logits[t] = stepper.step(pieces[:, t])
+        targets = pieces[:, 1:].t()  # (n-1, S)
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten()).item()
 
 
 def train_checkpoint(corpus_path: str, max_time: str, out_dir: Path) -> Path:
@@ -59,6 +65,7 @@ def main() -> None:
     ap.add_argument("--num-samples", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--val-chars", type=int, default=0, help="score only the first N val chars (0: all)")
+    ap.add_argument("--skip-quality", action="store_true", help="speed only (the cost does not depend on the ISA)")
     args = ap.parse_args()
     corpus_path = bench_corpus_path()
     with tempfile.TemporaryDirectory() as tmp:
@@ -75,31 +82,17 @@ def main() -> None:
         "model": f"{c.num_layers}x{c.hidden_size} {c.model}",
         "checkpoint": str(ckpt),
         "bf16_native": bf16_is_native(torch.device("cpu")),
+        "int8_engine": int8_engine(),
         "machine": machine(),
     }
 
-    # bf16 at one stream (tanh cell) and as 64 streams run it (one-sigmoid cell): both against fp32.
-    loss = {
-        "fp32": score_with_stepper(model, val, "fp32"),
-        "bf16": score_with_stepper(model, val, "bf16"),
-        "bf16_batched_cell": score_with_stepper(model, val, "bf16", sigmoid_only=True),
-    }
-    worst = max(loss["bf16"], loss["bf16_batched_cell"]) - loss["fp32"]
-    print(
-        json.dumps(
-            {
-                "bench": "bf16_quality_cost",
-                "val_chars": len(val) - 1,
-                **{f"val_loss_{k}": round(v, 5) for k, v in loss.items()},
-                "delta_nats": round(worst, 5),
-                "delta_bpc": round(worst / math.log(2), 5),
-                **common,
-            }
-        ),
-        flush=True,
-    )
+    precisions = [p for p in PRECISIONS if p != "int8" or int8_engine() is not None]
+    if not args.skip_quality:
+        for streams in (1, args.num_samples):
+            loss = {p: score_with_stepper(model, val, p, streams) for p in precisions}
+            print(json.dumps(_cost_line(loss, streams, len(val), common)), flush=True)
 
-    runs = [(p, b) for p in PRECISIONS for b in (1, args.num_samples)]
+    runs = [(p, b) for p in precisions for b in (1, args.num_samples)]
     for p, b in runs:  # warm-up: one-off allocations and thread start-up
         ours(model, 20, b, p)
     best = {r: math.inf for r in runs}
@@ -117,12 +110,26 @@ def main() -> None:
                     "chars_per_sec": round(cps[(p, b)], 1),
                     "ratio_vs_same_precision_batch1": round(cps[(p, b)] / cps[(p, 1)], 2),
                     "ratio_vs_fp32_batch1": round(cps[(p, b)] / cps[("fp32", 1)], 2),
+                    "ratio_vs_fp32_same_batch": round(cps[(p, b)] / cps[("fp32", b)], 2),
                     "length": args.length,
                     **common,
                 }
             ),
             flush=True,
         )
+
+
+def _cost_line(loss: dict[str, float], streams: int, val_chars: int, common: dict) -> dict:
+    """One JSON object: each precision's val loss and its cost against fp32, in nats and bits per char."""
+    cost = {p: loss[p] - loss["fp32"] for p in loss if p != "fp32"}
+    return {
+        "bench": "precision_quality_cost",
+        "streams": streams,
+        "val_chars": val_chars,
+        **{f"val_loss_{p}": round(v, 5) for p, v in loss.items()},
+        **{f"cost_bpc_{p}": round(c / math.log(2), 5) for p, c in cost.items()},
+        **common,
+    }
 
 
 if __name__ == "__main__":

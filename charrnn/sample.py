@@ -40,8 +40,9 @@ The measured figures behind these choices live in bench/README.md, where they ca
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -53,7 +54,14 @@ from charrnn.errors import UsageError
 from charrnn.kernels import bf16_is_native
 from charrnn.model import CharRNN, State
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "int8")  # what a Stepper runs; --precision auto picks one of them
+SAMPLE_PRECISIONS = (*PRECISIONS, "auto")
+# Worst validation cost against fp32 (bits/char) measured on three trained checkpoints, one stream and the
+# 64-stream cell alike (bench/bench_precision.py; the figures are in bench/README.md).
+MEASURED_COST_BPC = {"fp32": 0.0, "bf16": 0.0001, "int8": 0.01}
+MAX_AUTO_COST_BPC = 0.01  # --precision auto only picks precisions measured to cost at most this
+AUTO_MARGIN = 1.1  # auto leaves fp32 only for a precision this much faster: timings on a busy CPU are noisy
+AUTO_ROUNDS, AUTO_STEPS = 3, 8  # auto times each candidate's step for the best of 3 rounds of 8 steps
 ONEDNN_MIN_BATCH = 2  # streams from which fp32 products use oneDNN's prepacked linear, not MKL (timed on CPU)
 SIGMOID_ONLY_MIN_ELEMS = 16384  # B*H from which the one-sigmoid LSTM cell beats sigmoid + tanh (timed on CPU)
 UNIFORM_BLOCK = 256  # uniforms drawn per stream at a time, so the Python loop over generators is amortised
@@ -73,7 +81,9 @@ class SampleConfig:
     length: int = 2000  # new characters per sample
     num_samples: int = 1
     seed: int = 0  # stream i uses seed + i
-    precision: str = "fp32"  # "bf16": bfloat16 recurrent weights, faster with many streams on CPUs that have it
+    # "bf16": bfloat16 recurrent weights, faster with many streams on CPUs that have it; "int8": int8 recurrent
+    # weights on CPU, faster at every batch size; "auto": the fastest here within MAX_AUTO_COST_BPC
+    precision: str = "fp32"
 
     def validate(self) -> None:
         if not math.isfinite(self.temperature) or self.temperature < 0:
@@ -96,12 +106,73 @@ class SampleConfig:
                 "commands with different --seed."
             )
         runtime.check_seed(self.seed, self.num_samples)
-        check_precision(self.precision)
+        check_precision(self.precision, SAMPLE_PRECISIONS)
 
 
-def check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}.")
+def check_precision(precision: str, allowed: tuple[str, ...] = PRECISIONS) -> None:
+    if precision not in allowed:
+        raise UsageError(f"--precision must be one of {', '.join(allowed)}, not {precision!r}.")
+
+
+def check_precision_on(precision: str, device: torch.device) -> None:
+    """UsageError unless `precision` runs on `device` ("auto" always does: it only picks what runs)."""
+    if precision == "bf16" and device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--precision bf16 runs on cpu and cuda, not {device.type}; use --precision fp32 there.")
+    if precision == "bf16" and device.type == "cuda" and not bf16_is_native(device):
+        raise UsageError(
+            "this GPU has no bfloat16 matrix units (it needs compute capability 8.0+); use --precision fp32."
+        )
+    if precision == "int8" and device.type != "cpu":
+        raise UsageError(f"--precision int8 runs on the CPU, not {device.type}; use fp32 or bf16 there.")
+    if precision == "int8" and kernels.int8_engine() is None:
+        raise UsageError("this torch build has no int8 CPU kernel (fbgemm, oneDNN or qnnpack); use --precision fp32.")
+
+
+class PrecisionChoice(NamedTuple):
+    precision: str
+    steps_per_sec: dict[str, float]  # every candidate timed, the choice included
+
+
+def native_precisions(device: torch.device) -> list[str]:
+    """The precisions that run in hardware here and whose measured cost is within MAX_AUTO_COST_BPC."""
+    device = torch.device(device)
+    native = ["fp32"]
+    if device.type == "cpu" and kernels.int8_engine() is not None:
+        native.append("int8")
+    if device.type in ("cpu", "cuda") and bf16_is_native(device):
+        native.append("bf16")
+    return [p for p in native if MEASURED_COST_BPC[p] <= MAX_AUTO_COST_BPC]
+
+
+def choose_precision(model: CharRNN, batch_size: int, device: torch.device) -> PrecisionChoice:
+    """--precision auto: time a few steps of each native precision at this batch size on this model and take
+    the fastest, leaving fp32 only for one at least AUTO_MARGIN faster. Speed depends on the CPU, the model's
+    size and the batch, so it is measured, not assumed (tens of milliseconds)."""
+    device = torch.device(device)
+    rates = {p: _steps_per_sec(model, batch_size, device, p) for p in native_precisions(device)}
+    fastest = max(rates, key=lambda p: rates[p])
+    return PrecisionChoice(fastest if rates[fastest] >= AUTO_MARGIN * rates["fp32"] else "fp32", rates)
+
+
+def _steps_per_sec(model: CharRNN, batch_size: int, device: torch.device, precision: str) -> float:
+    stepper = Stepper(model, batch_size, device, precision=precision)
+    tokens = torch.zeros(batch_size, dtype=torch.int64, device=device)  # (B,)
+    best = math.inf
+    with torch.inference_mode():
+        stepper.step(tokens)  # first-call allocations and thread start-up
+        for _ in range(AUTO_ROUNDS):
+            _wait(device)
+            start = time.perf_counter()
+            for _ in range(AUTO_STEPS):
+                stepper.step(tokens)
+            _wait(device)
+            best = min(best, time.perf_counter() - start)
+    return AUTO_STEPS / max(best, 1e-9)
+
+
+def _wait(device: torch.device) -> None:
+    if device.type == "cuda":  # kernels run asynchronously there: time what ran, not what was queued
+        torch.cuda.synchronize(device)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -112,14 +183,17 @@ def check_precision(precision: str) -> None:
 class _Product:
     """out <- x @ W (+ bias), or out += x @ W when bias is None; out is float32 (B, N).
 
-    Three kernels, chosen once per Stepper:
+    Four kernels, chosen once per Stepper:
     - "addmm": MKL's sgemm. Best at one stream, and the only one off the CPU.
     - "onednn": oneDNN's fp32 linear on weights prepacked for this batch size, from ONEDNN_MIN_BATCH streams up:
       MKL's small-M GEMM is slow on this class of CPU, and oneDNN's is not. Its op has no out= form, so each
       call allocates its (B, N) result.
     - "bf16": x is rounded into a staging buffer and multiplied by bfloat16 weights: oneDNN's prepacked linear
       on CPU (faster than torch.mm at few streams), else torch.mm on an (N, K)-laid-out W. The product, stored
-      in bfloat16, is added to out."""
+      in bfloat16, is added to out.
+    - "int8": weights quantized per output row to int8 and x per call (kernels.int8_linear: fbgemm on x86),
+      accumulated in int32 and scaled back to float32: a quarter of fp32's weight bytes, so one stream reads
+      them 4x faster, and integer products are cheaper per stream. CPU only."""
 
     def __init__(
         self,
@@ -142,6 +216,9 @@ class _Product:
             else:
                 self.w = w_nk.t()  # (K, N) view: the layout cuBLAS / oneDNN mm run fastest
                 self.ys = staging_out  # (B, N) bfloat16, shared by every product of this width
+        elif precision == "int8":
+            self.kernel = "int8"
+            self.w = kernels.pack_int8_linear(w.t(), bias)  # opaque (N, K) int8, bias folded in
         elif on_cpu and batch_size >= ONEDNN_MIN_BATCH and kernels.onednn_linear_available():
             self.kernel = "onednn"
             self.w = kernels.pack_linear_weight(w.t().contiguous(), batch_size)  # opaque (N, K)
@@ -161,6 +238,13 @@ class _Product:
 
     def _onednn(self, x: torch.Tensor, out: torch.Tensor) -> None:
         y = kernels.onednn_linear(x, self.w, self.bias)  # (B, N)
+        if self.bias is None:
+            out.add_(y)
+        else:
+            out.copy_(y)
+
+    def _int8(self, x: torch.Tensor, out: torch.Tensor) -> None:
+        y = kernels.int8_linear(x, self.w)  # (B, N) float32, bias included
         if self.bias is None:
             out.add_(y)
         else:
@@ -575,22 +659,23 @@ class _Uniforms:
 # --------------------------------------------------------------------------------------------------
 
 
-def generate(model: CharRNN, prime_ids: list[int], cfg: SampleConfig, device: torch.device) -> Iterator[torch.Tensor]:
+def generate(
+    model: CharRNN, prime_ids: list[int], cfg: SampleConfig, device: torch.device, *, cuda_graph: bool = True
+) -> Iterator[torch.Tensor]:
     """Yields CPU int64 tensors of shape (B, k) holding the next k generated ids of every stream, until
     cfg.length ids per stream. k == 1 on CPU (so text streams per character); on CUDA up to CUDA_YIELD_BLOCK
     per host transfer. The prime runs through the fused model.rnn first; its state seeds the Stepper.
+    cuda_graph=False steps eagerly on CUDA instead of replaying a captured graph (same numerics; for timing the
+    graph against eager stepping, bench/gpu_check.py); it changes nothing elsewhere.
 
     Bad options raise UsageError here, at the call, not at the first next()."""
     cfg.validate()
     check_prime(prime_ids, model.config.vocab_size)
     device = torch.device(device)
-    if cfg.precision == "bf16" and device.type not in ("cpu", "cuda"):
-        raise UsageError(f"--precision bf16 runs on cpu and cuda, not {device.type}; use --precision fp32 there.")
-    if cfg.precision == "bf16" and device.type == "cuda" and not bf16_is_native(device):
-        raise UsageError(
-            "this GPU has no bfloat16 matrix units (it needs compute capability 8.0+); use --precision fp32."
-        )
-    return _generate(model, list(prime_ids), cfg, device)
+    check_precision_on(cfg.precision, device)
+    if cfg.precision == "auto":
+        cfg = replace(cfg, precision=choose_precision(model, cfg.num_samples, device).precision)
+    return _generate(model, list(prime_ids), cfg, device, cuda_graph)
 
 
 def check_prime(prime_ids: list[int], vocab_size: int) -> None:
@@ -602,13 +687,15 @@ def check_prime(prime_ids: list[int], vocab_size: int) -> None:
         raise UsageError(f"prime id {bad[0]} is outside the vocabulary of {vocab_size} characters.")
 
 
-def _generate(model: CharRNN, prime_ids: list[int], cfg: SampleConfig, device: torch.device) -> Iterator[torch.Tensor]:
+def _generate(
+    model: CharRNN, prime_ids: list[int], cfg: SampleConfig, device: torch.device, cuda_graph: bool = True
+) -> Iterator[torch.Tensor]:
     if cfg.length == 0:
         return
     B = cfg.num_samples
     # Buffers are made outside inference mode (plain tensors), so in-place updates work in any grad mode.
     stepper = Stepper(model, B, device, precision=cfg.precision)
-    loop = _Loop(stepper, cfg, device)
+    loop = _Loop(stepper, cfg, device, cuda_graph)
     with torch.inference_mode():
         prime_logits, prime_state = _run_prime(model, prime_ids, device)
         stepper.set_state(tuple(s.expand(-1, B, -1) for s in prime_state))
@@ -641,7 +728,7 @@ class _Loop:
     """Drives sample -> step -> sample ...; `advance` (step, then sample into the token buffer) is the one
     function run eagerly on CPU and captured in a CUDA graph on GPU."""
 
-    def __init__(self, stepper: Stepper, cfg: SampleConfig, device: torch.device) -> None:
+    def __init__(self, stepper: Stepper, cfg: SampleConfig, device: torch.device, cuda_graph: bool = True) -> None:
         self.stepper, self.cfg, self.device = stepper, cfg, device
         B = stepper.batch_size
         self.sampler = _Sampler(cfg, B, stepper.vocab_size, device)
@@ -650,7 +737,7 @@ class _Loop:
         self.tok_flat = self.tok.view(B)
         self.u = torch.zeros(B, 1, device=device)  # the graph's static uniform slot (unused on CPU)
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.capture_tried = False
+        self.capture_tried = not cuda_graph  # no graph wanted: step eagerly, as after a failed capture
 
     def _sample(self, u: torch.Tensor) -> None:
         self.sampler(self.stepper.logits, u, self.tok)
@@ -728,7 +815,7 @@ class BeamConfig:
     beam_size: int = 1  # --beam: continuations kept at each step
     length: int = 2000  # --length: new characters
     num_results: int = 1  # --num-samples: the K best continuations returned, K <= beam_size
-    precision: str = "fp32"  # fp32 only (see validate)
+    precision: str = "fp32"  # fp32 only, which is also what "auto" picks (see validate)
 
     def validate(self) -> None:
         N, K = self.beam_size, self.num_results
@@ -750,8 +837,8 @@ class BeamConfig:
                 f"--beam {N} x --length {self.length} would hold {N * self.length:,} characters of beam history "
                 f"in memory (the limit is {MAX_HELD_CHARS:,}); use a smaller --beam or --length."
             )
-        check_precision(self.precision)
-        if self.precision != "fp32":
+        check_precision(self.precision, SAMPLE_PRECISIONS)
+        if self.precision not in ("fp32", "auto"):  # auto picks among what can run: for beams, fp32
             raise UsageError(
                 f"--beam runs in fp32 only: its scores are the model's log-probabilities, which {self.precision} "
                 "products would shift; drop --precision."

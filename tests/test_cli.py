@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from charrnn import kernels
 from charrnn.cli import app, parse_duration
+from charrnn.sample import PRECISIONS
 from tests.conftest import TINY_TRAIN
 
 runner = CliRunner()
@@ -130,6 +133,22 @@ def test_bf16_sampling_streams_text_and_warns_where_it_is_emulated(native, train
     assert r.exit_code == 0, r.stderr
     assert len(r.stdout) >= 2 * 60
     assert ("slower than fp32" in r.stderr) == (not native)
+
+
+@pytest.mark.skipif(kernels.int8_engine() is None, reason="this torch build has no int8 CPU kernel")
+def test_int8_and_auto_precision_sample_through_the_cli(trained_run):
+    int8 = run(["sample", trained_run / "best.pt", "-n", "60", "--seed", "2", "--precision", "int8"])
+    assert int8.exit_code == 0, int8.stderr
+    assert len(int8.stdout) >= 60
+    auto = run(["sample", trained_run, "-n", "60", "--seed", "2", "--num-samples", "2", "--precision", "auto"])
+    assert auto.exit_code == 0, auto.stderr
+    said = re.search(r"precision auto: (\w+) \(steps timed against fp32 here: fp32 1\.00x, ", auto.stderr)
+    assert said and said.group(1) in PRECISIONS, auto.stderr
+    assert len(auto.stdout) >= 2 * 60
+    quiet = run(["sample", trained_run, "-n", "5", "--precision", "auto", "-q"])
+    assert quiet.exit_code == 0 and quiet.stderr == ""
+    beam = run(["sample", trained_run, "-n", "5", "--beam", "2", "--precision", "auto", "-q"])
+    assert beam.exit_code == 0 and len(beam.stdout) >= 5  # auto means fp32 for beams
 
 
 def test_prime_from_stdin(trained_run):

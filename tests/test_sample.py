@@ -248,6 +248,110 @@ def test_bad_precision_and_bf16_off_cpu_and_cuda_are_usage_errors():
         generate(make_model(), [1], SampleConfig(precision="bf16"), torch.device("meta"))
 
 
+# ---- int8 and --precision auto ----
+
+needs_int8 = pytest.mark.skipif(kernels.int8_engine() is None, reason="this torch build has no int8 CPU kernel")
+
+
+def _every_kernel(stepper: Stepper) -> set[str]:
+    """The kernel of every product the cell holds, whatever its kind calls them."""
+    found: set[str] = set()
+    for value in vars(stepper.cell).values():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, sample._Product):
+                found.add(item.kernel)
+    return found
+
+
+@needs_int8
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("sigmoid_only", [False, True])
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_int8_stepper_tracks_the_model_closely_but_not_exactly(kind, sigmoid_only, batch_size):
+    model = make_model(kind, 2, hidden_size=48, embed_size=24)
+    stepper = Stepper(model, batch_size, CPU, precision="int8", sigmoid_only=sigmoid_only)
+    assert _every_kernel(stepper) == {"int8"}
+    gap = _max_gap_to_model(model, stepper, batch_size)
+    # Weights keep 8 bits per row, inputs 7 per call: logits of |x| up to ~10 move by 1e-3..1e-1, never more.
+    assert 0 < gap <= 0.2
+
+
+@needs_int8
+def test_int8_generate_is_seeded_and_follows_the_model():
+    model = make_model()
+    a = run(model, length=40, num_samples=3, seed=4, precision="int8")
+    b = run(model, length=40, num_samples=3, seed=4, precision="int8")
+    assert torch.equal(a, b) and a.shape == (3, 40)
+    assert ((a >= 0) & (a < V)).all() and len(set(a.flatten().tolist())) > 3  # not a constant stream
+    greedy = run(model, length=40, temperature=0.0, precision="int8")[0].tolist()
+    expected = greedy_reference(model, [1, 2, 3], 40)
+    assert sum(g == e for g, e in zip(greedy, expected, strict=True)) >= 30
+
+
+def test_int8_off_the_cpu_or_without_a_kernel_is_a_usage_error(monkeypatch):
+    with pytest.raises(UsageError, match="int8 runs on the CPU"):
+        generate(make_model(), [1], SampleConfig(precision="int8"), torch.device("meta"))
+    monkeypatch.setattr(kernels, "int8_engine", lambda: None)
+    with pytest.raises(UsageError, match="no int8 CPU kernel"):
+        generate(make_model(), [1], SampleConfig(precision="int8"), CPU)
+    assert "int8" not in sample.native_precisions(CPU)
+
+
+def test_the_int8_probe_says_no_when_torch_has_none_of_the_engines(monkeypatch):
+    kernels.int8_engine.cache_clear()
+    try:
+        monkeypatch.setattr(kernels, "INT8_ENGINES", ("an-engine-this-torch-lacks",))
+        assert kernels.int8_engine() is None
+        with pytest.raises(RuntimeError, match="no quantized engine"):
+            kernels.pack_int8_linear(torch.ones(2, 2), None)
+    finally:
+        kernels.int8_engine.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("rates", "expected"),
+    [
+        ({"fp32": 100.0, "int8": 250.0, "bf16": 150.0}, "int8"),
+        ({"fp32": 100.0, "int8": 90.0, "bf16": 160.0}, "bf16"),
+        ({"fp32": 100.0, "int8": 105.0, "bf16": 50.0}, "fp32"),  # within AUTO_MARGIN: not worth leaving fp32
+    ],
+)
+def test_auto_takes_the_fastest_native_precision_by_a_margin(rates, expected, monkeypatch):
+    monkeypatch.setattr(sample, "native_precisions", lambda device: list(rates))
+    monkeypatch.setattr(sample, "_steps_per_sec", lambda model, batch_size, device, precision: rates[precision])
+    choice = sample.choose_precision(make_model(), 4, CPU)
+    assert choice.precision == expected and choice.steps_per_sec == rates
+
+
+def test_auto_only_considers_what_is_native_and_within_the_cost_bound(monkeypatch):
+    monkeypatch.setattr(kernels, "int8_engine", lambda: "fbgemm")
+    monkeypatch.setattr(sample, "bf16_is_native", lambda device: False)
+    assert sample.native_precisions(CPU) == ["fp32", "int8"]
+    monkeypatch.setattr(sample, "MEASURED_COST_BPC", {**sample.MEASURED_COST_BPC, "int8": 0.02})
+    assert sample.native_precisions(CPU) == ["fp32"]
+    monkeypatch.setattr(sample, "bf16_is_native", lambda device: True)
+    assert sample.native_precisions(CPU) == ["fp32", "bf16"]
+    assert sample.native_precisions(torch.device("meta")) == ["fp32"]
+
+
+def test_auto_times_real_steps_and_generates_in_what_it_picked(monkeypatch):
+    model = make_model()
+    choice = sample.choose_precision(model, 2, CPU)
+    assert choice.precision in sample.native_precisions(CPU)
+    assert set(choice.steps_per_sec) == set(sample.native_precisions(CPU))
+    assert all(rate > 0 for rate in choice.steps_per_sec.values())
+    picked = []
+    real = sample._generate
+
+    def spy(m, p, cfg, *rest):
+        picked.append(cfg.precision)
+        return real(m, p, cfg, *rest)
+
+    monkeypatch.setattr(sample, "_generate", spy)
+    ids = run(model, length=10, num_samples=2, seed=1, precision="auto")
+    assert ids.shape == (2, 10) and picked and picked[0] in sample.PRECISIONS
+
+
 def test_stepper_with_tied_weights_matches_model():
     model = make_model("lstm", 2, hidden_size=32, tie_weights=True)
     stepper = Stepper(model, 2, CPU)
@@ -630,6 +734,7 @@ def test_beam_length_zero_yields_nothing_and_fewer_continuations_than_asked_yiel
         ({"length": -1}, "--length must be at least 0"),
         ({"beam_size": 1000, "length": 60_000}, "beam history"),
         ({"precision": "bf16"}, "--beam runs in fp32 only"),
+        ({"precision": "int8"}, "--beam runs in fp32 only"),
         ({"precision": "fp16"}, "--precision must be one of"),
     ],
 )
