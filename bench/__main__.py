@@ -1,4 +1,5 @@
 """The whole harness, one command:  .venv/bin/python -m bench  [--quick]
+The GPU check instead:             .venv/bin/python -m bench --gpu  [--smoke] [--corpus PATH] [--train-seconds S]
 
 Runs, one after another (never in parallel: they would slow each other down):
   1. training throughput, charrnn train() vs the plain loop, 2x512 and 2x128 LSTM at B=50, T=50
@@ -7,6 +8,9 @@ Runs, one after another (never in parallel: they would slow each other down):
   3. the streaming corpus encoder on a generated 1 GB corpus (MB/s, peak RSS, cached second run)
   4. bf16 sampling on a model trained for 3 minutes: its validation-loss cost and its speed
 Each prints JSON lines; this runner forwards them to stdout unchanged. Run it on an idle machine.
+
+--gpu runs bench/gpu_check.py alone (under 5 minutes on one GPU; see its docstring and bench/README.md's GPU
+section), passing it --smoke and any further options, and exits with its status.
 """
 
 import argparse
@@ -20,8 +24,15 @@ HERE = Path(__file__).resolve().parent
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small sizes, for checking the harness runs")
-    args = ap.parse_args()
+    ap.add_argument("--gpu", action="store_true", help="the one-command GPU check (bench/gpu_check.py) instead")
+    ap.add_argument("--smoke", action="store_true", help="with --gpu: toy sizes, on the CPU when there is no CUDA")
+    args, rest = ap.parse_known_args()
     py = sys.executable
+    if args.gpu:
+        smoke = ["--smoke"] if args.smoke or args.quick else []
+        sys.exit(subprocess.run([py, str(HERE / "gpu_check.py"), *smoke, *rest]).returncode)
+    if rest or args.smoke:
+        ap.error(f"{' '.join(rest) or '--smoke'} only goes with --gpu")
     if args.quick:
         jobs = [
             [py, HERE / "bench_train.py", "--sizes", "2x64", "--steps", "2", "--reps", "1"],
