@@ -38,11 +38,13 @@ def select_device(name: str = "auto") -> torch.device:
         if not torch.cuda.is_available():
             raise UsageError(f"--device {name} was asked for but CUDA is not available here; use --device cpu or auto.")
         device = torch.device(name)
-        if device.index is not None and device.index >= torch.cuda.device_count():
+        # set_device refuses a device without an index ("cuda"): that one means the current device.
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index >= torch.cuda.device_count():
             raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible.")
         # Make it the current device: events, streams and graph capture otherwise land on cuda:0.
-        torch.cuda.set_device(device)
-        return torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     raise UsageError(f"--device must be auto, cpu, cuda, cuda:N or mps, not {name!r}.")
 
 
@@ -239,7 +241,7 @@ def init_distributed(info: Dist, device: torch.device) -> torch.device:
 
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(info.local_rank)
     if not tdist.is_initialized():
         tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return device

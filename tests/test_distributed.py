@@ -273,3 +273,30 @@ def test_only_rank_0_times_the_candidates_and_every_rank_takes_its_choice(tmp_pa
     said = [json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1)]
     assert said[0] == {"timed": [2], "hidden_size": 24}  # rank 0 timed, for a job of 2 processes
     assert said[1] == {"timed": [], "hidden_size": 24}  # rank 1 did not, and took rank 0's choice
+
+
+class _FakeCuda:
+    """torch.cuda as a 2-GPU machine would answer, recording set_device; set_device refuses an index-less
+    device as the real one does (ValueError: "Expected a torch.device with a specified index")."""
+
+    def __init__(self, current: int = 0) -> None:
+        self.current, self.set_to = current, []
+
+    def set_device(self, device) -> None:
+        if not isinstance(device, int) and torch.device(device).index is None:
+            raise ValueError(f"Expected a torch.device with a specified index or an integer, but got:{device}")
+        self.set_to.append(device if isinstance(device, int) else torch.device(device).index)
+        self.current = self.set_to[-1]
+
+
+@pytest.mark.parametrize(("name", "expected"), [("cuda", 1), ("cuda:0", 0), ("CUDA:1", 1)])
+def test_device_cuda_selects_an_indexed_current_device(name, expected, monkeypatch):
+    fake = _FakeCuda(current=1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: fake.current)
+    monkeypatch.setattr(torch.cuda, "set_device", fake.set_device)
+    assert runtime.select_device(name) == torch.device("cuda", expected)
+    assert fake.set_to == [expected]
+    with pytest.raises(runtime.UsageError, match="only 2 CUDA device"):
+        runtime.select_device("cuda:2")
