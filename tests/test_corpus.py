@@ -101,6 +101,39 @@ def test_streaming_encoder_matches_in_memory_encoding_at_every_chunk_size(tmp_pa
         assert corpus.sha256 == corpus_mod.hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+@pytest.mark.parametrize("text", ["", "a", "a\0", "\0\0", "plain ascii", "café", "жук 中文", "😀", "x😀\0", ALPHABET])
+def test_code_points_are_the_characters_as_uint32(text):
+    cps = corpus_mod._code_points(text)
+    assert cps.dtype == np.uint32 and cps.tolist() == [ord(c) for c in text]  # trailing NULs included
+
+
+@pytest.mark.parametrize("char", ["é", "中", "😀"])
+def test_ascii_with_one_character_split_across_chunks_encodes_like_the_whole_text(tmp_path, char):
+    text = "ascii one" + char + "ascii two\n"  # pure-ASCII chunks around the character, at every split of it
+    path = write(tmp_path / "split.txt", text)
+    for chunk_bytes in range(1, 14):
+        corpus = load_corpus([path], cache_dir=tmp_path / f"cache{chunk_bytes}", chunk_bytes=chunk_bytes)
+        np.testing.assert_array_equal(corpus.ids, Vocab(text).encode(text))
+        assert corpus.vocab == Vocab(text)
+        assert corpus.sha256 == corpus_mod.hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 3, 4, 16, 4096])
+def test_ascii_chunks_then_a_bad_byte_report_its_exact_offset(tmp_path, cache, chunk_bytes):
+    good = b"plain ascii text, " * 20
+    path = write(tmp_path / "late.txt", good + b"more\xff text")
+    with pytest.raises(CorpusError, match=rf"late\.txt is not valid UTF-8 at byte {len(good) + 4} \(0xff\)"):
+        load_corpus([path], cache_dir=cache, chunk_bytes=chunk_bytes)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 2, 5])
+def test_an_ascii_chunk_after_a_split_lead_byte_is_still_checked(tmp_path, cache, chunk_bytes):
+    lead = 2 + chunk_bytes  # the first chunk also holds the 3 bytes read to look for a BOM: it ends with the lead
+    path = write(tmp_path / "lead.txt", b"a" * lead + b"\xe4" + b"defghijk")  # the chunk after it is pure ASCII
+    with pytest.raises(CorpusError, match=rf"lead\.txt is not valid UTF-8 at byte {lead} \(0xe4\)"):
+        load_corpus([path], cache_dir=cache, chunk_bytes=chunk_bytes)
+
+
 def test_ids_are_a_read_only_memmap_of_the_vocab_dtype(tmp_path, cache):
     chars = code_point_range(0x100, 300)  # 300 distinct -> uint16
     text = "".join(chars) * 3
@@ -245,6 +278,20 @@ def test_a_directory_file_with_one_bad_byte_at_its_end_is_skipped_and_leaves_no_
     assert corpus.skipped == expected
     with pytest.raises(CorpusError, match=rf"b\.txt is not valid UTF-8 at byte {len(big)} "):
         load_corpus([str(root / "b.txt")], cache_dir=cache)  # named explicitly it is still an error
+
+
+def test_a_directory_file_that_is_ascii_until_a_late_bad_byte_is_rolled_back(tmp_path, cache):
+    root = tmp_path / "books"
+    root.mkdir()
+    write(root / "a.txt", "first book\n")
+    ascii_part = b"QUIZ JAX " * 1000  # pure-ASCII chunks with characters no other file has
+    write(root / "b.txt", ascii_part + b"\xc0\xaf")  # an overlong '/'
+    write(root / "c.txt", "second book\n")
+    corpus = load_corpus([str(root)], cache_dir=cache, chunk_bytes=64)
+    assert decoded(corpus) == "first book\nsecond book\n"
+    assert not set("QUIZJAX") & set(corpus.vocab.chars)
+    assert corpus.sha256 == corpus_mod.hashlib.sha256(b"first book\nsecond book\n").hexdigest()
+    assert corpus.skipped == [(str(root / "b.txt"), f"not UTF-8 at byte {len(ascii_part)}")]
 
 
 def test_a_large_binary_file_in_a_directory_costs_one_small_read(tmp_path, cache, monkeypatch):
