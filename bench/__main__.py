@@ -4,9 +4,9 @@ The GPU check instead:             .venv/bin/python -m bench --gpu  [--smoke] [-
 Runs, one after another (never in parallel: they would slow each other down):
   1. training throughput, charrnn train() vs the plain loop, 2x512 and 2x128 LSTM at B=50, T=50
   2. sampling, 2x512 and 2x256 LSTM: the plain nn.LSTM-per-char sampler vs ours at batch 1, and 64 streams,
-     in fp32 and bf16
+     in fp32, int8 and bf16; then where a 2x512 step's time goes (products, cell, sampling, loop)
   3. the streaming corpus encoder on a generated 1 GB corpus (MB/s, peak RSS, cached second run)
-  4. bf16 sampling on a model trained for 3 minutes: its validation-loss cost and its speed
+  4. bf16 and int8 sampling on a model trained for 3 minutes: their validation-loss cost and their speed
 Each prints JSON lines; this runner forwards them to stdout unchanged. Run it on an idle machine.
 
 --gpu runs bench/gpu_check.py alone (under 5 minutes on one GPU; see its docstring and bench/README.md's GPU
@@ -37,6 +37,7 @@ def main() -> None:
         jobs = [
             [py, HERE / "bench_train.py", "--sizes", "2x64", "--steps", "2", "--reps", "1"],
             [py, HERE / "bench_sample.py", "--hidden-size", "64", "--length", "50", "--repeats", "1"],
+            [py, HERE / "bench_breakdown.py", "--hidden-size", "64", "--length", "20", "--repeats", "1"],
             [py, HERE / "bench_corpus.py", "--size-mb", "8"],
             [
                 py,
@@ -54,8 +55,9 @@ def main() -> None:
     else:
         jobs = [
             [py, HERE / "bench_train.py", "--sizes", "2x512,2x128"],
-            [py, HERE / "bench_sample.py", "--hidden-size", "512"],
-            [py, HERE / "bench_sample.py", "--hidden-size", "256"],
+            [py, HERE / "bench_sample.py", "--hidden-size", "512", "--precisions", "fp32,int8,bf16"],
+            [py, HERE / "bench_sample.py", "--hidden-size", "256", "--precisions", "fp32,int8,bf16"],
+            [py, HERE / "bench_breakdown.py", "--hidden-size", "512", "--precisions", "fp32,int8"],
             [py, HERE / "bench_corpus.py", "--size-mb", "1024"],
             [py, HERE / "bench_precision.py", "--max-time", "3m"],
         ]
