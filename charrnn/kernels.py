@@ -114,4 +114,11 @@ def int8_linear(x: torch.Tensor, packed: Any) -> torch.Tensor:
     """x (B, K) float32 @ packed (N, K)^T + bias -> (B, N) float32. x is quantized to 8 bits per call over its
     own range; reduce_range keeps it to 7 so that AVX2's u8 x s8 pair products cannot saturate int16 (CPUs
     without VNNI), the same on every CPU so a model samples alike everywhere."""
-    return torch.ops.quantized.linear_dynamic(x, packed, True)
+    return _linear_dynamic()(x, packed, True)
+
+
+@functools.cache
+def _linear_dynamic() -> Any:
+    # The overload itself: calling the op packet scans its arguments for fake script objects in Python first,
+    # ~8 us a character at one stream (two products a step).
+    return torch.ops.quantized.linear_dynamic.default

@@ -58,7 +58,7 @@ PRECISIONS = ("fp32", "bf16", "int8")  # what a Stepper runs; --precision auto p
 SAMPLE_PRECISIONS = (*PRECISIONS, "auto")
 # Worst validation cost against fp32 (bits/char) measured on three trained checkpoints, one stream and the
 # 64-stream cell alike (bench/bench_precision.py; the figures are in bench/README.md).
-MEASURED_COST_BPC = {"fp32": 0.0, "bf16": 0.0001, "int8": 0.01}
+MEASURED_COST_BPC = {"fp32": 0.0, "bf16": 0.0001, "int8": 0.0003}
 MAX_AUTO_COST_BPC = 0.01  # --precision auto only picks precisions measured to cost at most this
 AUTO_MARGIN = 1.1  # auto leaves fp32 only for a precision this much faster: timings on a busy CPU are noisy
 AUTO_ROUNDS, AUTO_STEPS = 3, 8  # auto times each candidate's step for the best of 3 rounds of 8 steps
@@ -749,21 +749,31 @@ class _Loop:
 
     def run_blocks(self, k: int) -> Iterator[torch.Tensor]:
         B, length = self.stepper.batch_size, self.cfg.length
+        if k == 1 and self.device.type == "cpu":  # the token buffer is the block: one copy a character, not three ops
+            for t in range(length):
+                with torch.inference_mode():
+                    self._next(t)
+                yield self.tok.clone()  # (B, 1)
+            return
         out = torch.empty(B, k, dtype=torch.int64, device=self.device)  # (B, k) ids of the current block
         for t in range(length):
-            j = t % UNIFORM_BLOCK
             with torch.inference_mode():
-                if j == 0:
-                    self.uniforms.refill()
-                u = self.uniforms.columns[j]
-                if t == 0:
-                    self._sample(u)  # the prime's logits are already in the stepper's buffer
-                else:
-                    self._advance_fast(u)
+                self._next(t)
                 out[:, t % k].copy_(self.tok_flat)
             if (t + 1) % k == 0 or t + 1 == length:
                 n = t % k + 1
                 yield out[:, :n].to("cpu", copy=True)
+
+    def _next(self, t: int) -> None:
+        """Character t of every stream into self.tok."""
+        j = t % UNIFORM_BLOCK
+        if j == 0:
+            self.uniforms.refill()
+        u = self.uniforms.columns[j]
+        if t == 0:
+            self._sample(u)  # the prime's logits are already in the stepper's buffer
+        else:
+            self._advance_fast(u)
 
     def _advance_fast(self, u: torch.Tensor) -> None:
         if self.device.type != "cuda":
