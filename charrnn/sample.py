@@ -147,7 +147,7 @@ def native_precisions(device: torch.device) -> list[str]:
 def choose_precision(model: CharRNN, batch_size: int, device: torch.device) -> PrecisionChoice:
     """--precision auto: time a few steps of each native precision at this batch size on this model and take
     the fastest, leaving fp32 only for one at least AUTO_MARGIN faster. Speed depends on the CPU, the model's
-    size and the batch, so it is measured, not assumed (tens of milliseconds)."""
+    size and the batch, so it is measured, not assumed (a fraction of a second)."""
     device = torch.device(device)
     rates = {p: _steps_per_sec(model, batch_size, device, p) for p in native_precisions(device)}
     fastest = max(rates, key=lambda p: rates[p])
