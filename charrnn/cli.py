@@ -228,11 +228,16 @@ class StopFlag:
     backward, and two signals that arrive during one are merged. The C-level handler does write every
     signal's number to the wakeup fd at once, so a watcher thread counts them there and, at the second,
     leaves with os._exit: checkpoint writes are atomic (temp file + rename), so no file is ever half-written.
+
+    Until the loop first polls the flag (reading and encoding the corpus, setting up) there is nothing to save,
+    so a first signal stops at once instead: it raises KeyboardInterrupt in the main thread, even from a read
+    of a stdin that never ends, and the encoder's temporaries are removed on the way out.
     """
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self._count = 0
+        self._armed = False  # the loop has polled: from then on a first signal saves a checkpoint
         self._on_abort: Callable[[], None] = lambda: None
 
     def on_abort(self, cleanup: Callable[[], None]) -> None:
@@ -240,7 +245,15 @@ class StopFlag:
         self._on_abort = cleanup
 
     def __call__(self) -> int | None:
+        self._armed = True
         return self.signum
+
+    def _handler(self, signum: int, frame) -> None:
+        """The Python-level handler (main thread): before the loop, stop where we are."""
+        if not self._armed:
+            interrupt = KeyboardInterrupt()
+            interrupt.signum = signum  # type: ignore[attr-defined]  # user_errors exits with 128 + signum
+            raise interrupt
 
     def _watch(self, fd: int) -> None:
         while True:
@@ -259,7 +272,8 @@ class StopFlag:
         name = signal.Signals(signum).name
         if self._count == 1:
             self.signum = signum
-            say(f"\n{name}: finishing this step and saving a checkpoint (signal again to stop at once without saving)")
+            if self._armed:  # before that the main thread's handler stops the command and says so
+                say(f"\n{name}: finishing this step and saving a checkpoint ({AGAIN})")
             return
         try:
             self._on_abort()
@@ -278,7 +292,7 @@ class StopFlag:
         watcher.start()
         # The wakeup fd before the handlers and after them on the way out: no signal falls in a gap unseen.
         previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-        previous_handlers = {s: signal.signal(s, lambda signum, frame: None) for s in STOP_SIGNALS}
+        previous_handlers = {s: signal.signal(s, self._handler) for s in STOP_SIGNALS}
         try:
             yield self
         finally:
@@ -288,6 +302,9 @@ class StopFlag:
             os.close(write_fd)
             watcher.join(timeout=1.0)
             os.close(read_fd)
+
+
+AGAIN = "signal again to stop at once without saving"
 
 
 def _last_words(text: str) -> None:

@@ -106,9 +106,33 @@ def _nan_at(name: str, index):
 
 # ---------------------------------------------------------------- resume (needs Trainer to call the checks)
 
-# name -> (edit, what the one-line error must say)
+
+def _two_ranks(c, **changes):
+    c["world_size"] = 2
+    c["hidden_ranks"] = [c["hidden"], copy.deepcopy(c["hidden"])]
+    c["rng_ranks"] = [c["rng"], copy.deepcopy(c["rng"])]
+    c.update(changes)
+
+
+def _short_rank_rng(c):
+    _two_ranks(c)
+    c["rng_ranks"][1]["torch"] = torch.zeros(3, dtype=torch.uint8)
+
+
+# name -> (edit, what the one-line error must say). Each runs as a real `--resume` in a subprocess, so a crash
+# (exit 139 or 134) fails one case instead of the suite: every kind of tensor a checkpoint carries is here
+# (weights, optimizer moments and steps, carried hidden state, every RNG state, other ranks' states), except
+# the GradScaler's, which only a CUDA run reads (test_a_crafted_scaler_is_refused_on_a_cuda_resume).
 RESUME_TAMPERS = {
     "NaN weight": (_nan_at("rnn.weight_hh_l0", (0, 0)), "model['rnn.weight_hh_l0'] holds NaN"),
+    "weight of another shape": (
+        _put(lambda c: c["model"], "head.bias", torch.zeros(3)),
+        "model['head.bias'] has shape (3,) but must have shape",
+    ),
+    "non-contiguous weight": (
+        lambda c: c["model"].__setitem__("rnn.weight_hh_l0", c["model"]["rnn.weight_hh_l0"].t().contiguous().t()),
+        "model['rnn.weight_hh_l0'] is a non-contiguous view",
+    ),
     "exp_avg of another shape": (
         _put(_opt, "exp_avg", torch.zeros(3)),
         "optimizer state for parameter 0 (exp_avg) has shape (3,) but the parameter has shape (128, 32)",
@@ -122,10 +146,15 @@ RESUME_TAMPERS = {
         _put(_opt, "exp_avg", torch.zeros(1, H).expand(4 * H, H)),
         "optimizer state for parameter 0 (exp_avg) is a non-contiguous view",
     ),
+    "float64 moment": (
+        lambda c: _opt(c).__setitem__("exp_avg", _opt(c)["exp_avg"].double()),
+        "(exp_avg) has dtype float64, not float32",
+    ),
     "hidden of another batch size": (
         _put(lambda c: c["hidden"], 0, torch.zeros(L, 3, H)),
         "hidden[0] has shape (1, 3, 32) but must have shape (1, 8, 32)",
     ),
+    "NaN hidden": (lambda c: c["hidden"][1].fill_(math.nan), "hidden[1] holds NaN"),
     "short torch RNG state": (
         _put(lambda c: c["rng"], "torch", torch.zeros(10, dtype=torch.uint8)),
         "rng['torch'] has shape (10,)",
@@ -135,6 +164,8 @@ RESUME_TAMPERS = {
         _put(lambda c: c["rng"]["numpy"]["state"], "key", [1, 2, 3]),
         "rng['numpy']['state']['key']",
     ),
+    "cuda RNG not tensors": (_put(lambda c: c["rng"], "cuda", [b"x"]), "rng['cuda'][0]"),
+    "another rank's RNG state": (_short_rank_rng, "rng_ranks[1]['torch'] has shape (3,)"),
     "string in train_config": (_put(lambda c: c["train_config"], "seq_len", "16"), "train_config.seq_len is '16'"),
     "batch_index past the epoch": (_put(lambda c: c["data"], "batch_index", 10**6), "data.batch_index"),
     "best_val_loss None": (_put(lambda c: c, "best_val_loss", None), "best_val_loss is None"),
@@ -153,6 +184,24 @@ def test_resume_refuses_a_hostile_checkpoint_in_one_sentence(base, tmp_path, cas
     line = _one_error_line(proc)
     assert f"checkpoint {Path('r') / 'last.pt'}: " in line and expected in line, line
     assert line.endswith("start a new run.")
+
+
+@pytest.mark.gpu
+def test_a_crafted_scaler_is_refused_on_a_cuda_resume(tmp_path):
+    """Only a CUDA run has a GradScaler, so only a CUDA resume reads a checkpoint's scaler state; a crafted one
+    is refused there in one sentence, in a subprocess like the cases above."""
+    (tmp_path / "small.txt").write_text(word_text(), encoding="utf-8")
+    on_cuda = ["cuda" if arg == "cpu" else arg for arg in TRAIN]
+    trained = _cli(["train", "small.txt", *on_cuda, "--run-dir", "r"], tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    ckpt = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
+    assert isinstance(ckpt["scaler"], dict) and ckpt["scaler"]  # fp16 autocast ran with its scaler
+    ckpt["scaler"]["scale"] = math.nan
+    (tmp_path / "r" / "last.pt").unlink()  # a hard link: the numbered file keeps the good state
+    torch.save(ckpt, tmp_path / "r" / "last.pt")
+    proc = _cli(["train", "--resume", "--run-dir", "r", "--max-steps", "8", "--device", "cuda", "-q"], tmp_path)
+    line = _one_error_line(proc)
+    assert f"checkpoint {Path('r') / 'last.pt'}: " in line and "scaler.scale is nan" in line, line
 
 
 # ---------------------------------------------------------------- resume, library level
@@ -186,10 +235,6 @@ LIBRARY_TAMPERS = {
     **RESUME_TAMPERS,
     "inf bias": (lambda c: c["model"]["head.bias"].__setitem__(0, math.inf), "model['head.bias'] holds NaN or inf"),
     "missing weight": (lambda c: c["model"].pop("head.bias"), "lacks head.bias"),
-    "float64 moment": (
-        lambda c: _opt(c).__setitem__("exp_avg", _opt(c)["exp_avg"].double()),
-        "(exp_avg) has dtype float64, not float32",
-    ),
     "transposed moment": (lambda c: _opt(c).__setitem__("exp_avg", torch.zeros(H, 4 * H).t()), "non-contiguous"),
     "shared moments": (_alias, "shares its memory with optimizer state for parameter 0 (exp_avg)"),
     "missing exp_avg": (lambda c: _opt(c).pop("exp_avg"), "optimizer state for parameter 0 lacks exp_avg"),
@@ -207,13 +252,11 @@ LIBRARY_TAMPERS = {
         "param_groups[0].capturable is True but charrnn's AdamW uses False",
     ),
     "hidden of one tensor": (lambda c: c["hidden"].pop(), "hidden is"),
-    "NaN hidden": (lambda c: c["hidden"][1].fill_(math.nan), "hidden[1] holds NaN"),
     "int hidden": (_put(lambda c: c["hidden"], 0, torch.zeros(L, B, H, dtype=torch.int64)), "not a floating-point"),
     "torch RNG of another dtype": (
         lambda c: c["rng"].__setitem__("torch", c["rng"]["torch"].float()),
         "rng['torch'] has dtype float32, not uint8",
     ),
-    "cuda RNG not tensors": (_put(lambda c: c["rng"], "cuda", [b"x"]), "rng['cuda'][0]"),
     "python RNG version 2": (
         lambda c: c["rng"].__setitem__("python", (2, *c["rng"]["python"][1:])),
         "rng['python'][0]",
@@ -288,13 +331,6 @@ def test_scaler_state_is_checked_when_this_run_uses_one(resume_check, scaler, ex
     assert expected in str(info.value)
 
 
-def _two_ranks(c, **changes):
-    c["world_size"] = 2
-    c["hidden_ranks"] = [c["hidden"], copy.deepcopy(c["hidden"])]
-    c["rng_ranks"] = [c["rng"], copy.deepcopy(c["rng"])]
-    c.update(changes)
-
-
 def test_per_rank_states_are_checked(resume_check):
     resume_check(_two_ranks, world_size=2)
     resume_check(_two_ranks, world_size=1)  # re-sharded: checked all the same, they are in the file
@@ -339,13 +375,28 @@ def test_info_refuses_a_crafted_checkpoint_in_one_sentence(base, tmp_path, case)
     assert "--" not in line  # a file's field, not a command-line option
 
 
-@pytest.mark.parametrize("case", ["hidden_size a list", "vocab_size 1e9", "inf bias"])
+@pytest.mark.parametrize("case", INFO_TAMPERS)
 def test_sample_refuses_a_crafted_checkpoint_in_one_sentence(base, tmp_path, case):
     edit, expected = INFO_TAMPERS[case]
     path = _tamper(base / "r" / "best.pt", tmp_path / "crafted.pt", edit)
     proc = _cli(["sample", str(path), "--seed", "1", "-n", "10", "--device", "cpu"], tmp_path)
     line = _one_error_line(proc)
-    assert expected in line and proc.stdout == b"", line
+    assert f"checkpoint {path}: " in line and expected in line and proc.stdout == b"", line
+    assert "--" not in line  # a file's field, not a command-line option
+
+
+@pytest.mark.parametrize(
+    "case", ["hidden_size a string", "vocab_size 1e9", "model an int", "config wider than its weights"]
+)
+def test_resume_refuses_a_crafted_model_config_in_one_sentence(base, tmp_path, case):
+    """What info and sample refuse in the model's config, --resume refuses too, before a model is built."""
+    edit, expected = INFO_TAMPERS[case]
+    shutil.copytree(base / "r", tmp_path / "r")
+    _tamper(base / "r" / "last.pt", tmp_path / "r" / "last.pt", edit)
+    proc = _cli(["train", "--resume", "--run-dir", "r", "--max-steps", "8", "--device", "cpu", "-q"], tmp_path)
+    line = _one_error_line(proc)
+    assert f"checkpoint {Path('r') / 'last.pt'}: " in line and expected in line, line
+    assert "--" not in line
 
 
 def test_run_facts_types_what_info_prints(live):

@@ -4,6 +4,7 @@ in bounded memory (the hostile-inputs issue, items 2, 3, 10 and 11 on the sampli
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 import time
@@ -19,8 +20,19 @@ from charrnn import train as train_mod
 from charrnn.data import min_corpus_chars, min_train_chars
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.sample import MAX_HELD_CHARS, MAX_NUM_SAMPLES
-from tests.conftest import TINY_TRAIN
+from tests.conftest import TINY_TRAIN, cli
 from tests.test_cli import assert_one_error, run
+from tests.test_hostile import UNDER_LIMIT
+
+
+def _one_error(proc: subprocess.CompletedProcess, code: int) -> str:
+    """A subprocess's exit `code`, nothing on stdout, and one line on stderr, "Error: …", with no traceback."""
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == code and proc.stdout == "", (proc.returncode, proc.stdout, proc.stderr[-3000:])
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("seed ")]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr[-3000:]
+    return lines[0]
+
 
 # ---------------------------------------------------------------------------------------------------
 # hangs
@@ -35,10 +47,12 @@ from tests.test_cli import assert_one_error, run
     ],
 )
 def test_huge_minimum_sizes_are_computed_at_once(args, tmp_path, small_corpus):
+    # A subprocess under a timeout: a hang (the old count up one at a time) fails this case, not the whole suite.
     started = time.monotonic()
-    r = run(["train", small_corpus, "--run-dir", tmp_path / "r", *TINY_TRAIN, *args])
+    proc = cli(["train", small_corpus, "--run-dir", tmp_path / "r", *TINY_TRAIN, *args], cwd=tmp_path, timeout=60)
     assert time.monotonic() - started < 30  # it used to take minutes, or forever
-    assert "at least" in assert_one_error(r, 1)
+    assert "at least" in _one_error(proc, 1)
+    assert not (tmp_path / "r").exists()
 
 
 def test_the_closed_form_minimum_is_the_smallest_size_that_works():
@@ -75,6 +89,17 @@ def test_sample_limits_are_usage_errors_with_the_limit_stated(args, needle, trai
     base = ["--seed", "1"] if "--seed" not in args else []
     r = run(["sample", trained_run / "best.pt", *base, *args])
     assert needle in assert_one_error(r, 2)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmSize from /proc")
+def test_a_billion_samples_are_refused_within_a_small_memory_limit(trained_run, tmp_path):
+    # 512 MB more than torch and the CLI take: the old code built a list per sample up front (140 MB/s, no
+    # output) and would end in a failed allocation here; the limit is checked before anything is allocated.
+    args = ["sample", str(trained_run / "best.pt"), "--num-samples", str(10**9), "-n", "5", "--seed", "1"]
+    proc = subprocess.run(
+        [sys.executable, "-c", UNDER_LIMIT, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert f"between 1 and {MAX_NUM_SAMPLES}" in _one_error(proc, 2)
 
 
 def test_the_largest_seed_for_a_batch_still_samples(trained_run):
@@ -190,6 +215,44 @@ def test_evaluation_bounds_its_logits_whatever_the_vocabulary(monkeypatch):
     assert max(t for _, t in seen) == 10
     monkeypatch.setattr(score_mod, "EVAL_LOGITS", 1 << 30)
     assert math.isclose(loss, train_mod.evaluate(model, ids, 8, 256, torch.device("cpu")), rel_tol=1e-5)
+
+
+EVAL_UNDER_LIMIT = """
+import resource, sys
+import numpy as np, torch
+from charrnn import score, train
+from charrnn.model import CharRNN, ModelConfig
+if sys.argv[1] == "unbounded":
+    score.EVAL_LOGITS = 1 << 62  # the old behaviour: a pass of seq_len positions of every stream, whatever V is
+V = 200_000  # a corpus of 200,000 distinct characters
+torch.manual_seed(0)
+model = CharRNN(ModelConfig(vocab_size=V, hidden_size=8, num_layers=1)).eval()
+ids = np.random.default_rng(0).integers(0, V, 2001)
+train.evaluate(model, ids[:50], 8, 256, torch.device("cpu"))  # warm every kernel up
+with open("/proc/self/status") as f:
+    vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (vm + (512 << 20), resource.RLIM_INFINITY))  # 512 MB more, no further
+print(train.evaluate(model, ids, 8, 256, torch.device("cpu")))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmSize from /proc")
+def test_evaluating_a_large_vocabulary_runs_under_a_memory_limit_that_unbounded_logits_exceed():
+    def attempt(mode):
+        return subprocess.run(
+            [sys.executable, "-c", EVAL_UNDER_LIMIT, mode],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+
+    bounded = attempt("bounded")
+    assert bounded.returncode == 0, bounded.stderr[-3000:]
+    assert math.isfinite(float(bounded.stdout)) and float(bounded.stdout) > 0
+    # The control: one pass of 8 streams x 256 positions x 200,000 logits is 1.6 GB, so the same limit stops it.
+    # Without this the test would pass whether or not evaluation bounds its logits.
+    assert attempt("unbounded").returncode != 0
 
 
 # ---------------------------------------------------------------------------------------------------

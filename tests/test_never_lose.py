@@ -47,6 +47,16 @@ def test_a_second_run_goes_to_a_fresh_directory_and_keeps_the_first_best(tmp_pat
     assert steps == {"ckpt-000000010.pt", "ckpt-000000020.pt"}  # no file of the second run mixed in
 
 
+def test_two_stdin_runs_never_share_checkpoints_stdin(tmp_path):
+    first = run(["train", "-", *TINY_TRAIN], cwd=tmp_path, input=word_text())
+    assert first.exit_code == 0, first.stderr
+    before = digest(tmp_path / "checkpoints" / "stdin" / "best.pt")
+    second = run(["train", "-", *TINY_TRAIN], cwd=tmp_path, input=word_text(seed=1))
+    assert second.exit_code == 0, second.stderr
+    assert second.stdout.strip() == str(Path("checkpoints") / "stdin-2" / "best.pt")
+    assert digest(tmp_path / "checkpoints" / "stdin" / "best.pt") == before
+
+
 def test_an_explicit_run_dir_holding_a_run_is_refused_with_the_three_choices(tmp_path, small_corpus):
     d = tmp_path / "run"
     assert run(["train", small_corpus, "--run-dir", d, *TINY_TRAIN]).exit_code == 0
@@ -145,6 +155,41 @@ def test_sighup_saves_and_stops_like_sigterm(sig, code, tmp_path, small_corpus):
     assert proc.returncode == code, err
     assert "charrnn train --resume --run-dir" in err
     assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] >= 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_while_the_corpus_is_read_stops_at_once_and_leaves_no_temporary(sig, tmp_path):
+    """Before the first step there is nothing to save: the first signal stops at once (here in the middle of a
+    read from a stdin that never ends), and the spool and encoder temporaries are removed on the way out."""
+    cache = tmp_path / "cache"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "charrnn", "train", "-", "--run-dir", str(tmp_path / "run"), *TINY_TRAIN],
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdin is not None and proc.stderr is not None
+        proc.stdin.write(word_text())  # and the pipe stays open: the text has not ended
+        proc.stdin.flush()
+        deadline = time.monotonic() + 60
+        while not list((cache / "tmp").glob(".spool-*")):  # reading has begun
+            assert proc.poll() is None and time.monotonic() < deadline, "charrnn never started reading stdin"
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        proc.wait(timeout=30)  # it used to wait for the end of stdin, then save an untrained checkpoint
+        err = proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 128 + sig, err
+    assert "Traceback" not in err and f"{signal.Signals(sig).name}: stopped" in err, err
+    assert "finishing this step" not in err  # no step was running
+    assert not [p.name for p in cache.rglob("*") if p.name.startswith(".spool-") or p.name.endswith(".tmp")]
+    assert not list((tmp_path / "run").glob("*.pt"))
 
 
 def test_a_burst_of_sigints_never_prints_a_traceback(tmp_path, small_corpus):
@@ -260,7 +305,7 @@ def test_bad_options_are_refused_before_the_corpus_is_read(args, needle, tmp_pat
     r = run(["train", small_corpus, "--run-dir", tmp_path / "r", *TINY_TRAIN, *args])
     err = assert_one_error(r, 2)
     assert needle in err.lower()
-    assert err.lstrip().startswith("Error") or "Usage" in err  # nothing printed before the error
+    assert err.lstrip().startswith(("Error", "Usage:")), err  # nothing printed before the error (or Typer's usage)
     assert not (cache / "encoded").exists()  # the corpus was never read
     assert not (tmp_path / "r").exists()
 
@@ -355,7 +400,8 @@ def test_resume_keeps_the_saved_settings_it_is_not_given(tmp_path, small_corpus)
     args = [a for a in TINY_TRAIN]
     args[args.index("--eval-every") + 1] = "1"
     args[args.index("--max-steps") + 1] = "10"
-    assert run(["train", small_corpus, "--run-dir", d, *args, "--keep", "10"]).exit_code == 0
+    saved_only = ["--keep", "10", "--max-skips", "9", "--threads", "1"]  # none of them the default
+    assert run(["train", small_corpus, "--run-dir", d, *args, *saved_only]).exit_code == 0
     before = digest(d / "last.pt")
     refused = run(["train", "--resume", "--run-dir", d, "--max-steps", "14", "--lr", "0.5", "--seq-len", "8"])
     error = assert_one_error(refused, 2)
@@ -370,6 +416,7 @@ def test_resume_keeps_the_saved_settings_it_is_not_given(tmp_path, small_corpus)
     saved = load_checkpoint(d / "last.pt")["train_config"]
     assert saved["log_every"] == 2 and saved["max_steps"] == 14  # what may change, changed
     assert saved["keep"] == 10 and saved["eval_every"] == 1 and saved["lr"] == TrainConfig().lr
+    assert saved["max_skips"] == 9 != TrainConfig().max_skips and saved["threads"] == 1 != TrainConfig().threads
 
 
 # ---------------------------------------------------------------------------------------------------
