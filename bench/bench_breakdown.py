@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import add_model_args, drain_seconds, model_fields  # noqa: E402
-from charrnn.model import CharRNN, ModelConfig  # noqa: E402
+from bench.common import add_model_args, drain_seconds, model_fields, untrained_model  # noqa: E402
+from charrnn.model import CharRNN  # noqa: E402
 from charrnn.sample import SampleConfig, Stepper, _Product, _Sampler, generate  # noqa: E402
 
 VOCAB_SIZE = 65
@@ -104,11 +104,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precisions", default="fp32", help="comma-separated sampler precisions")
     args = parser.parse_args()
-    torch.manual_seed(0)
-    config = ModelConfig(
-        vocab_size=VOCAB_SIZE, model=args.model, hidden_size=args.hidden_size, num_layers=args.num_layers
-    )
-    model = CharRNN(config).eval()
+    model = untrained_model(args, VOCAB_SIZE)
     common = model_fields(args, VOCAB_SIZE, args.length)
     for precision in args.precisions.split(","):
         for batch in (1, args.num_samples):

@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import add_model_args, drain_seconds, model_fields  # noqa: E402
-from charrnn.model import CharRNN, ModelConfig  # noqa: E402
+from bench.common import add_model_args, drain_seconds, model_fields, untrained_model  # noqa: E402
+from charrnn.model import CharRNN  # noqa: E402
 from charrnn.sample import SampleConfig, generate  # noqa: E402
 
 VOCAB_SIZE = 65  # tiny-shakespeare's character set
@@ -55,12 +55,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated sampler precisions")
     args = parser.parse_args()
-
-    torch.manual_seed(0)
-    config = ModelConfig(
-        vocab_size=VOCAB_SIZE, model=args.model, hidden_size=args.hidden_size, num_layers=args.num_layers
-    )
-    model = CharRNN(config).eval()
+    model = untrained_model(args, VOCAB_SIZE)
     n, precisions = args.length, args.precisions.split(",")
     runs = [(p, b) for p in precisions for b in (1, args.num_samples)]
     baseline(model, 20)  # warm-up: first calls pay one-off allocation and thread start-up

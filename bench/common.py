@@ -41,6 +41,18 @@ def model_fields(args, vocab_size: int, length: int) -> dict:
     }
 
 
+def untrained_model(args, vocab_size: int):
+    """The seeded, untrained CharRNN a sampling benchmark times from its model flags: speed does not depend on
+    the weights."""
+    from charrnn.model import CharRNN, ModelConfig
+
+    torch.manual_seed(0)
+    config = ModelConfig(
+        vocab_size=vocab_size, model=args.model, hidden_size=args.hidden_size, num_layers=args.num_layers
+    )
+    return CharRNN(config).eval()
+
+
 def machine() -> dict:
     return {
         "cores": os.cpu_count(),

@@ -34,6 +34,7 @@ from charrnn.sample import (
 
 CPU = torch.device("cpu")
 V = 13
+needs_int8 = pytest.mark.skipif(kernels.int8_engine() is None, reason="this torch build has no int8 CPU kernel")
 
 
 def make_model(
@@ -229,14 +230,15 @@ def test_bf16_stepper_tracks_the_model_closely_but_not_exactly(kind, sigmoid_onl
     assert 0 < gap <= 0.05
 
 
-def test_bf16_generate_is_seeded_and_follows_the_model():
+@pytest.mark.parametrize("precision", ["bf16", pytest.param("int8", marks=needs_int8)])
+def test_reduced_precision_generate_is_seeded_and_follows_the_model(precision):
     model = make_model()
-    a = run(model, length=40, num_samples=3, seed=4, precision="bf16")
-    b = run(model, length=40, num_samples=3, seed=4, precision="bf16")
+    a = run(model, length=40, num_samples=3, seed=4, precision=precision)
+    b = run(model, length=40, num_samples=3, seed=4, precision=precision)
     assert torch.equal(a, b) and a.shape == (3, 40)
     assert ((a >= 0) & (a < V)).all() and len(set(a.flatten().tolist())) > 3  # not a constant stream
-    # Greedy bf16 decoding follows the fp32 model's argmax wherever the top two logits are not near-tied.
-    greedy = run(model, length=40, temperature=0.0, precision="bf16")[0].tolist()
+    # Greedy decoding follows the fp32 model's argmax wherever the top two logits are not near-tied.
+    greedy = run(model, length=40, temperature=0.0, precision=precision)[0].tolist()
     expected = greedy_reference(model, [1, 2, 3], 40)
     assert sum(g == e for g, e in zip(greedy, expected, strict=True)) >= 30
 
@@ -249,8 +251,6 @@ def test_bad_precision_and_bf16_off_cpu_and_cuda_are_usage_errors():
 
 
 # ---- int8 and --precision auto ----
-
-needs_int8 = pytest.mark.skipif(kernels.int8_engine() is None, reason="this torch build has no int8 CPU kernel")
 
 
 def _every_kernel(stepper: Stepper) -> set[str]:
@@ -274,18 +274,6 @@ def test_int8_stepper_tracks_the_model_closely_but_not_exactly(kind, sigmoid_onl
     gap = _max_gap_to_model(model, stepper, batch_size)
     # Weights keep 8 bits per row, inputs 7 per call: logits of |x| up to ~10 move by 1e-3..1e-1, never more.
     assert 0 < gap <= 0.2
-
-
-@needs_int8
-def test_int8_generate_is_seeded_and_follows_the_model():
-    model = make_model()
-    a = run(model, length=40, num_samples=3, seed=4, precision="int8")
-    b = run(model, length=40, num_samples=3, seed=4, precision="int8")
-    assert torch.equal(a, b) and a.shape == (3, 40)
-    assert ((a >= 0) & (a < V)).all() and len(set(a.flatten().tolist())) > 3  # not a constant stream
-    greedy = run(model, length=40, temperature=0.0, precision="int8")[0].tolist()
-    expected = greedy_reference(model, [1, 2, 3], 40)
-    assert sum(g == e for g, e in zip(greedy, expected, strict=True)) >= 30
 
 
 def test_int8_off_the_cpu_or_without_a_kernel_is_a_usage_error(monkeypatch):
