@@ -82,7 +82,7 @@ class SampleConfig:
     num_samples: int = 1
     seed: int = 0  # stream i uses seed + i
     # "bf16": bfloat16 recurrent weights, faster with many streams on CPUs that have it; "int8": int8 recurrent
-    # weights on CPU, faster at every batch size; "auto": the fastest here within MAX_AUTO_COST_BPC
+    # weights on CPU, faster for all but small models; "auto": the fastest here within MAX_AUTO_COST_BPC
     precision: str = "fp32"
 
     def validate(self) -> None:
@@ -192,8 +192,9 @@ class _Product:
       on CPU (faster than torch.mm at few streams), else torch.mm on an (N, K)-laid-out W. The product, stored
       in bfloat16, is added to out.
     - "int8": weights quantized per output row to int8 and x per call (kernels.int8_linear: fbgemm on x86),
-      accumulated in int32 and scaled back to float32: a quarter of fp32's weight bytes, so one stream reads
-      them 4x faster, and integer products are cheaper per stream. CPU only."""
+      accumulated in int32 and scaled back to float32: a quarter of fp32's weight bytes to read per character,
+      and integer products are cheaper per stream. CPU only; small models gain little or lose (it costs a
+      quantization of x per call), which is why --precision auto times it."""
 
     def __init__(
         self,
