@@ -143,6 +143,14 @@ TRAIN_RULES: dict[str, Rule] = {
     "amp": BOOL,
 }
 
+# What every train_config has held since format 1; later keys (decay_frac, the previews) may be missing from an
+# older checkpoint and take their defaults, but a missing one of these means the file was edited.
+TRAIN_REQUIRED = (
+    "seq_len", "batch_size", "val_frac", "lr", "min_lr_frac", "warmup_steps", "weight_decay", "grad_clip",
+    "max_steps", "max_epochs", "max_time", "eval_every", "eval_streams", "eval_chars", "log_every", "keep",
+    "max_skips", "seed", "device", "threads", "amp",
+)  # fmt: skip
+
 # Top-level fields resume reads: (rule, required).
 RESUME_FIELDS: dict[str, tuple[Rule, bool]] = {
     "step": (int_in(0), True),
@@ -245,7 +253,11 @@ def check_resume_header(ckpt: dict, path) -> None:
     for name, (rule, needed) in RESUME_FIELDS.items():
         if needed or name in ckpt:
             require(ckpt.get(name), rule, name, path, a)
-    check_fields(require_dict(ckpt.get("train_config"), "train_config", path, a), TRAIN_RULES, "train_config.", path, a)
+    train_config = require_dict(ckpt.get("train_config"), "train_config", path, a)
+    missing = next((name for name in TRAIN_REQUIRED if name not in train_config), None)
+    if missing is not None:
+        raise field_error(path, f"train_config.{missing}", "is missing", a)
+    check_fields(train_config, TRAIN_RULES, "train_config.", path, a)
     corpus = require_dict(ckpt.get("corpus", {}), "corpus", path, a)
     check_fields(corpus, {"sha256": TEXT, "name": TEXT, "num_chars": int_in(0)}, "corpus.", path, a)
     _check_data_position(require_dict(ckpt.get("data"), "data", path, a), path)

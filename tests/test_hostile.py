@@ -167,6 +167,7 @@ RESUME_TAMPERS = {
     "cuda RNG not tensors": (_put(lambda c: c["rng"], "cuda", [b"x"]), "rng['cuda'][0]"),
     "another rank's RNG state": (_short_rank_rng, "rng_ranks[1]['torch'] has shape (3,)"),
     "string in train_config": (_put(lambda c: c["train_config"], "seq_len", "16"), "train_config.seq_len is '16'"),
+    "train_config without seq_len": (lambda c: c["train_config"].pop("seq_len"), "train_config.seq_len is missing"),
     "batch_index past the epoch": (_put(lambda c: c["data"], "batch_index", 10**6), "data.batch_index"),
     "best_val_loss None": (_put(lambda c: c, "best_val_loss", None), "best_val_loss is None"),
 }
