@@ -61,7 +61,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.bench_distributed import per_process_rate  # noqa: E402
-from bench.common import SHAKESPEARE, machine  # noqa: E402
+from bench.common import SHAKESPEARE, drain_seconds, machine  # noqa: E402
 from charrnn import runtime  # noqa: E402
 from charrnn.checkpoint import load_checkpoint, load_model  # noqa: E402
 from charrnn.corpus import Corpus, load_corpus  # noqa: E402
@@ -144,12 +144,6 @@ SMOKE = Plan(
 )
 
 
-def sync(device: torch.device) -> None:
-    """Wait for the device's queued kernels, so a clock read after it counts work done, not work queued."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 # ---------------------------------------------------------------------------------------------------
 # the plain cuDNN loop
 
@@ -206,12 +200,12 @@ def plain_rate(ids: torch.Tensor, vocab: int, plan: Plan, batch: int, seconds: f
     try:
         for _ in range(plan.warmup_steps):
             loop.step()
-        sync(device)
+        runtime.synchronize(device)
         steps, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
             loop.step()
             steps += 1
-        sync(device)
+        runtime.synchronize(device)
         return steps * batch * plan.seq_len / (time.perf_counter() - start)
     finally:
         del loop
@@ -624,11 +618,8 @@ def generate_seconds(model, device: torch.device, streams: int, length: int, gra
     """Seconds for generate() to write `length` ids per stream, set-up and graph capture included (what a user
     waits for). Each block it yields is already on the host, so the last one waited for the device."""
     cfg = SampleConfig(temperature=0.8, length=length, num_samples=streams, seed=0)
-    sync(device)
-    start = time.perf_counter()
-    for _ in generate(model, [0], cfg, device, cuda_graph=graph):
-        pass
-    return time.perf_counter() - start
+    runtime.synchronize(device)
+    return drain_seconds(generate(model, [0], cfg, device, cuda_graph=graph))
 
 
 def capture(model, device: torch.device, streams: int) -> tuple[bool, float]:
@@ -636,7 +627,7 @@ def capture(model, device: torch.device, streams: int) -> tuple[bool, float]:
     steps and the capture). generate() falls back to eager stepping without a word when the capture fails, so
     this runs the sampler's own capture, _Loop._capture, from outside, in inference mode as generate() does."""
     loop = _Loop(Stepper(model, streams, device), SampleConfig(num_samples=streams), device, True)
-    sync(device)
+    runtime.synchronize(device)
     start = time.perf_counter()
     with torch.inference_mode():
         graph = loop._capture()  # ends with a torch.cuda.synchronize()

@@ -751,14 +751,13 @@ def sample(
         text = _read_prime(prime, vocab)
         if not quiet:
             _announce(path, bundle, cfg, seed_drawn=beam is None and not given(ctx, "seed"), device=dev)
-        if isinstance(cfg, SampleConfig) and cfg.precision == "auto":
-            cfg = _auto_precision(model, cfg, dev, quiet)
         prime_ids = [int(i) for i in vocab.encode(text or vocab.start())]  # an unprinted start when no prime
         with torch.inference_mode():
             if isinstance(cfg, BeamConfig):
                 stream_beams(beam_search(model, prime_ids, cfg, dev), text, vocab, quiet)
             else:
-                stream_samples(generate(model, prime_ids, cfg, dev), text, vocab, num_samples)
+                said = None if quiet else _say_precision
+                stream_samples(generate(model, prime_ids, cfg, dev, on_precision=said), text, vocab, num_samples)
 
 
 def _read_prime(prime: str | None, vocab) -> str:
@@ -789,18 +788,11 @@ def _announce(path: Path, bundle, cfg, *, seed_drawn: bool, device) -> None:
         )
 
 
-def _auto_precision(model, cfg, device, quiet: bool):
-    """--precision auto resolved on this machine for this model and batch, and said on stderr."""
-    from dataclasses import replace
-
-    from charrnn.sample import choose_precision
-
-    choice = choose_precision(model, cfg.num_samples, device)
-    if not quiet:
-        rates = choice.steps_per_sec
-        timed = ", ".join(f"{p} {rates[p] / rates['fp32']:.2f}x" for p in rates)
-        say(f"precision auto: {choice.precision} (steps timed against fp32 here: {timed})")
-    return replace(cfg, precision=choice.precision)
+def _say_precision(choice) -> None:
+    """What --precision auto picked on this machine for this model and batch, with the timings behind it."""
+    rates = choice.steps_per_sec
+    timed = ", ".join(f"{p} {rates[p] / rates['fp32']:.2f}x" for p in rates)
+    say(f"precision auto: {choice.precision} (steps timed against fp32 here: {timed})")
 
 
 def _progress_line(facts) -> str:

@@ -48,6 +48,13 @@ def select_device(name: str = "auto") -> torch.device:
     raise UsageError(f"--device must be auto, cpu, cuda, cuda:N or mps, not {name!r}.")
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued kernels (CUDA runs them asynchronously), so a clock read after it counts work
+    done, not work queued; a no-op on the CPU."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _mps_available() -> bool:
     return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
 

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
@@ -131,6 +131,7 @@ def check_precision_on(precision: str, device: torch.device) -> None:
 class PrecisionChoice(NamedTuple):
     precision: str
     steps_per_sec: dict[str, float]  # every candidate timed, the choice included
+    stepper: Stepper  # the chosen precision's, built for the timing: generate() samples with it
 
 
 def native_precisions(device: torch.device) -> list[str]:
@@ -149,30 +150,26 @@ def choose_precision(model: CharRNN, batch_size: int, device: torch.device) -> P
     the fastest, leaving fp32 only for one at least AUTO_MARGIN faster. Speed depends on the CPU, the model's
     size and the batch, so it is measured, not assumed (a fraction of a second)."""
     device = torch.device(device)
-    rates = {p: _steps_per_sec(model, batch_size, device, p) for p in native_precisions(device)}
+    steppers = {p: Stepper(model, batch_size, device, precision=p) for p in native_precisions(device)}
+    rates = {p: _steps_per_sec(stepper, device) for p, stepper in steppers.items()}
     fastest = max(rates, key=lambda p: rates[p])
-    return PrecisionChoice(fastest if rates[fastest] >= AUTO_MARGIN * rates["fp32"] else "fp32", rates)
+    chosen = fastest if rates[fastest] >= AUTO_MARGIN * rates["fp32"] else "fp32"
+    return PrecisionChoice(chosen, rates, steppers[chosen])
 
 
-def _steps_per_sec(model: CharRNN, batch_size: int, device: torch.device, precision: str) -> float:
-    stepper = Stepper(model, batch_size, device, precision=precision)
-    tokens = torch.zeros(batch_size, dtype=torch.int64, device=device)  # (B,)
+def _steps_per_sec(stepper: Stepper, device: torch.device) -> float:
+    tokens = torch.zeros(stepper.batch_size, dtype=torch.int64, device=device)  # (B,)
     best = math.inf
     with torch.inference_mode():
         stepper.step(tokens)  # first-call allocations and thread start-up
         for _ in range(AUTO_ROUNDS):
-            _wait(device)
+            runtime.synchronize(device)
             start = time.perf_counter()
             for _ in range(AUTO_STEPS):
                 stepper.step(tokens)
-            _wait(device)
+            runtime.synchronize(device)
             best = min(best, time.perf_counter() - start)
     return AUTO_STEPS / max(best, 1e-9)
-
-
-def _wait(device: torch.device) -> None:
-    if device.type == "cuda":  # kernels run asynchronously there: time what ran, not what was queued
-        torch.cuda.synchronize(device)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -661,22 +658,33 @@ class _Uniforms:
 
 
 def generate(
-    model: CharRNN, prime_ids: list[int], cfg: SampleConfig, device: torch.device, *, cuda_graph: bool = True
+    model: CharRNN,
+    prime_ids: list[int],
+    cfg: SampleConfig,
+    device: torch.device,
+    *,
+    cuda_graph: bool = True,
+    on_precision: Callable[[PrecisionChoice], None] | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yields CPU int64 tensors of shape (B, k) holding the next k generated ids of every stream, until
     cfg.length ids per stream. k == 1 on CPU (so text streams per character); on CUDA up to CUDA_YIELD_BLOCK
     per host transfer. The prime runs through the fused model.rnn first; its state seeds the Stepper.
     cuda_graph=False steps eagerly on CUDA instead of replaying a captured graph (same numerics; for timing the
-    graph against eager stepping, bench/gpu_check.py); it changes nothing elsewhere.
+    graph against eager stepping, bench/gpu_check.py); it changes nothing elsewhere. With precision "auto",
+    on_precision is told what choose_precision picked, before sampling starts.
 
     Bad options raise UsageError here, at the call, not at the first next()."""
     cfg.validate()
     check_prime(prime_ids, model.config.vocab_size)
     device = torch.device(device)
     check_precision_on(cfg.precision, device)
+    stepper = None
     if cfg.precision == "auto":
-        cfg = replace(cfg, precision=choose_precision(model, cfg.num_samples, device).precision)
-    return _generate(model, list(prime_ids), cfg, device, cuda_graph)
+        choice = choose_precision(model, cfg.num_samples, device)
+        if on_precision is not None:
+            on_precision(choice)
+        cfg, stepper = replace(cfg, precision=choice.precision), choice.stepper
+    return _generate(model, list(prime_ids), cfg, device, cuda_graph, stepper)
 
 
 def check_prime(prime_ids: list[int], vocab_size: int) -> None:
@@ -689,13 +697,19 @@ def check_prime(prime_ids: list[int], vocab_size: int) -> None:
 
 
 def _generate(
-    model: CharRNN, prime_ids: list[int], cfg: SampleConfig, device: torch.device, cuda_graph: bool = True
+    model: CharRNN,
+    prime_ids: list[int],
+    cfg: SampleConfig,
+    device: torch.device,
+    cuda_graph: bool = True,
+    stepper: Stepper | None = None,
 ) -> Iterator[torch.Tensor]:
+    """stepper: one already built for cfg (auto's timed choice); its state is overwritten by the prime's."""
     if cfg.length == 0:
         return
     B = cfg.num_samples
-    # Buffers are made outside inference mode (plain tensors), so in-place updates work in any grad mode.
-    stepper = Stepper(model, B, device, precision=cfg.precision)
+    if stepper is None:  # buffers made outside inference mode (plain tensors) take in-place updates in any mode
+        stepper = Stepper(model, B, device, precision=cfg.precision)
     loop = _Loop(stepper, cfg, device, cuda_graph)
     with torch.inference_mode():
         prime_logits, prime_state = _run_prime(model, prime_ids, device)

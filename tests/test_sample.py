@@ -306,9 +306,10 @@ def test_the_int8_probe_says_no_when_torch_has_none_of_the_engines(monkeypatch):
 )
 def test_auto_takes_the_fastest_native_precision_by_a_margin(rates, expected, monkeypatch):
     monkeypatch.setattr(sample, "native_precisions", lambda device: list(rates))
-    monkeypatch.setattr(sample, "_steps_per_sec", lambda model, batch_size, device, precision: rates[precision])
+    monkeypatch.setattr(sample, "_steps_per_sec", lambda stepper, device: rates[stepper.cell.precision])
     choice = sample.choose_precision(make_model(), 4, CPU)
     assert choice.precision == expected and choice.steps_per_sec == rates
+    assert choice.stepper.cell.precision == expected and choice.stepper.batch_size == 4
 
 
 def test_auto_only_considers_what_is_native_and_within_the_cost_bound(monkeypatch):
@@ -332,12 +333,13 @@ def test_auto_times_real_steps_and_generates_in_what_it_picked(monkeypatch):
     real = sample._generate
 
     def spy(m, p, cfg, *rest):
-        picked.append(cfg.precision)
+        picked.append((cfg.precision, rest[-1]))  # and the stepper auto timed, handed on rather than rebuilt
         return real(m, p, cfg, *rest)
 
     monkeypatch.setattr(sample, "_generate", spy)
     ids = run(model, length=10, num_samples=2, seed=1, precision="auto")
-    assert ids.shape == (2, 10) and picked and picked[0] in sample.PRECISIONS
+    assert ids.shape == (2, 10) and picked and picked[0][0] in sample.PRECISIONS
+    assert picked[0][1] is not None and picked[0][1].cell.precision == picked[0][0]
 
 
 def test_stepper_with_tied_weights_matches_model():
