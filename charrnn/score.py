@@ -14,6 +14,8 @@ Three readings of the same text, all from the model's forward pass (`CharRNN(x, 
                 state carried, each character's loss added to its line (the sum over lines is score_text with
                 num_streams=1). Independent: each line from a fresh state primed with "\n" (so its first
                 character is predicted as a line start), many lines a batch, padded at the end and masked.
+                Either way a line longer than `block_chars` is one stream scored a piece of `block_chars` at a
+                time, its state carried: memory holds the line's str and one piece's ids, whatever its length.
   char_scores   per-character surprise, probability and the model's top choices (one stream), rendered by
                 heatmap_text (Rich) and heatmap_html (a standalone page), for at most MAX_HEATMAP_CHARS characters.
 
@@ -46,7 +48,7 @@ from charrnn.vocab import MAX_LISTED, Vocab
 
 READ_BYTES = 1 << 20  # bytes decoded at a time
 EVAL_LOGITS = 1 << 24  # logits scored at a time at most (64 MiB), whatever the vocabulary (training's evaluation too)
-BLOCK_CHARS = 1 << 20  # whole text: known characters held and scored at a time (ids, streams, losses: ~25 MB)
+BLOCK_CHARS = 1 << 20  # characters held and scored at a time (ids, streams, losses: ~25 MB): whole text, long lines
 NUM_STREAMS = 8  # whole text: contiguous streams per block, as training's --eval-streams
 SEQ_LEN = 256  # positions per forward pass, as training's evaluation: max(--seq-len, 256)
 LINE_CHUNK = 4096  # per line in context and heatmaps: one stream, this many characters a forward pass
@@ -73,7 +75,7 @@ class ScoreConfig:
     independent: bool = False  # score each line from a fresh state (score_text then sums the lines)
     num_streams: int = NUM_STREAMS
     seq_len: int = SEQ_LEN
-    block_chars: int = BLOCK_CHARS
+    block_chars: int = BLOCK_CHARS  # also the longest line scored in one piece (see _stream_line)
     line_chunk: int = LINE_CHUNK
     line_batch_chars: int = LINE_BATCH_CHARS
     amp: bool = False  # fp16 autocast on CUDA: faster, but scores move by about 1e-3; a no-op elsewhere
@@ -405,11 +407,19 @@ def _split_lines(chunks: Iterable[str]) -> Iterator[str]:
         yield tail
 
 
-def _groups(lines: Iterable[str], min_chars: int) -> Iterator[list[str]]:
-    """Consecutive lines gathered until they hold at least `min_chars` characters (the last group may hold fewer)."""
+def _groups(lines: Iterable[str], min_chars: int, max_line: int | None = None) -> Iterator[list[str]]:
+    """Consecutive lines gathered until they hold at least `min_chars` characters (the last group may hold fewer).
+    A line longer than `max_line` is a group of its own, the lines before it yielded first, so that its caller can
+    stream it in pieces instead of encoding it whole."""
     group: list[str] = []
     held = 0
     for line in lines:
+        if max_line is not None and len(line) > max_line:
+            if group:
+                yield group
+            yield [line]
+            group, held = [], 0
+            continue
         group.append(line)
         held += len(line)
         if held >= min_chars:
@@ -422,13 +432,18 @@ def _groups(lines: Iterable[str], min_chars: int) -> Iterator[list[str]]:
 def _lines_in_context(
     model: CharRNN, vocab: Vocab, lines: Iterable[str], device: torch.device, cfg: ScoreConfig
 ) -> Iterator[LineScore]:
-    """One stream through the whole text, a group of lines of about cfg.line_chunk characters at a time."""
+    """One stream through the whole text, a group of lines of about cfg.line_chunk characters at a time; a line
+    longer than cfg.block_chars streamed alone, in pieces."""
     T = _pass_len(cfg.line_chunk, 1, len(vocab))
     penalty = Score.empty(len(vocab), cfg.skip_unknown).unknown_penalty
     state: State | None = None
     prev = np.empty(0, dtype=np.int64)  # the last known character before this group: the first input
     enc = _Encoder(vocab)
-    for group in _groups(lines, cfg.line_chunk):
+    for group in _groups(lines, cfg.line_chunk, cfg.block_chars):
+        if len(group[0]) > cfg.block_chars:  # a group of its own
+            line, prev, state = _stream_line(model, vocab, group[0], prev, state, device, cfg, T)
+            yield line
+            continue
         ids, known = enc.encode("".join(group))  # (M,), (N,)
         line_of = np.repeat(np.arange(len(group)), [len(line) for line in group])  # (N,) each character's line
         seq = np.concatenate([prev, ids])  # inputs seq[:-1], targets seq[1:]
@@ -449,7 +464,7 @@ def _independent_lines(
     model: CharRNN, vocab: Vocab, lines: Iterable[str], device: torch.device, cfg: ScoreConfig
 ) -> Iterator[LineScore]:
     """Lines from a fresh state, batched by length within windows of about cfg.block_chars characters (memory
-    stays bounded), then yielded in input order.
+    stays bounded), then yielded in input order; a line longer than cfg.block_chars streamed alone, in pieces.
 
         batch (B lines, longest first)        padded at the end: a row's real positions never see its padding
           \\n t h e   c a t \\n                 mask  1 1 1 1 1 1 1 1
@@ -459,7 +474,11 @@ def _independent_lines(
     prime = np.array([vocab.chars.index("\n")] if "\n" in vocab.chars else [], dtype=np.int64)
     penalty = Score.empty(V, cfg.skip_unknown).unknown_penalty
     enc = _Encoder(vocab)
-    for window in _groups(lines, cfg.block_chars):
+    for window in _groups(lines, cfg.block_chars, cfg.block_chars):
+        if len(window[0]) > cfg.block_chars:  # a window of its own
+            T = _pass_len(cfg.seq_len, 1, V)  # as _batched_nats scores a batch of one
+            yield _stream_line(model, vocab, window[0], prime, None, device, cfg, T)[0]
+            continue
         ids, known = enc.encode("".join(window))
         line_of = np.repeat(np.arange(len(window)), [len(line) for line in window])  # (N,)
         per_line = np.split(ids, np.cumsum(np.bincount(line_of[known], minlength=len(window)))[:-1])
@@ -498,6 +517,35 @@ def _batched_nats(
         nats[rows] = total.cpu().numpy()
         start += len(rows)
     return nats, chars
+
+
+def _stream_line(
+    model: CharRNN,
+    vocab: Vocab,
+    line: str,
+    prev: np.ndarray,
+    state: State | None,
+    device: torch.device,
+    cfg: ScoreConfig,
+    T: int,
+) -> tuple[LineScore, np.ndarray, State | None]:
+    """`line` as one stream, encoded and scored cfg.block_chars characters at a time with the state carried, so
+    memory holds one piece's ids (~30 bytes a character) whatever the line's length, not the whole line's.
+    `prev` (0 or 1 ids): the known character before it, its first input; `state`: the state before `prev`.
+    Returns its score, its last known id (else `prev`) for the next line, and the state before that id."""
+    enc = _Encoder(vocab)  # counts this line's unknown characters
+    nats = torch.zeros((), dtype=torch.float64, device=device)
+    scored = 0
+    for a in range(0, len(line), cfg.block_chars):
+        ids, _ = enc.encode(line[a : a + cfg.block_chars])  # (M,)
+        seq = np.concatenate([prev, ids])  # inputs seq[:-1], targets seq[1:]
+        for b in range(0, len(seq) - 1, T):  # T losses on the device at a time
+            losses, state = _losses(model, seq[None, b : b + T + 1], state, device, T, cfg.amp)  # (1, t)
+            nats += losses.sum(dtype=torch.float64)
+        scored += max(len(seq) - 1, 0)
+        prev = seq[-1:]
+    penalty = Score.empty(len(vocab), cfg.skip_unknown).unknown_penalty
+    return _line_score(line, float(nats.item()), scored, enc.unknown, vocab, penalty, cfg.skip_unknown), prev, state
 
 
 def _line_score(

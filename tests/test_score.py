@@ -9,8 +9,10 @@ import html
 import io
 import json
 import math
+import os
 import random
 import re
+import subprocess
 import sys
 
 import numpy as np
@@ -36,9 +38,15 @@ from charrnn.score import (
 )
 from charrnn.train import evaluate
 from charrnn.vocab import Vocab
-from tests.conftest import word_text
+from tests.conftest import REPO, word_text
+
+try:
+    import resource
+except ImportError:  # Windows
+    resource = None  # type: ignore[assignment]
 
 CPU = torch.device("cpu")
+CAN_LIMIT_MEMORY = hasattr(resource, "RLIMIT_AS") and os.path.exists("/proc/self/status")  # the child reads VmSize
 ONE_STREAM = ScoreConfig(num_streams=1)
 
 
@@ -233,6 +241,125 @@ def test_independent_lines_without_a_newline_in_the_vocabulary_start_from_a_zero
     assert [(line.chars, line.unknown) for line in lines] == [(4, 1), (3, 1), (1, 1)]
     assert lines[2].nats == pytest.approx(math.log(3))
     assert lines[0].unknown_chars == ("\n",)
+
+
+def long_line(seed: int) -> str:
+    """~5 k characters without a break, unknown ones inside and one run of them longer than a 700-character piece."""
+    words = word_text(150, seed=seed).replace("\n", " ")
+    return words[:1500] + "€" + words[1500:3000] + "ß" * 800 + words[3000:4200] + "é" + words[4200:] + "\n"
+
+
+def encoded_at_once(monkeypatch) -> list[int]:
+    """The length of every text that Vocab.lookup encodes from now on: what one step of scoring holds."""
+    sizes: list[int] = []
+    lookup = Vocab.lookup
+
+    def recording(self: Vocab, text: str):
+        sizes.append(len(text))
+        return lookup(self, text)
+
+    monkeypatch.setattr(Vocab, "lookup", recording)
+    return sizes
+
+
+def test_a_long_line_in_context_is_one_stream_scored_in_pieces(words, monkeypatch):
+    model, vocab = words
+    line = long_line(11)
+    text = word_text(3, seed=12) + line + word_text(3, seed=13)
+    whole_line = list(score_lines(model, vocab, [text], CPU))  # the long line encoded at once
+    sizes = encoded_at_once(monkeypatch)
+    cfg = ScoreConfig(block_chars=700, line_chunk=50)  # the long line: 8 pieces, the state carried across them
+    pieced = list(score_lines(model, vocab, pieces(text, 333), CPU, cfg))
+    assert max(sizes) <= 700 + 50  # never the long line whole: a piece, or a group of short lines
+    assert [x.text for x in pieced] == [x.text for x in whole_line] == text.splitlines(keepends=True)
+    assert [x.nats for x in pieced] == pytest.approx([x.nats for x in whole_line], rel=1e-6)
+    assert [(x.chars, x.unknown, x.unknown_chars) for x in pieced] == [
+        (x.chars, x.unknown, x.unknown_chars) for x in whole_line
+    ]
+    long = pieced[3]
+    assert (long.text, long.chars, long.unknown, long.unknown_chars) == (line, len(line), 802, ("€", "ß", "é"))
+    # first in the text, the line is the whole text scored as one stream
+    (first,) = score_lines(model, vocab, pieces(line, 333), CPU, cfg)
+    alone = score_text(model, vocab, [line], CPU, ONE_STREAM)
+    assert first.nats == pytest.approx(alone.total_nats, rel=1e-6)
+    assert first.chars == alone.chars == len(line) - 1
+
+
+def test_a_long_independent_line_is_one_stream_scored_in_pieces(words, monkeypatch):
+    model, vocab = words
+    line = long_line(14)
+    text = "the cat\n" + line + "a dog\n"
+    sizes = encoded_at_once(monkeypatch)
+    cfg = ScoreConfig(independent=True, block_chars=700)
+    got = list(score_lines(model, vocab, pieces(text, 333), CPU, cfg))
+    assert max(sizes) <= 2 * 700  # a piece of the long line, or a window of short lines
+    assert [x.text for x in got] == text.splitlines(keepends=True)
+    # from a fresh state primed with "\n": the line after a newline, scored as a whole text in one stream
+    alone = score_text(model, vocab, ["\n" + line], CPU, ONE_STREAM)
+    assert got[1].nats == pytest.approx(alone.total_nats, rel=1e-6)
+    assert (got[1].chars, got[1].unknown, got[1].unknown_chars) == (len(line), 802, ("€", "ß", "é"))
+    for short in (got[0], got[2]):  # the lines around it start fresh, untouched by it
+        (single,) = score_lines(model, vocab, [short.text], CPU, ScoreConfig(independent=True))
+        assert short.nats == pytest.approx(single.nats, rel=1e-6)
+
+
+# A child that scores one long line under an address-space limit: what it holds past its warmed-up size.
+# Measured (3 M characters, 64 kB reads, 256 k blocks): the whole text needs ~40 MB, a line in pieces ~35 MB,
+# and the line encoded at once (~37 bytes a character) ~115 MB.
+LONG_LINE_CHARS = 3_000_000
+HEADROOM = 72 << 20
+MEMORY_CHILD = """
+import json, resource, sys
+import torch
+torch.set_num_threads(1)
+from charrnn.model import CharRNN, ModelConfig
+from charrnn.score import ScoreConfig, read_text, score_lines, score_text
+from charrnn.vocab import Vocab
+
+path, headroom, independent = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "independent"
+cpu = torch.device("cpu")
+vocab = Vocab("ab \\n")
+torch.manual_seed(0)
+model = CharRNN(ModelConfig(vocab_size=len(vocab), hidden_size=8, num_layers=1)).eval()
+cfg = ScoreConfig(block_chars=1 << 18, seq_len=1024, independent=independent)  # 1024: fewer passes, faster
+whole_cfg = ScoreConfig(block_chars=1 << 18, seq_len=1024)
+for _ in range(2):  # warm up: the first passes' lazy allocations come before the limit
+    score_text(model, vocab, ["ab a\\nb ba\\n" * 50], cpu, whole_cfg)
+    list(score_lines(model, vocab, ["ab a\\nb ba\\n" * 50], cpu, cfg))
+with open("/proc/self/status") as f:
+    size = next(int(line.split()[1]) << 10 for line in f if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (size + headroom, resource.getrlimit(resource.RLIMIT_AS)[1]))
+out = {}
+try:
+    out["whole"] = score_text(model, vocab, read_text(path, 1 << 16), cpu, whole_cfg).total_nats
+    out["lines"] = [x.nats for x in score_lines(model, vocab, read_text(path, 1 << 16), cpu, cfg)]
+except MemoryError:
+    out["error"] = "MemoryError"
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(
+    not CAN_LIMIT_MEMORY,
+    reason="needs resource.RLIMIT_AS and /proc/self/status (Linux) to bound the address space",
+)
+@pytest.mark.parametrize("mode", ["in-context", "independent"])
+def test_a_long_line_scores_in_the_memory_that_the_whole_text_needs(tmp_path, mode):
+    path = tmp_path / "long.txt"
+    path.write_text("ab " * (LONG_LINE_CHARS // 3) + "\n", encoding="utf-8")
+    r = subprocess.run(
+        [sys.executable, "-c", MEMORY_CHILD, str(path), str(HEADROOM), mode],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "MALLOC_ARENA_MAX": "1"},  # one malloc arena: less reserved address space to limit
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    assert "error" not in out, "the long line ran out of memory where the whole text did not"
+    (nats,) = out["lines"]
+    assert nats == pytest.approx(out["whole"], rel=0.01)  # one stream, or 8 streams a block: about the same
 
 
 # ---- unknown characters -----------------------------------------------------------------------------
