@@ -86,7 +86,21 @@ class QuietStream:
         return getattr(self._get(), "encoding", None) or "utf-8"
 
 
-_stderr = QuietStream(lambda: sys.stderr if not isinstance(sys.stderr, QuietStream) else sys.__stderr__)
+def _current_stderr():
+    """The stream under sys.stderr: a test runner's capture, or the process's own stderr. Never a QuietStream or
+    a progress display's proxy (Rich's FileProxy writes back into the console, which writes here: a loop)."""
+    stream = sys.stderr
+    for _ in range(8):  # proxies nest at most a few deep; a cycle must not spin
+        if isinstance(stream, QuietStream):
+            return sys.__stderr__
+        proxied = getattr(stream, "rich_proxied_file", None)
+        if proxied is None:
+            return stream
+        stream = proxied
+    return sys.__stderr__
+
+
+_stderr = QuietStream(_current_stderr)
 err = Console(file=_stderr, highlight=False, soft_wrap=True)  # type: ignore[arg-type]  # a file-like stream  # log lines never wrap mid-line in files
 
 

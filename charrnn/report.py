@@ -140,7 +140,13 @@ class Reporter:
             yield line
             return
         with Progress(
-            TextColumn(escape(label)), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=self.console
+            TextColumn(escape(label)),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=self.console,
+            redirect_stdout=False,  # our stderr writes through to the terminal; a proxy there loops (#19)
+            redirect_stderr=False,
         ) as bar:
             task = bar.add_task(label, total=None)
             yield lambda done, total: bar.update(task, completed=done, total=total)
