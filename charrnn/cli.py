@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from charrnn.errors import CharRNNError, UsageError
+from charrnn.outputs import check_output, replace_atomically
 from charrnn.report import printable
 
 app = typer.Typer(
@@ -178,9 +179,11 @@ _click_style_help_types()
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """One sentence on stderr and the error's exit code, no traceback, for anything the user can fix."""
+    """One sentence on stderr and the error's exit code, no traceback, for anything the user can fix; SIGTERM and
+    SIGHUP stop the command as Ctrl-C does, so every writer's cleanup (its temp files) runs on the way out."""
     try:
-        yield
+        with _signals_interrupt():
+            yield
     except CharRNNError as e:
         err.print(f"[red]Error:[/red] {escape(str(e))}")
         raise typer.Exit(e.exit_code) from None
@@ -188,6 +191,28 @@ def user_errors() -> Iterator[None]:
         signum = getattr(e, "signum", signal.SIGINT)
         say(f"{signal.Signals(signum).name}: stopped; checkpoints already written are intact")
         raise typer.Exit(128 + signum) from None
+
+
+def _interrupt(signum: int, frame) -> None:
+    interrupt = KeyboardInterrupt()
+    interrupt.signum = signum  # type: ignore[attr-defined]  # user_errors exits with 128 + signum
+    raise interrupt
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt, as SIGINT does: by default they end the process at once, and a
+    half-written temp file stays behind. (Training's StopFlag installs its own handlers inside this.)"""
+    if threading.current_thread() is not threading.main_thread():  # signal.signal works in the main thread only
+        yield
+        return
+    others = [s for s in STOP_SIGNALS if s != signal.SIGINT]
+    previous = {s: signal.signal(s, _interrupt) for s in others}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 class OutputError(CharRNNError):
@@ -265,9 +290,7 @@ class StopFlag:
     def _handler(self, signum: int, frame) -> None:
         """The Python-level handler (main thread): before the loop, stop where we are."""
         if not self._armed:
-            interrupt = KeyboardInterrupt()
-            interrupt.signum = signum  # type: ignore[attr-defined]  # user_errors exits with 128 + signum
-            raise interrupt
+            _interrupt(signum, frame)
 
     def _watch(self, fd: int) -> None:
         while True:
@@ -909,6 +932,15 @@ ScoreHtml = Annotated[
 ]
 
 
+Force = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Replace the output file if it exists (never a checkpoint, a file in a run directory, or an input).",
+    ),
+]
+
+
 @app.command(epilog=SCORE_EPILOG)
 def score(
     args: ScoreArgs,
@@ -918,6 +950,7 @@ def score(
     json_out: ScoreJson = False,
     heatmap: ScoreHeatmap = False,
     html: ScoreHtml = None,
+    force: Force = False,
     device: SampleDevice = "auto",
     quiet: SampleQuiet = False,
 ) -> None:
@@ -932,16 +965,15 @@ def score(
             raise UsageError(
                 "--heatmap and --html score the text in context as a whole; leave out --per-line and --independent."
             )
-        if html is not None and not html.parent.is_dir():
-            raise UsageError(
-                f"--html {html}: the directory {html.parent} does not exist; create it or choose another path."
-            )
         cfg = ScoreConfig(skip_unknown=skip_unknown, independent=independent)
         chunks = read_text(source)
         # The first block decoded now: a missing, empty, binary or non-UTF-8 file fails before the model loads.
         chunks = itertools.chain([next(chunks)], chunks)
         dev = runtime.select_device(device)
         path = resolve_checkpoint(checkpoint)
+        if html is not None:
+            inputs = [path] + ([] if checkpoint is None else [checkpoint]) + ([] if source == "-" else [Path(source)])
+            check_output(html, "--html", inputs=inputs, force=force)
         model, bundle = load_model(path, dev)
         if not quiet:
             say(f"using {path} ({_progress_line(bundle.facts)})")
@@ -1007,12 +1039,9 @@ def _score_heatmap(model, vocab, chunks, device, heatmap: bool, html: Path | Non
 
     records = char_scores(model, vocab, collect_text(chunks), device)
     if html is not None:
-        try:
-            title = "standard input" if source == "-" else source
-            html.write_text(heatmap_html(records, title=title), encoding="utf-8")
-        except OSError as e:
-            raise CharRNNError(f"cannot write {html} ({e.strerror or e}); choose another --html path.") from None
-        say(f"wrote {html}")
+        page = heatmap_html(records, title="standard input" if source == "-" else source).encode("utf-8")
+        replace_atomically(html, lambda f: f.write(page))
+        say(f"wrote {shown(str(html))}")
     if heatmap:
         end = "" if records and records[-1].char == "\n" else "\n"
         write_out(rendered(heatmap_text(records), end=end))
@@ -1049,7 +1078,7 @@ PlotX = Annotated[str, typer.Option("--x", help="step, or time (wall clock; with
 
 
 @app.command(epilog=PLOT_EPILOG)
-def plot(runs: PlotRuns, output: PlotOutput = None, x: PlotX = "step") -> None:
+def plot(runs: PlotRuns, output: PlotOutput = None, x: PlotX = "step", force: Force = False) -> None:
     """Train and validation loss against step (or time) for one or more runs."""
     from charrnn import plot as plots
 
@@ -1057,7 +1086,7 @@ def plot(runs: PlotRuns, output: PlotOutput = None, x: PlotX = "step") -> None:
         if x not in ("step", "time"):
             raise UsageError(f"--x must be step or time, not {x!r}.")
         if output is not None:
-            written = plots.plot_runs(runs, output, x="time" if x == "time" else "step")
+            written = plots.plot_runs(runs, output, x="time" if x == "time" else "step", force=force)
             say(f"wrote {written}")
             return
         if x == "time":
@@ -1084,6 +1113,7 @@ def export(
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="The .safetensors file to write.")],
     dtype: Annotated[str, typer.Option(help="fp32, or fp16 / bf16 for a file half the size.")] = "fp32",
+    force: Force = False,
 ) -> None:
     """Write a model file that is safe to share: safetensors weights, with the config, vocabulary and provenance
     as metadata (no pickle, no optimizer state); sample, score, info and --init-from read it. Prints its path."""
@@ -1092,7 +1122,9 @@ def export(
 
     with user_errors(), reader_may_leave():
         check_options(output, dtype)
-        bundle = load_bundle(resolve_checkpoint(checkpoint))
+        source = resolve_checkpoint(checkpoint)
+        check_output(output, "--output", inputs=[checkpoint, source], force=force)
+        bundle = load_bundle(source)
         written = export_bundle(bundle, output, dtype)
         say(f"{written.stat().st_size:,} bytes ({dtype})")
         write_out(f"{written}\n")

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from rich.text import Text
 
 from charrnn.errors import CharRNNError, UsageError
+from charrnn.outputs import check_output, replace_atomically
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -179,7 +178,7 @@ def _number(value: object) -> float:
 # ---------------------------------------------------------------- figure files (matplotlib)
 
 
-def plot_runs(run_dirs: Sequence[Path | str], output: Path | str, *, x: XAxis = "step") -> Path:
+def plot_runs(run_dirs: Sequence[Path | str], output: Path | str, *, x: XAxis = "step", force: bool = False) -> Path:
     """Draw train (dashed) and validation (solid) loss of each run against step or wall-clock time into
     `output` (.png, .svg or .pdf), nats/char on the left axis and bits/char on the right. Returns `output`.
 
@@ -189,6 +188,7 @@ def plot_runs(run_dirs: Sequence[Path | str], output: Path | str, *, x: XAxis = 
         raise UsageError(f"cannot plot against {x!r}; use step or time.")
     output = Path(output)
     fmt = _output_format(output)
+    check_output(output, "--output", inputs=[Path(r) for r in run_dirs], force=force)  # README: files charrnn writes
     runs = load_runs(run_dirs)
     if not runs:
         raise UsageError("no run directory to plot; give at least one, such as checkpoints/NAME.")
@@ -286,35 +286,8 @@ def _finite_max(values: Sequence[float]) -> float:
 
 
 def _save_atomically(fig: Figure, output: Path, fmt: str) -> None:
-    """A temp file beside `output`, then os.replace: readers see the old file or the whole new one, never half.
-    No fsync: a plot is cheap to draw again, unlike a checkpoint."""
-    try:
-        fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise _write_error(output, exc) from None
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format=fmt)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a plot gets the usual permissions
-        os.replace(tmp, output)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise _write_error(output, exc) from None
-        raise
-
-
-def _write_error(output: Path, exc: OSError) -> CharRNNError:
-    return CharRNNError(
-        f"could not write {output} ({exc.strerror or exc}); free some disk space or fix the directory's permissions."
-    )
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """Readers see the old file or the whole new one, never half (outputs.replace_atomically)."""
+    replace_atomically(output, lambda f: fig.savefig(f, format=fmt))
 
 
 # ---------------------------------------------------------------- terminal drawings (Rich only)

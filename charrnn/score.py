@@ -441,8 +441,8 @@ def _lines_in_context(
     enc = _Encoder(vocab)
     for group in _groups(lines, cfg.line_chunk, cfg.block_chars):
         if len(group[0]) > cfg.block_chars:  # a group of its own
-            line, prev, state = _stream_line(model, vocab, group[0], prev, state, device, cfg, T)
-            yield line
+            scored, prev, state = _stream_line(model, vocab, group[0], prev, state, device, cfg, T)
+            yield scored
             continue
         ids, known = enc.encode("".join(group))  # (M,), (N,)
         line_of = np.repeat(np.arange(len(group)), [len(line) for line in group])  # (N,) each character's line

@@ -239,7 +239,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path, two_runs,
 
     monkeypatch.setattr(Figure, "savefig", full_disk)
     with pytest.raises(CharRNNError, match="No space left on device"):
-        plot_runs(two_runs, out / "loss.png")
+        plot_runs(two_runs, out / "loss.png", force=True)
     assert [p.name for p in out.iterdir()] == ["loss.png"]
     assert (out / "loss.png").read_bytes() == b"old plot"
 
