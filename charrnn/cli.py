@@ -26,6 +26,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from charrnn import stdin
 from charrnn.errors import CharRNNError, UsageError
 from charrnn.outputs import check_output, replace_atomically
 from charrnn.report import printable
@@ -646,6 +647,7 @@ def _train_config(options: dict, max_time_s: float | None):
     values = {name: options[name] for name in TRAIN_FIELDS if name != "max_time"}
     if values["seed"] is None:
         values["seed"] = runtime.draw_seed()
+    runtime.check_seed(values["seed"])  # from 0, as the README says (TrainConfig also takes older runs' seeds)
     return TrainConfig(**values, max_time=max_time_s)
 
 
@@ -801,7 +803,7 @@ def _read_prime(prime: str | None, vocab) -> str:
     """--prime's text ('-': standard input), every character of it in the model's vocabulary."""
     from charrnn.errors import CorpusError
 
-    text = sys.stdin.read() if prime == "-" else (prime or "")
+    text = stdin.read_text("--prime -") if prime == "-" else (prime or "")
     unknown = vocab.unknown(text)
     if unknown:
         listed = " ".join(repr(c) for c in unknown[:20])

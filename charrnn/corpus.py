@@ -54,7 +54,7 @@ from typing import BinaryIO
 import numpy as np
 from tqdm import tqdm
 
-from charrnn import corpora
+from charrnn import corpora, stdin
 from charrnn.errors import CorpusError
 from charrnn.rundir import MARKER_NAME
 from charrnn.vocab import Vocab
@@ -341,7 +341,7 @@ def _build_named(name: str, cache_dir: Path) -> Path:
 @contextmanager
 def _open_input(inp: _Input) -> Iterator[BinaryIO]:
     if inp.path is None:
-        yield sys.stdin.buffer  # not ours to close
+        yield stdin.binary("the corpus '-'")  # not ours to close
         return
     try:
         f = open(inp.path, "rb")

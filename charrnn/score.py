@@ -29,7 +29,6 @@ from __future__ import annotations
 import codecs
 import html
 import math
-import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from rich.text import Text
 
-from charrnn import runtime
+from charrnn import runtime, stdin
 from charrnn.errors import CorpusError, UsageError
 from charrnn.model import CharRNN, State
 from charrnn.vocab import MAX_LISTED, Vocab
@@ -203,7 +202,7 @@ def read_text(source: str | Path, chunk_bytes: int = READ_BYTES) -> Iterator[str
     leading BOM stripped. Opening fails at once (CorpusError); an empty, binary (NUL) or non-UTF-8 input raises
     CorpusError while iterating, at the chunk where it shows."""
     if str(source) == "-":
-        return decode_stream(sys.stdin.buffer, "standard input", chunk_bytes)
+        return decode_stream(stdin.binary("the text '-'"), "standard input", chunk_bytes)
     label = str(source)
     try:
         f = open(source, "rb")  # opened now, so a missing file fails before a model is loaded; _closing closes it

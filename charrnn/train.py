@@ -138,7 +138,7 @@ class TrainConfig:
                 )
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads must be at least 1, not {self.threads}.")
-        runtime.check_seed(self.seed)
+        runtime.check_seed(self.seed, minimum=runtime.RECORDED_MIN_SEED)  # a new run's: checked by the CLI
 
     def to_dict(self) -> dict:
         return asdict(self)
