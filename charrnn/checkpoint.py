@@ -38,7 +38,7 @@ from typing import BinaryIO
 import torch
 
 from charrnn import export
-from charrnn.errors import CheckpointError, CheckpointWriteError, UsageError
+from charrnn.errors import CharRNNError, CheckpointError, CheckpointWriteError, UsageError
 from charrnn.state import MODEL_KEYS, ModelBundle, check_format
 
 
@@ -520,6 +520,20 @@ def _inode(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return (st.st_dev, st.st_ino)
+
+
+def checkpoint_in(path: Path) -> Path:
+    """A checkpoint file as it is, or a run directory's best.pt (else last.pt): what sample, score, export and
+    --init-from take."""
+    path = Path(path)
+    if path.is_dir() and not path.suffix == ".pt":
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise CharRNNError(
+            f"{path} is a directory with no best.pt or last.pt; pass a checkpoint file or a run directory."
+        )
+    return path
 
 
 def find_latest_run(root: Path = Path("checkpoints")) -> Path:

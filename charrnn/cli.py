@@ -384,18 +384,9 @@ def given(ctx: typer.Context, name: str) -> bool:
 
 def resolve_checkpoint(path: Path | None) -> Path:
     """A checkpoint file, or a run directory (its best.pt, else last.pt), or the newest run's."""
-    from charrnn.checkpoint import find_latest_run
+    from charrnn.checkpoint import checkpoint_in, find_latest_run
 
-    if path is None:
-        return find_latest_run()
-    if path.is_dir() and not path.suffix == ".pt":
-        for name in ("best.pt", "last.pt"):
-            if (path / name).is_file():
-                return path / name
-        raise CharRNNError(
-            f"{path} is a directory with no best.pt or last.pt; pass a checkpoint file or a run directory."
-        )
-    return path
+    return find_latest_run() if path is None else checkpoint_in(path)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import torch
 
 from charrnn import runtime
 from charrnn.autosize import choose_model_size, dropout_for
-from charrnn.checkpoint import RunDir, load_bundle, verify_checkpoint
+from charrnn.checkpoint import RunDir, checkpoint_in, load_bundle, verify_checkpoint
 from charrnn.checks import RESUME_ADVICE
 from charrnn.corpus import Corpus, load_corpus
 from charrnn.errors import CharRNNError, CorpusError, UsageError
@@ -109,6 +109,7 @@ class TrainJob:
         if self.run_dir is not None:
             check_run_dir(self.run_dir, resume=self.resume, overwrite=self.overwrite)
         if self.init_from is not None:
+            self.init_from = checkpoint_in(self.init_from)  # a run directory: its best.pt, as sample takes it
             verify_checkpoint(self.init_from)
 
 
@@ -352,12 +353,34 @@ def _resume_config(job: TrainJob, state: TrainState, run_dir: Path) -> TrainConf
 
 def _check_resume_model(job: TrainJob, saved: ModelConfig, run_dir: Path) -> None:
     """Model flags given again on --resume must match the run's model: a new value is refused, not ignored."""
+    changed = _changed_model_flags(job, saved)
+    if changed:
+        raise UsageError(resume_conflict([flag for flag, _ in changed], run_dir))
+
+
+def _changed_model_flags(job: TrainJob, saved: ModelConfig, free: tuple[str, ...] = ()) -> list[tuple[str, object]]:
+    """(--flag, the checkpoint's value) for each model flag typed on the command line that disagrees with the
+    model in a checkpoint (--resume, --init-from): one rule, so a flag is never silently ignored. `free`: the
+    flags that may change."""
     given = {n: getattr(job.model, n) for n in MODEL_FIELDS if job.given is not None and n in job.given}
     if given.get("embed_size") == 0:  # 0 means "the hidden size", which is what the run stored
         given["embed_size"] = saved.hidden_size
-    changed = [f"--{n.replace('_', '-')}" for n, v in given.items() if v is not None and getattr(saved, n) != v]
+    return [
+        (f"--{n.replace('_', '-')}", getattr(saved, n))
+        for n, v in given.items()
+        if v is not None and n not in free and getattr(saved, n) != v
+    ]
+
+
+def _check_init_model(job: TrainJob, saved: ModelConfig) -> None:
+    changed = _changed_model_flags(job, saved, free=("dropout",))
     if changed:
-        raise UsageError(resume_conflict(changed, run_dir))
+        listed = ", ".join(f"{flag} (it has {value})" for flag, value in changed)
+        raise UsageError(
+            f"{listed} disagree{'s' if len(changed) == 1 else ''} with the model in {job.init_from}: --init-from "
+            "keeps its architecture (only --dropout may change); leave "
+            f"{'them' if len(changed) > 1 else 'it'} out, or train a new model without --init-from."
+        )
 
 
 def _fine_tune_start(corpus: Corpus, job: TrainJob) -> Start:
@@ -365,6 +388,7 @@ def _fine_tune_start(corpus: Corpus, job: TrainJob) -> Start:
     assert job.init_from is not None
     bundle = load_bundle(job.init_from)
     config = bundle.config
+    _check_init_model(job, config)
     if job.model.dropout is not None:
         config = replace(config, dropout=job.model.dropout)  # a training choice, free to change when fine-tuning
     ids = resolve_init_vocab(corpus, bundle.vocab)
