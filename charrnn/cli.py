@@ -793,13 +793,14 @@ def sample(
 def _read_prime(prime: str | None, vocab) -> str:
     """--prime's text ('-': standard input), every character of it in the model's vocabulary."""
     from charrnn.errors import CorpusError
+    from charrnn.vocab import listed
 
     text = stdin.read_text("--prime -") if prime == "-" else (prime or "")
     unknown = vocab.unknown(text)
     if unknown:
-        listed = " ".join(repr(c) for c in unknown[:20])
         raise CorpusError(
-            f"--prime has character(s) the model never saw: {listed}; remove them or train on text that has them."
+            f"--prime has character(s) the model never saw: {listed(unknown, ' ')}; remove them or train on text "
+            "that has them."
         )
     return text
 

@@ -57,7 +57,7 @@ from tqdm import tqdm
 from charrnn import corpora, stdin
 from charrnn.errors import CorpusError
 from charrnn.rundir import MARKER_NAME
-from charrnn.vocab import Vocab
+from charrnn.vocab import Vocab, quoted
 
 try:
     import fcntl
@@ -600,7 +600,7 @@ def _checked_vocab(seen: np.ndarray, described: str) -> Vocab:
         raise CorpusError(f"the corpus ({described}) contains only whitespace; give it some text to learn from.")
     if len(chars) == 1:
         raise CorpusError(
-            f"the corpus ({described}) has a single distinct character ({chars[0]!r}), so there is nothing to "
+            f"the corpus ({described}) has a single distinct character ({quoted(chars[0])}), so there is nothing to "
             "learn; give it real text."
         )
     return Vocab(chars)

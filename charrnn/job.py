@@ -30,7 +30,7 @@ from charrnn.report import format_duration
 from charrnn.rundir import check_run_dir, claim_run_dir
 from charrnn.state import ModelBundle, TrainState
 from charrnn.train import LIMITS, RESUME_OVERRIDABLE, TrainConfig, Trainer, TrainResult, check_corpus_size
-from charrnn.vocab import Vocab
+from charrnn.vocab import Vocab, listed
 
 Reporter = Callable[[str, dict], None]
 
@@ -303,8 +303,9 @@ def _check_sample_prime(cfg: TrainConfig, vocab: Vocab) -> None:
     preview. (A resumed run's vocabulary is its corpus's; a fine-tuned model's holds the corpus's.)"""
     unknown = vocab.unknown(cfg.sample_prime)
     if unknown:
-        listed = " ".join(repr(c) for c in unknown[:20])
-        raise UsageError(f"--sample-prime has character(s) the corpus does not: {listed}; remove them or leave it out.")
+        raise UsageError(
+            f"--sample-prime has character(s) the corpus does not: {listed(unknown, ' ')}; remove them or leave it out."
+        )
 
 
 def _read_resume(job: TrainJob, corpus: Corpus, run_dir: RunDir, report: Reporter) -> Resumed:
@@ -400,10 +401,9 @@ def resolve_init_vocab(corpus: Corpus, ckpt_vocab: Vocab) -> np.ndarray:
     """Re-encode the corpus ids into the checkpoint's vocabulary (for --init-from fine-tuning)."""
     missing = ckpt_vocab.unknown("".join(corpus.vocab.chars))
     if missing:
-        shown = ", ".join(repr(c) for c in missing[:20]) + (" …" if len(missing) > 20 else "")
         raise CorpusError(
             f"the corpus has {len(missing)} character(s) the --init-from checkpoint's vocabulary lacks "
-            f"({shown}); fine-tune on text that uses only its characters, or train from scratch."
+            f"({listed(missing)}); fine-tune on text that uses only its characters, or train from scratch."
         )
     stoi = {c: i for i, c in enumerate(ckpt_vocab.chars)}
     lut = np.array([stoi[c] for c in corpus.vocab.chars], dtype=ckpt_vocab.dtype)

@@ -58,12 +58,24 @@ def check_metrics_writable(path: Path) -> None:
         ) from None
 
 
+# Not control characters, yet they change what a terminal shows: bidi embeddings, overrides and isolates reorder
+# the text after them (U+202E shows "txt.exe" as "exe.txt"), and the line and paragraph separators break a line.
+_DISGUISING = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u2028\u2029")
+
+
 def printable(text: str, keep: str = "\n\t") -> str:
-    """Text safe for a terminal: control characters (a crafted ESC sequence could drive it) but those in `keep`
+    """Text safe for a terminal: control characters, C0 and C1 (a crafted ESC or CSI sequence could drive it),
+    bidi and line-separator characters, and lone surrogates (no UTF-8 stream can carry one), but those in `keep`,
     written as escapes; everything else, non-breaking spaces and emoji included, as it is."""
-    return "".join(
-        c if c in keep or unicodedata.category(c) != "Cc" else c.encode("unicode_escape").decode("ascii") for c in text
-    )
+    return "".join(_escaped(c) if c not in keep and _unsafe(c) else c for c in text)
+
+
+def _unsafe(c: str) -> bool:
+    return c in _DISGUISING or unicodedata.category(c) in ("Cc", "Cs")
+
+
+def _escaped(c: str) -> str:
+    return c.encode("unicode_escape").decode("ascii")
 
 
 def format_duration(seconds: float) -> str:

@@ -43,7 +43,7 @@ from rich.text import Text
 from charrnn import runtime, stdin
 from charrnn.errors import CorpusError, UsageError
 from charrnn.model import CharRNN, State
-from charrnn.vocab import MAX_LISTED, Vocab
+from charrnn.vocab import Vocab, listed
 
 READ_BYTES = 1 << 20  # bytes decoded at a time
 EVAL_LOGITS = 1 << 24  # logits scored at a time at most (64 MiB), whatever the vocabulary (training's evaluation too)
@@ -138,9 +138,7 @@ class Score:
         """One sentence on the characters outside the vocabulary and how they were scored; None without any."""
         if not self.unknown:
             return None
-        listed = ", ".join(repr(c) for c in self.unknown_chars[:MAX_LISTED])
-        more = " ..." if len(self.unknown_chars) > MAX_LISTED else ""
-        head = f"{self.unknown:,} character(s) are not in the model's vocabulary ({listed}{more})"
+        head = f"{self.unknown:,} character(s) are not in the model's vocabulary ({listed(self.unknown_chars)})"
         if self.skip_unknown:
             return head + "; they were skipped: neither scored nor counted."
         return (

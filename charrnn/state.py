@@ -38,9 +38,9 @@ from charrnn.checks import (
     require,
     require_dict,
 )
-from charrnn.errors import CheckpointError, CorpusError
+from charrnn.errors import CheckpointError
 from charrnn.model import CharRNN, ModelConfig, copy_weights, weight_shapes
-from charrnn.vocab import Vocab
+from charrnn.vocab import StoredVocabError, Vocab
 
 FORMAT_NAME = "charrnn"
 FORMAT_VERSION = 1
@@ -207,8 +207,8 @@ class ModelBundle:
 def _vocab(d: dict, path, advice: str) -> Vocab:
     try:
         return Vocab.from_dict(d.get("vocab"))  # type: ignore[arg-type]  # from_dict checks the type
-    except CorpusError:
-        raise field_error(path, "vocab", "is not a sorted list of distinct single characters", advice) from None
+    except StoredVocabError as exc:
+        raise field_error(path, "vocab", exc.problem, advice) from None
 
 
 # ---------------------------------------------------------------- the run

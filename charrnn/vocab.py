@@ -3,13 +3,41 @@ sampling and scoring encode and decode with it; none of them needs the others' i
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from charrnn.errors import CorpusError
+from charrnn.report import printable
 
 MAX_LISTED = 20  # unknown characters named in one error message
+NOT_SORTED = "is not a sorted list of distinct single characters"
+SURROGATES = (0xD800, 0xDFFF)  # code points of lone surrogates: no UTF-8 text can hold one
+
+
+class StoredVocabError(CorpusError):
+    """A stored vocabulary that cannot be used. `problem` ("holds ...") is the short form that a checkpoint's
+    load error puts after the file's name and field."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"the stored vocabulary {problem}; it is corrupt or foreign.")
+        self.problem = problem
+
+
+def quoted(c: str) -> str:
+    """One character for a message on stderr, quoted, and escaped by report.printable: a vocabulary or a text may
+    hold ESC, a C1 control or a bidi override, which must never reach a terminal raw."""
+    mark = '"' if c == "'" else "'"
+    return f"{mark}{printable(c, keep='')}{mark}"
+
+
+def listed(chars: Sequence[str], sep: str = ", ") -> str:
+    """The first MAX_LISTED of `chars`, each quoted(), and ' ...' when there are more."""
+    return sep.join(quoted(c) for c in chars[:MAX_LISTED]) + (" ..." if len(chars) > MAX_LISTED else "")
+
+
+def code_point(c: str) -> str:
+    return f"U+{ord(c):04X}"
 
 
 class Vocab:
@@ -60,9 +88,8 @@ class Vocab:
         ids, known, _ = self.lookup(text)
         if not known.all():
             unknown = self.unknown(text)
-            listed = ", ".join(repr(c) for c in unknown[:MAX_LISTED]) + (" ..." if len(unknown) > MAX_LISTED else "")
             raise CorpusError(
-                f"{len(unknown)} character(s) are not in the model's vocabulary ({listed}); "
+                f"{len(unknown)} character(s) are not in the model's vocabulary ({listed(unknown)}); "
                 "use only characters that occur in the training corpus."
             )
         return ids
@@ -82,11 +109,23 @@ class Vocab:
 
     @classmethod
     def from_dict(cls, d: dict) -> Vocab:
+        """A stored vocabulary, refused (StoredVocabError) unless the model could read and write every character."""
         chars = d.get("chars") if isinstance(d, dict) else None
         if not isinstance(chars, list) or any(not isinstance(c, str) or len(c) != 1 for c in chars):
-            raise CorpusError("the stored vocabulary is not a list of single characters; it is corrupt or foreign.")
+            raise StoredVocabError(NOT_SORTED)
         vocab = cls(chars)
         if vocab.chars != chars:
             # Ids are positions, so re-sorting a foreign list would silently scramble every id.
-            raise CorpusError("the stored vocabulary is not sorted and distinct; it is corrupt or foreign.")
+            raise StoredVocabError(NOT_SORTED)
+        vocab._refuse_surrogates()
         return vocab
+
+    def _refuse_surrogates(self) -> None:
+        """Checked on load: a lone surrogate sampled fails mid-stream at its first write to stdout, and a corpus
+        read as strict UTF-8 never holds one, so such a vocabulary was edited in, not trained."""
+        lo, hi = np.searchsorted(self._codes, SURROGATES[0]), np.searchsorted(self._codes, SURROGATES[1], "right")
+        bad = self.chars[lo:hi]
+        if bad:
+            named = ", ".join(code_point(c) for c in bad[:MAX_LISTED]) + (" ..." if len(bad) > MAX_LISTED else "")
+            what = "a lone surrogate" if len(bad) == 1 else f"{len(bad)} lone surrogates"
+            raise StoredVocabError(f"holds {what} ({named}), which no UTF-8 text can carry")
