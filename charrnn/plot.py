@@ -5,7 +5,8 @@ metrics.jsonl holds one JSON object per evaluation (report.append_metrics): step
 (null when it was NaN), val_bpc, lr, chars_per_sec, elapsed_s. It is appended to by every run and every resume,
 so a reader meets what crashes and resumes leave behind:
 - a torn last line (killed mid-write), or a torn line in the middle once a resume has appended after it;
-- steps that go back: a resume from an earlier checkpoint (the newest was damaged) evaluates the same steps again.
+- steps that go back: a resume from an earlier checkpoint (the newest was damaged) evaluates the same steps again;
+- a row that is not a flat object of finite numbers, which only damage or a crafted file can hold.
 Unreadable lines are skipped and counted, and a step that goes back replaces the history from that step on, so
 the curve is the one that led to the run's current checkpoints.
 """
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 METRICS_NAME = "metrics.jsonl"
+# Larger than any step, loss, rate or time a run records, and far inside what float arithmetic and matplotlib
+# draw: a value past it can only be crafted, and 1e308 - (-1e308) already overflows.
+MAX_MAGNITUDE = 1e15
 LN2 = math.log(2)
 FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 XAxis = Literal["step", "time"]
@@ -156,11 +160,14 @@ def _records(text: str) -> tuple[list[dict], int]:
 
 
 def _parse(line: str) -> dict | None:
+    """One evaluation, or None for a line that is not one: torn, or not a flat object of finite numbers (null
+    where train.py wrote a NaN) with a whole step. Whatever a crafted line holds (nesting deep enough to exhaust
+    the stack, 1e308, a 4000-digit step, Infinity) it is skipped here, so no drawing ever overflows."""
     try:
-        record = json.loads(line)
-    except ValueError:  # a torn line, or one that a resume appended onto a torn line
+        record = json.loads(line, parse_constant=_not_a_number)
+    except (ValueError, RecursionError):  # a torn line, one appended onto a torn line, or a crafted one
         return None
-    if not isinstance(record, dict):
+    if not isinstance(record, dict) or not all(v is None or _is_finite_number(v) for v in record.values()):
         return None
     step = record.get("step")
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
@@ -168,11 +175,19 @@ def _parse(line: str) -> dict | None:
     return record
 
 
-def _number(value: object) -> float:
-    """A float, or NaN for null, a missing key or anything that is not a number."""
+def _not_a_number(constant: str) -> float:
+    raise ValueError(f"{constant} is not a finite number")
+
+
+def _is_finite_number(value: object) -> bool:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        return math.nan
-    return float(value)
+        return False
+    return abs(value) <= MAX_MAGNITUDE  # False for NaN too
+
+
+def _number(value: object) -> float:
+    """A float, or NaN for null or a missing key (_parse let nothing else through)."""
+    return math.nan if value is None else float(value)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- figure files (matplotlib)
