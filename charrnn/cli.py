@@ -186,7 +186,9 @@ def user_errors() -> Iterator[None]:
         with _signals_interrupt():
             yield
     except CharRNNError as e:
-        err.print(f"[red]Error:[/red] {escape(str(e))}")
+        # Escaped once more here, newlines too: whatever text an error carries (a server's, a file's), the
+        # terminal gets one line and no raw control character.
+        err.print(f"[red]Error:[/red] {escape(printable(str(e), keep=''))}")
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt as e:  # Ctrl-C outside the training loop
         signum = getattr(e, "signum", signal.SIGINT)

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 from charrnn import __version__
 from charrnn.errors import CorpusError
+from charrnn.report import printable
 
 try:
     import fcntl
@@ -45,6 +46,7 @@ Progress = Callable[[int, int | None], None]  # (bytes done, bytes in all or Non
 DEFAULT_TIMEOUT = 30.0  # seconds to connect, and to wait for each read: a dead server fails instead of hanging
 _CHUNK = 1 << 20  # bytes per read and per progress report
 _HASH_CHUNK = 8 << 20
+_SHOWN_CHARS = 200  # of text a server chose, in one message
 
 
 @dataclass(frozen=True)
@@ -103,13 +105,14 @@ REGISTRY: dict[str, NamedCorpus] = {
         ),
         # Size and SHA-256: huggingface/datasets, datasets/enwik8/dataset_infos.json (download_checksums), and the
         # same pair in independent download scripts (e.g. Julia DataDeps registrations). The member's 10^8 bytes
-        # are the Hutter Prize definition of enwik8.
+        # are the Hutter Prize definition of enwik8. The host serves https too (public download scripts fetch these
+        # URLs); the pin, not the transport, is what vouches for the bytes.
         NamedCorpus(
             "enwik8",
             "the first 100,000,000 bytes of the English Wikipedia XML dump of 3 March 2006 (the Hutter Prize file): "
             "prose, wiki markup and many scripts",
             "Wikipedia text (GNU FDL when dumped; CC BY-SA since 2009), from mattmahoney.net/dc/textdata.html",
-            url="http://mattmahoney.net/dc/enwik8.zip",
+            url="https://mattmahoney.net/dc/enwik8.zip",
             size=36_445_475,
             sha256="547994d9980ebed1288380d652999f38a14fe291a6247c157c3d33d4932534bc",
             member="enwik8",
@@ -121,7 +124,7 @@ REGISTRY: dict[str, NamedCorpus] = {
             "text8",
             "enwik8's text cleaned to lowercase a-z and single spaces (27 characters), 100,000,000 characters",
             "Wikipedia text (GNU FDL when dumped; CC BY-SA since 2009), from mattmahoney.net/dc/textdata.html",
-            url="http://mattmahoney.net/dc/text8.zip",
+            url="https://mattmahoney.net/dc/text8.zip",
             size=31_344_016,
             sha256="a6640522afe85d1963ad56c05b0ede0a0c000dddc9671758a6cc09b7a38e5232",
             member="text8",
@@ -302,8 +305,8 @@ def _open(corpus: NamedCorpus, have: int, timeout: float) -> http.client.HTTPRes
         if err.code == 416 and have:  # our .part ends at or past the end of what the server has now
             raise _Restart from None
         raise CorpusError(
-            f"the server answered HTTP {err.code} ({err.reason}) for {corpus.url}; the corpus {corpus.name} may have "
-            "moved, so try again later, and report it if it persists."
+            f"the server answered HTTP {err.code} ({_outside(err.reason)}) for {corpus.url}; the corpus {corpus.name} "
+            "may have moved, so try again later, and report it if it persists."
         ) from None
     except urllib.error.URLError as err:
         raise _unreachable(corpus, err.reason, timeout) from None
@@ -435,8 +438,16 @@ def _cut_off(corpus: NamedCorpus, done: int, total: int | None, why: str) -> Cor
 
 def _reason(reason: object) -> str:
     if isinstance(reason, OSError) and reason.strerror:
-        return reason.strerror
-    return str(reason) or type(reason).__name__
+        return _outside(reason.strerror)
+    return _outside(reason) or type(reason).__name__
+
+
+def _outside(text: object) -> str:
+    """Text from outside (a reason phrase, a garbage status line, urllib's three-line redirect-loop message) for
+    a one-line message: every control character escaped by report.printable, newlines too, and cut to
+    _SHOWN_CHARS, so no byte a server chooses reaches a terminal raw."""
+    shown = printable(str(text).strip(), keep="")
+    return shown if len(shown) <= _SHOWN_CHARS else shown[:_SHOWN_CHARS] + "…"
 
 
 # ---- unpack ------------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ short timeout, so a broken server fails a test instead of hanging it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import http.server
@@ -14,6 +15,7 @@ import io
 import re
 import socket
 import threading
+import unicodedata
 import zipfile
 from collections import namedtuple
 from dataclasses import dataclass, field
@@ -142,7 +144,7 @@ def test_every_entry_is_described_licensed_and_pinned():
         assert entry.description and "\n" not in entry.description and entry.licence
         if entry.builtin:
             continue
-        assert entry.url.startswith(("http://", "https://")) and entry.sha256 and not entry.unpinned
+        assert entry.url.startswith("https://") and entry.sha256 and not entry.unpinned  # the pin guards content
         assert entry.size > 0 and entry.text_size > 0
         assert (entry.member is None) == (entry.size == entry.text_size)  # a plain text file is its own text
     enwik8 = corpora.REGISTRY["enwik8"]
@@ -415,3 +417,99 @@ def test_a_missing_file_names_the_corpora_and_how_to_list_them(tmp_path, cache):
         load_corpus([str(tmp_path / "nope.txt")])
     message = one_sentence(err)
     assert "tiny-shakespeare" in message and "enwik8" in message and "charrnn corpus list" in message
+
+
+# ---- bytes the server chooses (#19 item 8) -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def raw_server():
+    """A server on 127.0.0.1 that answers every request with the raw bytes the test gives it, whatever they are;
+    yields a function that takes those bytes and returns the server's URL."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    reply: list[bytes] = [b""]
+    stop = threading.Event()
+
+    def answer() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                with contextlib.suppress(OSError):
+                    request = b""
+                    while b"\r\n\r\n" not in request and (chunk := conn.recv(4096)):
+                        request += chunk
+                    conn.sendall(reply[0])
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+
+    def serve(raw: bytes) -> str:
+        reply[0] = raw
+        return f"http://127.0.0.1:{listener.getsockname()[1]}/corpus.txt"
+
+    yield serve
+    stop.set()
+    thread.join(timeout=5)
+    listener.close()
+
+
+SERVER_CHOSEN = {
+    "a reason phrase that clears the screen": (
+        b"HTTP/1.1 503 Busy\x1b[2J\x1b]0;owned\x07 now\r\nContent-Length: 0\r\n\r\n"
+    ),
+    "a status line of garbage with a NUL": b"\x00\x1b[31mGARBAGE\r\nsecond line\r\n\r\n",
+    "a redirect loop": b"HTTP/1.1 302 Found\x1b[2J\r\nLocation: /corpus.txt\r\nContent-Length: 0\r\n\r\n",
+    "a very long reason phrase": b"HTTP/1.1 500 " + b"x\x1b[1m" * 4000 + b"\r\nContent-Length: 0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("kind", SERVER_CHOSEN)
+def test_what_a_server_sends_is_shown_escaped_on_one_line(raw_server, cache, monkeypatch, kind):
+    url = raw_server(SERVER_CHOSEN[kind])
+    entry = NamedCorpus("tiny", "d", "l", url=url, size=3, sha256=sha256(b"abc"))
+    monkeypatch.setitem(corpora.REGISTRY, "tiny", entry)
+    with pytest.raises(CorpusError) as err:
+        corpora.get("tiny", timeout=TIMEOUT)
+    message = one_sentence(err)
+    assert not any(unicodedata.category(c) == "Cc" for c in message), repr(message)
+    assert "\\x1b" in message  # shown, escaped: the reader can see what the server sent
+    assert len(message) < 1000
+    assert leftovers(cache, "tiny") == []
+
+
+def test_the_cli_shows_a_server_reason_escaped(raw_server, cache, monkeypatch):
+    """The whole path to the terminal: user_errors writes the CorpusError, and no raw byte survives it."""
+    from typer.testing import CliRunner
+
+    from charrnn.cli import app
+
+    url = raw_server(SERVER_CHOSEN["a reason phrase that clears the screen"])
+    monkeypatch.setitem(corpora.REGISTRY, "tiny", NamedCorpus("tiny", "d", "l", url=url, size=3, sha256=sha256(b"abc")))
+    result = CliRunner().invoke(app, ["corpus", "get", "tiny"])
+    assert result.exit_code == 1
+    assert "answered HTTP 503" in result.stderr
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr
+    assert "Busy\\x1b[2J" in result.stderr
+    assert result.stdout == ""
+
+
+def test_an_error_message_from_any_source_reaches_stderr_escaped(monkeypatch):
+    """user_errors is the last guard: whatever text a CharRNNError carries, stderr gets it on one line, escaped."""
+    from typer.testing import CliRunner
+
+    from charrnn import cli
+
+    def crafted(name, **kwargs):
+        raise CorpusError("the mirror said \x1b[2Jhello\nand \x00 more.")
+
+    monkeypatch.setattr(corpora, "get", crafted)
+    result = CliRunner().invoke(cli.app, ["corpus", "get", "tiny-shakespeare"])
+    assert result.exit_code == 1
+    assert "\x1b" not in result.stderr and "\x00" not in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "said \\x1b[2Jhello\\nand \\x00 more." in result.stderr
