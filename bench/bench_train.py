@@ -29,7 +29,7 @@ from charrnn.corpus import load_corpus  # noqa: E402
 from charrnn.job import train  # noqa: E402
 from charrnn.model import ModelConfig  # noqa: E402
 from charrnn.report import Reporter  # noqa: E402
-from charrnn.train import TrainConfig  # noqa: E402
+from charrnn.training import TrainConfig  # noqa: E402
 
 
 def plain_loop(

@@ -71,7 +71,7 @@ from charrnn.job import train  # noqa: E402
 from charrnn.model import ModelConfig  # noqa: E402
 from charrnn.report import Reporter  # noqa: E402
 from charrnn.sample import SampleConfig, Stepper, _Loop, generate  # noqa: E402
-from charrnn.train import MAX_LOGITS, TrainConfig, TrainResult, evaluate  # noqa: E402
+from charrnn.training import MAX_LOGITS, TrainConfig, TrainResult, evaluate  # noqa: E402
 
 # torch-rnn's published 2x512 LSTM training speed on a 2015 GTX Titan X, as issue 13 quotes it; the issue aims
 # for 10x that.

@@ -34,7 +34,7 @@ from bench.common import bench_corpus_path, machine  # noqa: E402
 from charrnn.checkpoint import load_model  # noqa: E402
 from charrnn.corpus import load_corpus  # noqa: E402
 from charrnn.data import split  # noqa: E402
-from charrnn.train import evaluate  # noqa: E402
+from charrnn.training import evaluate  # noqa: E402
 
 
 def train_command(corpus_path: str, max_time: str, run_dir: Path, seed: int, *extra: str) -> list[str]:

@@ -13,7 +13,6 @@ import io
 import itertools
 import math
 import os
-import re
 import signal
 import sys
 import threading
@@ -364,18 +363,13 @@ def _last_words(text: str) -> None:
 
 
 def parse_duration(text: str | None) -> float | None:
-    """'90s', '10m', '2h', '1h30m' or plain seconds -> seconds."""
-    if text is None:
-        return None
-    s = text.strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", s):
-        return float(s)
-    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", s)
-    if not parts or "".join(n + u for n, u in parts) != s.replace(" ", ""):
-        raise typer.BadParameter(
-            f"{text!r} is not a duration; use e.g. 90s, 10m, 2h or 1h30m (a bare number is seconds)."
-        )
-    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+    """report.parse_duration, a bad duration reported as Click reports a bad value."""
+    from charrnn import report
+
+    try:
+        return report.parse_duration(text)
+    except UsageError as e:
+        raise typer.BadParameter(str(e)) from None
 
 
 def given(ctx: typer.Context, name: str) -> bool:
@@ -614,34 +608,23 @@ def train(
 
 
 def _train_job(ctx: typer.Context, options: dict, started: float):
-    """The `train` flags as a TrainJob: each maps one-to-one onto a field of its config."""
-    from charrnn import job
+    """The `train` flags as the TrainJob that charrnn.training() builds too: each maps one-to-one onto a field of
+    its config; a seed left out is drawn there, so the run can print it."""
+    from charrnn import api
 
-    return job.TrainJob(
-        sources=list(options["corpus"] or []),
-        train=_train_config(options, parse_duration(options["max_time"])),
-        model=job.ModelOptions(**{name: options[name] for name in job.MODEL_FIELDS}),
-        run_dir=options["run_dir"],
-        resume=options["resume"],
-        overwrite=options["overwrite"],
-        init_from=options["init_from"],
-        given={name for name in TRAIN_FIELDS + job.MODEL_FIELDS if given(ctx, name)},
+    names = TRAIN_FIELDS + api.MODEL_OPTIONS
+    return api.train_job(
+        options["corpus"] or None,
+        options["run_dir"],
+        options["resume"],
+        options["overwrite"],
+        options["init_from"],
+        {name: options[name] for name in names} | {"max_time": parse_duration(options["max_time"])},
+        given={name for name in names if given(ctx, name)},
+        started=started,
         verbose=options["verbose"],
         show_progress=not options["quiet"],
-        started=started,
     )
-
-
-def _train_config(options: dict, max_time_s: float | None):
-    """The TrainConfig of the `train` flags; a seed left out is drawn here, so the run can print it."""
-    from charrnn import runtime
-    from charrnn.train import TrainConfig
-
-    values = {name: options[name] for name in TRAIN_FIELDS if name != "max_time"}
-    if values["seed"] is None:
-        values["seed"] = runtime.draw_seed()
-    runtime.check_seed(values["seed"])  # from 0, as the README says (TrainConfig also takes older runs' seeds)
-    return TrainConfig(**values, max_time=max_time_s)
 
 
 def _report_result(result, train_job) -> None:
@@ -753,16 +736,8 @@ def sample(
     """Stream text from a trained checkpoint to stdout."""
     import torch
 
-    from charrnn import runtime
-    from charrnn.checkpoint import load_model
-    from charrnn.sample import (
-        BeamConfig,
-        SampleConfig,
-        beam_search,
-        check_precision_on,
-        generate,
-        refuse_sampling_controls,
-    )
+    from charrnn import api, runtime
+    from charrnn.sample import BeamConfig, SampleConfig, check_precision_on, refuse_sampling_controls
 
     with user_errors(), reader_may_leave():
         cfg: SampleConfig | BeamConfig
@@ -778,32 +753,24 @@ def sample(
         dev = runtime.select_device(device)
         check_precision_on(cfg.precision, dev)
         path = resolve_checkpoint(checkpoint)
-        model, bundle = load_model(path, dev)
-        vocab = bundle.vocab
-        text = _read_prime(prime, vocab)
+        model = api.Model.from_file(path, dev, cfg.precision)
+        text = _read_prime(prime, model.bundle.vocab)
         if not quiet:
-            _announce(path, bundle, cfg, seed_drawn=beam is None and not given(ctx, "seed"), device=dev)
-        prime_ids = [int(i) for i in vocab.encode(text or vocab.start())]  # an unprinted start when no prime
+            _announce(path, model.bundle, cfg, seed_drawn=beam is None and not given(ctx, "seed"), device=dev)
         with torch.inference_mode():
             if isinstance(cfg, BeamConfig):
-                stream_beams(beam_search(model, prime_ids, cfg, dev), text, vocab, quiet)
+                stream_beams(model.beam_events(text, cfg), text, model.bundle.vocab, quiet)
             else:
                 said = None if quiet else _say_precision
-                stream_samples(generate(model, prime_ids, cfg, dev, on_precision=said), text, vocab, num_samples)
+                stream_samples(model.sample_blocks(text, cfg, said), text, model.bundle.vocab, num_samples)
 
 
 def _read_prime(prime: str | None, vocab) -> str:
     """--prime's text ('-': standard input), every character of it in the model's vocabulary."""
-    from charrnn.errors import CorpusError
-    from charrnn.vocab import listed
+    from charrnn.api import check_prime_text
 
     text = stdin.read_text("--prime -") if prime == "-" else (prime or "")
-    unknown = vocab.unknown(text)
-    if unknown:
-        raise CorpusError(
-            f"--prime has character(s) the model never saw: {listed(unknown, ' ')}; remove them or train on text "
-            "that has them."
-        )
+    check_prime_text(text, vocab)
     return text
 
 

@@ -4,7 +4,7 @@
         -> (resume: the run's checkpoint, read once the directory is locked; without a corpus argument its
             sources are read before, to find the corpus) -> torchrun, device, threads -> the model size -> Trainer
 
-Each decision is made here exactly once and handed on; train.py's Trainer receives a ready `Setup` and only
+Each decision is made here exactly once and handed on; training.py's Trainer receives a ready `Setup` and only
 builds the model, the optimizer and the loop from it.
 """
 
@@ -29,7 +29,7 @@ from charrnn.model import ModelConfig
 from charrnn.report import format_duration
 from charrnn.rundir import check_run_dir, claim_run_dir
 from charrnn.state import ModelBundle, TrainState
-from charrnn.train import LIMITS, RESUME_OVERRIDABLE, TrainConfig, Trainer, TrainResult, check_corpus_size
+from charrnn.training import LIMITS, RESUME_OVERRIDABLE, TrainConfig, Trainer, TrainResult, check_corpus_size
 from charrnn.vocab import Vocab, listed
 
 Reporter = Callable[[str, dict], None]

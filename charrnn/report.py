@@ -1,6 +1,6 @@
 """The stderr side of training: a Rich progress bar in a terminal, plain periodic lines otherwise, metrics.jsonl.
 
-train.py reports events through a callback (`reporter(event, info)`); this module decides how they look.
+training.py reports events through a callback (`reporter(event, info)`); this module decides how they look.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +26,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from charrnn.errors import CheckpointWriteError
+from charrnn.errors import CheckpointWriteError, UsageError
 
 
 def append_metrics(path: Path, record: dict) -> None:
@@ -76,6 +77,19 @@ def _unsafe(c: str) -> bool:
 
 def _escaped(c: str) -> str:
     return c.encode("unicode_escape").decode("ascii")
+
+
+def parse_duration(text: str | None) -> float | None:
+    """'90s', '10m', '2h', '1h30m' or plain seconds -> seconds (None: None)."""
+    if text is None:
+        return None
+    s = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", s):
+        return float(s)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", s)
+    if not parts or "".join(n + u for n, u in parts) != s.replace(" ", ""):
+        raise UsageError(f"{text!r} is not a duration; use e.g. 90s, 10m, 2h or 1h30m (a bare number is seconds).")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
 
 
 def format_duration(seconds: float) -> str:

@@ -172,8 +172,16 @@ class LineScore:
     unknown_chars: tuple[str, ...] = ()
 
     @property
+    def nats_per_char(self) -> float:
+        return self.nats / self.chars if self.chars else math.nan
+
+    @property
     def bits_per_char(self) -> float:
-        return self.nats / self.chars / LN2 if self.chars else math.nan
+        return self.nats_per_char / LN2
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.nats_per_char)
 
     def tsv(self) -> str:
         """`bpc<TAB>nats<TAB>chars<TAB>line`, the line without its line break, and no newline at the end."""

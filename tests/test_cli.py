@@ -347,7 +347,7 @@ def test_the_train_flags_defaults_are_the_configs_defaults():
 
     from charrnn import cli
     from charrnn.job import ModelOptions
-    from charrnn.train import TrainConfig
+    from charrnn.training import TrainConfig
 
     params = inspect.signature(cli.train).parameters
     drawn_or_parsed = {"seed", "max_time"}  # drawn at random when left out; a duration string on the command line

@@ -25,7 +25,7 @@ import torch
 from charrnn import runtime
 from charrnn.checkpoint import load_checkpoint
 from charrnn.model import CharRNN, ModelConfig
-from charrnn.train import TrainConfig
+from charrnn.training import TrainConfig
 from tests.conftest import charrnn_cmd, cli, flags, spawn, wait_for_line, word_text
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")

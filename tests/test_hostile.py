@@ -24,7 +24,7 @@ from charrnn.checks import MAX_TEXT, check_resume_state
 from charrnn.errors import CheckpointError
 from charrnn.state import RunFacts
 from charrnn.step import make_optimizer
-from charrnn.train import TrainConfig
+from charrnn.training import TrainConfig
 from tests.conftest import word_text
 
 TRAIN = [

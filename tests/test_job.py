@@ -9,7 +9,7 @@ from charrnn import job
 from charrnn.corpus import load_corpus
 from charrnn.errors import UsageError
 from charrnn.job import ModelOptions, TrainJob, prepared
-from charrnn.train import TrainConfig
+from charrnn.training import TrainConfig
 from tests.conftest import word_text
 
 

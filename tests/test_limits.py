@@ -16,7 +16,7 @@ import torch
 
 from charrnn import sample as sample_mod
 from charrnn import score as score_mod
-from charrnn import train as train_mod
+from charrnn import training as train_mod
 from charrnn.data import min_corpus_chars, min_train_chars
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.sample import MAX_HELD_CHARS, MAX_NUM_SAMPLES
@@ -220,7 +220,7 @@ def test_evaluation_bounds_its_logits_whatever_the_vocabulary(monkeypatch):
 EVAL_UNDER_LIMIT = """
 import resource, sys
 import numpy as np, torch
-from charrnn import score, train
+from charrnn import score, training as train
 from charrnn.model import CharRNN, ModelConfig
 if sys.argv[1] == "unbounded":
     score.EVAL_LOGITS = 1 << 62  # the old behaviour: a pass of seq_len positions of every stream, whatever V is

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from charrnn.checkpoint import load_checkpoint
-from charrnn.train import TrainConfig
+from charrnn.training import TrainConfig
 from tests.conftest import REPO, TINY_TRAIN, cli, cli_env, cli_start, flags, wait_for_line, word_text
 from tests.test_cli import assert_one_error, digest, run
 

@@ -27,7 +27,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def record(step: int, val: float | None, train: float | None = None, elapsed: float | None = None) -> dict:
-    """One evaluation as train.py writes it."""
+    """One evaluation as training.py writes it."""
     return {
         "step": step,
         "epoch": step / 1000,

@@ -8,7 +8,7 @@ import json
 import torch
 
 from charrnn.model import CharRNN, ModelConfig
-from charrnn.train import preview_text
+from charrnn.training import preview_text
 from charrnn.vocab import Vocab
 from tests.conftest import TINY_TRAIN, cli
 

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import charrnn.train as train_mod
+import charrnn.training as train_mod
 from charrnn.checkpoint import load_checkpoint, save_checkpoint
 from charrnn.cli import StopFlag
 from charrnn.corpus import load_corpus
 from charrnn.errors import CorpusError, DivergedError
 from charrnn.job import ModelOptions, TrainJob, prepared, train
 from charrnn.model import ModelConfig
-from charrnn.train import TrainConfig
+from charrnn.training import TrainConfig
 from tests.conftest import cli, cli_env, cli_start, flags, tiny_train_config, wait_for_line, word_text
 
 N_STEPS = 40

@@ -36,7 +36,7 @@ from charrnn.score import (
     score_lines,
     score_text,
 )
-from charrnn.train import evaluate
+from charrnn.training import evaluate
 from charrnn.vocab import Vocab
 from tests.conftest import REPO, word_text
 

@@ -22,7 +22,7 @@ from charrnn.state import (
     check_format,
     checkpoint_dict,
 )
-from charrnn.train import TrainConfig
+from charrnn.training import TrainConfig
 from charrnn.vocab import Vocab
 
 FORMAT1 = Path(__file__).resolve().parent / "fixtures" / "format1" / "best.pt"

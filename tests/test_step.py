@@ -9,7 +9,7 @@ import torch
 from charrnn import autosize
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.step import TrainStep, make_optimizer
-from charrnn.train import TrainConfig
+from charrnn.training import TrainConfig
 
 CPU = torch.device("cpu")
 

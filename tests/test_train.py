@@ -9,7 +9,7 @@ from charrnn.corpus import load_corpus
 from charrnn.job import train
 from charrnn.model import ModelConfig
 from charrnn.sample import SampleConfig, generate
-from charrnn.train import TrainConfig, budget_progress, evaluate, lr_at
+from charrnn.training import TrainConfig, budget_progress, evaluate, lr_at
 from tests.conftest import tiny_train_config
 
 PHRASE = "hello world, hello there, hello charrnn.\n"
