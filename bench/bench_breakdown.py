@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_breakdown.py [--hidden-size 512 --num-layers 2 --precisions fp32,int8]
 
 For each precision and batch size (1 and --num-samples), times over --steps steps, best of --repeats:
-- `generate`: the whole per-character loop of charrnn.sample.generate (step, sampling, uniforms, yield);
+- `generate`: the whole per-character loop of charrnn.generation.sample.generate (step, sampling, uniforms, yield);
 - `step`: Stepper.step alone (every layer, then the output layer);
 - `products`: the cell's recurrent products alone, called on the buffers they read in a step;
 - `head`: the output layer's product alone;
@@ -27,8 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import add_model_args, drain_seconds, model_fields, untrained_model  # noqa: E402
+from charrnn.generation.sample import SampleConfig, Stepper, _Product, _Sampler, generate  # noqa: E402
 from charrnn.model import CharRNN  # noqa: E402
-from charrnn.sample import SampleConfig, Stepper, _Product, _Sampler, generate  # noqa: E402
 
 VOCAB_SIZE = 65
 

@@ -65,7 +65,7 @@ from pathlib import Path
 import torch
 def rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-from charrnn.corpus import load_corpus
+from charrnn.text.corpus import load_corpus
 path, cache = Path(sys.argv[1]), Path(sys.argv[2])
 size = path.stat().st_size
 t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Benchmark step-by-step sampling: the plain nn.LSTM-per-character baseline vs charrnn.sample.generate.
+"""Benchmark step-by-step sampling: the plain nn.LSTM-per-character baseline vs charrnn.generation.sample.generate.
 
     .venv/bin/python bench/bench_sample.py [--hidden-size 512 --num-layers 2 --length 300]
 
@@ -22,8 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import add_model_args, drain_seconds, model_fields, untrained_model  # noqa: E402
+from charrnn.generation.sample import SampleConfig, generate  # noqa: E402
 from charrnn.model import CharRNN  # noqa: E402
-from charrnn.sample import SampleConfig, generate  # noqa: E402
 
 VOCAB_SIZE = 65  # tiny-shakespeare's character set
 

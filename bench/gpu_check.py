@@ -63,15 +63,15 @@ sys.path.insert(0, str(REPO))
 from bench.bench_distributed import per_process_rate  # noqa: E402
 from bench.common import SHAKESPEARE, drain_seconds, machine  # noqa: E402
 from charrnn import runtime  # noqa: E402
-from charrnn.checkpoint import load_checkpoint, load_model  # noqa: E402
-from charrnn.corpus import Corpus, load_corpus  # noqa: E402
-from charrnn.data import split  # noqa: E402
+from charrnn.checkpoint.files import load_checkpoint, load_model  # noqa: E402
 from charrnn.errors import CharRNNError  # noqa: E402
-from charrnn.job import train  # noqa: E402
+from charrnn.generation.sample import SampleConfig, Stepper, _Loop, generate  # noqa: E402
 from charrnn.model import ModelConfig  # noqa: E402
-from charrnn.report import Reporter  # noqa: E402
-from charrnn.sample import SampleConfig, Stepper, _Loop, generate  # noqa: E402
-from charrnn.training import MAX_LOGITS, TrainConfig, TrainResult, evaluate  # noqa: E402
+from charrnn.text.corpus import Corpus, load_corpus  # noqa: E402
+from charrnn.text.data import split  # noqa: E402
+from charrnn.training.job import train  # noqa: E402
+from charrnn.training.loop import MAX_LOGITS, TrainConfig, TrainResult, evaluate  # noqa: E402
+from charrnn.training.progress import Reporter  # noqa: E402
 
 # torch-rnn's published 2x512 LSTM training speed on a 2015 GTX Titan X, as issue 13 quotes it; the issue aims
 # for 10x that.

@@ -31,10 +31,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import bench_corpus_path, machine  # noqa: E402
-from charrnn.checkpoint import load_model  # noqa: E402
-from charrnn.corpus import load_corpus  # noqa: E402
-from charrnn.data import split  # noqa: E402
-from charrnn.training import evaluate  # noqa: E402
+from charrnn.checkpoint.files import load_model  # noqa: E402
+from charrnn.text.corpus import load_corpus  # noqa: E402
+from charrnn.text.data import split  # noqa: E402
+from charrnn.training.loop import evaluate  # noqa: E402
 
 
 def train_command(corpus_path: str, max_time: str, run_dir: Path, seed: int, *extra: str) -> list[str]:
@@ -158,7 +158,7 @@ def main() -> None:
     args = ap.parse_args()
     corpus_path = args.corpus or bench_corpus_path()
     if args.plain or args.plain_only:
-        from charrnn.cli import parse_duration
+        from charrnn.cli.options import parse_duration
 
         print(
             json.dumps({**plain_loop(corpus_path, parse_duration(args.max_time), args.seed), "machine": machine()}),

@@ -14,9 +14,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from charrnn.errors import CharRNNError, UsageError
+from charrnn.version import __version__
 
-__version__ = "0.1.0"
-__all__ = ["CharRNNError", "Model", "Trained", "UsageError", "load", "train"]
+__all__ = ["CharRNNError", "Model", "Trained", "UsageError", "__version__", "load", "train"]
 
 if TYPE_CHECKING:
     from charrnn.api import Model, Trained, load, train

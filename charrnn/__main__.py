@@ -1,3 +1,3 @@
-from charrnn.cli import main
+from charrnn.cli.app import main
 
 main()

@@ -5,7 +5,7 @@ same text here as on the command line, and a text the same score.
     import charrnn
     model = charrnn.load("checkpoints/notes")           # a run directory, a .pt or a .safetensors
     text = model.generate("ROMEO:", length=500, temperature=0.8, seed=1)   # the new text, without the prime
-    result = charrnn.training("notes.txt", max_time="5m")  # result.checkpoint, result.best_val_loss, result.steps
+    result = charrnn.training.loop("notes.txt", max_time="5m")  # result.checkpoint, result.best_val_loss, result.steps
 
 Every problem a user can fix raises charrnn.CharRNNError (UsageError for a bad option) with the one sentence the
 CLI prints.
@@ -22,16 +22,24 @@ from typing import Any
 import torch
 
 from charrnn import runtime
-from charrnn.checkpoint import checkpoint_in, find_latest_run, load_model
+from charrnn.checkpoint.files import checkpoint_in, find_latest_run, load_model
+from charrnn.checkpoint.state import ModelBundle
+from charrnn.display import parse_duration
 from charrnn.errors import CorpusError, UsageError
-from charrnn.job import ModelOptions, TrainJob
+from charrnn.generation.sample import (
+    BeamConfig,
+    BeamEvent,
+    BeamResult,
+    SampleConfig,
+    beam_search,
+    check_precision_on,
+    generate,
+)
+from charrnn.generation.score import LineScore, Score, ScoreConfig, score_lines, score_text
 from charrnn.model import CharRNN, ModelConfig
-from charrnn.report import parse_duration
-from charrnn.sample import BeamConfig, BeamEvent, BeamResult, SampleConfig, beam_search, check_precision_on, generate
-from charrnn.score import LineScore, Score, ScoreConfig, score_lines, score_text
-from charrnn.state import ModelBundle
-from charrnn.training import TrainConfig, TrainResult
-from charrnn.vocab import Vocab, listed
+from charrnn.text.vocab import Vocab, listed
+from charrnn.training.job import ModelOptions, TrainJob
+from charrnn.training.loop import TrainConfig, TrainResult
 
 Progress = Callable[[str, dict], None]  # (event, info): "eval" {step, val_loss, train_loss, ...}, "log", ...
 
@@ -240,11 +248,11 @@ def train(
     train_loss, lr, ...), "log" every log_every steps, "message" for a line the CLI would print; without it the
     run is silent.
 
-    >>> result = charrnn.training("notes.txt", max_time="5m", hidden_size=256)
+    >>> result = charrnn.training.loop("notes.txt", max_time="5m", hidden_size=256)
     >>> charrnn.load(result.checkpoint).generate("Dear ", length=200, seed=1)
     """
     job = train_job(corpus, run_dir, resume, overwrite, init_from, options, given=set(options))
-    from charrnn import job as jobs
+    from charrnn.training import job as jobs
 
     return Trained.of(jobs.run(job, progress or _silent))
 

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
-from charrnn.checks import BOOL, LOAD_ADVICE, Rule, check_weights, field_error, int_in, real_in, require
 from charrnn.errors import UsageError
+from charrnn.fields import BOOL, LOAD_ADVICE, Rule, check_weights, field_error, int_in, real_in, require
 
 RNN_TYPES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # weight rows per hidden unit: i, f, g, o | r, z, n | one

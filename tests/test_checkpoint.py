@@ -23,17 +23,17 @@ import numpy as np
 import pytest
 import torch
 
-from charrnn import checkpoint as ck
-from charrnn.checkpoint import (
+from charrnn.checkpoint import files as ck
+from charrnn.checkpoint.files import (
     RunDir,
     find_latest_run,
     load_checkpoint,
     save_checkpoint,
     verify_checkpoint,
 )
+from charrnn.checkpoint.state import FORMAT_NAME, FORMAT_VERSION
 from charrnn.errors import CheckpointError, CheckpointWriteError
 from charrnn.model import CharRNN, ModelConfig
-from charrnn.state import FORMAT_NAME, FORMAT_VERSION
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION}  # what ModelBundle.to_dict() writes first
@@ -145,8 +145,8 @@ def test_save_refuses_values_weights_only_would_refuse(tmp_path, bad, where):
 ZYGOTE = r"""
 import os, signal, sys
 import torch
-from charrnn.checkpoint import save_checkpoint
-from charrnn.state import FORMAT_NAME, FORMAT_VERSION
+from charrnn.checkpoint.files import save_checkpoint
+from charrnn.checkpoint.state import FORMAT_NAME, FORMAT_VERSION
 
 signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # killed writers are reaped by the kernel
 
@@ -461,7 +461,7 @@ DISK_FULL = r"""
 import resource, signal, sys
 from pathlib import Path
 import torch
-from charrnn.checkpoint import save_checkpoint
+from charrnn.checkpoint.files import save_checkpoint
 from charrnn.errors import CheckpointWriteError
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG from write() instead of being killed

@@ -16,9 +16,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charrnn import kernels
-from charrnn.cli import app, parse_duration
-from charrnn.sample import PRECISIONS
+from charrnn.cli.app import app
+from charrnn.cli.options import parse_duration
+from charrnn.generation import kernels
+from charrnn.generation.sample import PRECISIONS
 from tests.conftest import TINY_TRAIN
 
 runner = CliRunner()
@@ -128,7 +129,7 @@ def test_num_samples_are_separated_by_a_blank_line(trained_run):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_bf16_sampling_streams_text_and_warns_where_it_is_emulated(native, trained_run, monkeypatch):
-    monkeypatch.setattr("charrnn.kernels.bf16_is_native", lambda device: native)
+    monkeypatch.setattr("charrnn.generation.kernels.bf16_is_native", lambda device: native)
     r = run(["sample", trained_run / "best.pt", "-n", "60", "--seed", "2", "--num-samples", "2", "--precision", "bf16"])
     assert r.exit_code == 0, r.stderr
     assert len(r.stdout) >= 2 * 60
@@ -345,9 +346,9 @@ def test_the_train_flags_defaults_are_the_configs_defaults():
     needs a literal, and this keeps the two from drifting apart."""
     import inspect
 
-    from charrnn import cli
-    from charrnn.job import ModelOptions
-    from charrnn.training import TrainConfig
+    from charrnn.cli import train as cli
+    from charrnn.training.job import ModelOptions
+    from charrnn.training.loop import TrainConfig
 
     params = inspect.signature(cli.train).parameters
     drawn_or_parsed = {"seed", "max_time"}  # drawn at random when left out; a duration string on the command line

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from charrnn import corpora
-from charrnn.corpora import NamedCorpus
-from charrnn.corpus import load_corpus
 from charrnn.errors import CorpusError
+from charrnn.text import corpora
+from charrnn.text.corpora import NamedCorpus
+from charrnn.text.corpus import load_corpus
 from tests.conftest import SHAKESPEARE
 
 TIMEOUT = 3.0  # seconds: every get() here; the local server answers in milliseconds
@@ -486,7 +486,7 @@ def test_the_cli_shows_a_server_reason_escaped(raw_server, cache, monkeypatch):
     """The whole path to the terminal: user_errors writes the CorpusError, and no raw byte survives it."""
     from typer.testing import CliRunner
 
-    from charrnn.cli import app
+    from charrnn.cli.app import app
 
     url = raw_server(SERVER_CHOSEN["a reason phrase that clears the screen"])
     monkeypatch.setitem(corpora.REGISTRY, "tiny", NamedCorpus("tiny", "d", "l", url=url, size=3, sha256=sha256(b"abc")))
@@ -502,7 +502,7 @@ def test_an_error_message_from_any_source_reaches_stderr_escaped(monkeypatch):
     """user_errors is the last guard: whatever text a CharRNNError carries, stderr gets it on one line, escaped."""
     from typer.testing import CliRunner
 
-    from charrnn import cli
+    from charrnn.cli import app as cli
 
     def crafted(name, **kwargs):
         raise CorpusError("the mirror said \x1b[2Jhello\nand \x00 more.")

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from charrnn import corpus as corpus_mod
-from charrnn.corpus import NAMED_CORPORA, Corpus, Vocab, default_cache_dir, load_corpus
 from charrnn.errors import CorpusError
+from charrnn.text import corpus as corpus_mod
+from charrnn.text.cache import default_cache_dir
+from charrnn.text.corpus import NAMED_CORPORA, Corpus, Vocab, load_corpus
 
 # Code points from several scripts and widths: 1-byte ASCII, 2-byte Latin/Cyrillic, 3-byte CJK, 4-byte emoji.
 ALPHABET = "ab c\n\r\tZ9é߷ж中文字😀🚀𝄞"

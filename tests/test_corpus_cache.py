@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from charrnn import corpus as corpus_mod
-from charrnn.corpus import load_corpus
 from charrnn.errors import CorpusError
+from charrnn.text import corpora
+from charrnn.text import corpus as corpus_mod
+from charrnn.text.corpus import load_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = "some text worth caching, with a few words\n" * 50
@@ -172,7 +173,7 @@ def test_a_same_size_edit_with_its_mtime_put_back_is_re_encoded(tmp_path, cache)
 STALLING_LOADER = """
 import sys, time
 from pathlib import Path
-from charrnn import corpus
+from charrnn.text import corpus
 
 if len(sys.argv) > 3:
     real = corpus._store_ids
@@ -304,7 +305,7 @@ def test_building_a_named_corpus_in_an_unwritable_cache_advises_by_errno(tmp_pat
     def fail(path, data):
         raise OSError(code, os.strerror(code), str(path))
 
-    monkeypatch.setattr(corpus_mod, "_write_atomic", fail)
+    monkeypatch.setattr(corpora, "write_atomic", fail)  # the built-in corpus is built by corpora.build
     monkeypatch.chdir(tmp_path)
     with pytest.raises(CorpusError) as info:
         load_corpus(["pydocs"], cache_dir=cache)

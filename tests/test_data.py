@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from charrnn.data import StreamBatcher, min_corpus_chars, split
 from charrnn.errors import CorpusError
+from charrnn.text.data import StreamBatcher, min_corpus_chars, split
 
 
 def test_split_is_last_fraction_contiguous():

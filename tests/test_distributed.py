@@ -23,9 +23,9 @@ import pytest
 import torch
 
 from charrnn import runtime
-from charrnn.checkpoint import load_checkpoint
+from charrnn.checkpoint.files import load_checkpoint
 from charrnn.model import CharRNN, ModelConfig
-from charrnn.training import TrainConfig
+from charrnn.training.loop import TrainConfig
 from tests.conftest import charrnn_cmd, cli, flags, spawn, wait_for_line, word_text
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
@@ -239,7 +239,7 @@ def _size_on_rank(rank: int, port: int, out: str) -> None:
     and answers with the rank's own size: a rank that timed would then train a size of its own."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank))
     os.environ["WORLD_SIZE"] = "2"
-    from charrnn import job
+    from charrnn.training import job
 
     timed = []
 

@@ -13,13 +13,13 @@ import pytest
 import safetensors.torch
 import torch
 
-from charrnn import export
-from charrnn.checkpoint import export_bundle, load_bundle, load_checkpoint, load_model, verify_checkpoint
+from charrnn.checkpoint import safetensors as export
+from charrnn.checkpoint.files import export_bundle, load_bundle, load_checkpoint, load_model, verify_checkpoint
+from charrnn.checkpoint.state import ModelBundle, Provenance, RunFacts
 from charrnn.errors import CheckpointError, CheckpointWriteError, UsageError
+from charrnn.generation.sample import SampleConfig, generate
 from charrnn.model import CharRNN, ModelConfig
-from charrnn.sample import SampleConfig, generate
-from charrnn.state import ModelBundle, Provenance, RunFacts
-from charrnn.vocab import Vocab
+from charrnn.text.vocab import Vocab
 from tests.conftest import cli, word_text
 
 FORMAT1 = Path(__file__).resolve().parent / "fixtures" / "format1" / "best.pt"

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from charrnn.checkpoint import load_checkpoint
+from charrnn.checkpoint.files import load_checkpoint
+from charrnn.generation.sample import SampleConfig, generate
 from charrnn.model import CharRNN, ModelConfig
-from charrnn.sample import SampleConfig, generate
 from tests.conftest import TINY_TRAIN
 from tests.test_cli import run
 

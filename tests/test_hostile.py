@@ -19,12 +19,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from charrnn.checkpoint import load_checkpoint, load_model
-from charrnn.checks import MAX_TEXT, check_resume_state
+from charrnn.checkpoint.files import load_checkpoint, load_model
+from charrnn.checkpoint.rules import check_resume_state
+from charrnn.checkpoint.state import RunFacts
 from charrnn.errors import CheckpointError
-from charrnn.state import RunFacts
-from charrnn.step import make_optimizer
-from charrnn.training import TrainConfig
+from charrnn.fields import MAX_TEXT
+from charrnn.training.loop import TrainConfig
+from charrnn.training.step import make_optimizer
 from tests.conftest import word_text
 
 TRAIN = [
@@ -461,7 +462,7 @@ def test_a_checkpoint_piped_to_stdin_is_not_called_empty(base, tmp_path):
 
 ZIP_BOMB_LOAD = r"""
 import resource, sys
-from charrnn.checkpoint import load_checkpoint
+from charrnn.checkpoint.files import load_checkpoint
 from charrnn.errors import CheckpointError
 
 with open("/proc/self/statm") as f:
@@ -515,12 +516,12 @@ UNDER_LIMIT = """
 import resource, sys
 with open("/proc/self/status") as f:
     vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
-import torch, charrnn.cli  # imported before the limit, so only what the command itself allocates counts
+import torch, charrnn.cli.app  # imported before the limit, so only what the command itself allocates counts
 with open("/proc/self/status") as f:
     vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
 resource.setrlimit(resource.RLIMIT_AS, (vm + (512 << 20), resource.RLIM_INFINITY))
 sys.argv = ["charrnn", *sys.argv[1:]]
-charrnn.cli.main()
+charrnn.cli.app.main()
 """
 
 

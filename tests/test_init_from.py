@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from charrnn.checkpoint import load_checkpoint
+from charrnn.checkpoint.files import load_checkpoint
 from tests.conftest import TINY_TRAIN, cli, word_text
 
 SMALL = ["--batch-size", "4", "--seq-len", "16", "--max-steps", "3", "--eval-every", "3", "--device", "cpu"]

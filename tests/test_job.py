@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from charrnn import job
-from charrnn.corpus import load_corpus
 from charrnn.errors import UsageError
-from charrnn.job import ModelOptions, TrainJob, prepared
-from charrnn.training import TrainConfig
+from charrnn.text.corpus import load_corpus
+from charrnn.training import job
+from charrnn.training.job import ModelOptions, TrainJob, prepared
+from charrnn.training.loop import TrainConfig
 from tests.conftest import word_text
 
 
@@ -57,7 +57,8 @@ def test_model_options_are_checked_with_their_defaults_filled_in():
 def test_every_setting_validate_accepts_is_one_a_checkpoint_may_hold(values):
     """A run whose settings pass TrainConfig.validate() must be resumable: its saved train_config must pass the
     rules resume checks (checks.TRAIN_RULES), or the run's own checkpoint reads as damaged."""
-    from charrnn.checks import TRAIN_RULES, check_fields
+    from charrnn.checkpoint.rules import TRAIN_RULES
+    from charrnn.fields import check_fields
 
     cfg = TrainConfig(**values)
     cfg.validate()

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from charrnn import sample as sample_mod
-from charrnn import score as score_mod
-from charrnn import training as train_mod
-from charrnn.data import min_corpus_chars, min_train_chars
+from charrnn.generation import sample as sample_mod
+from charrnn.generation import score as score_mod
+from charrnn.generation.sample import MAX_HELD_CHARS, MAX_NUM_SAMPLES
 from charrnn.model import CharRNN, ModelConfig
-from charrnn.sample import MAX_HELD_CHARS, MAX_NUM_SAMPLES
+from charrnn.text.data import min_corpus_chars, min_train_chars
+from charrnn.training import loop as train_mod
 from tests.conftest import TINY_TRAIN, cli
 from tests.test_cli import assert_one_error, run
 from tests.test_hostile import UNDER_LIMIT
@@ -138,9 +138,9 @@ def test_a_long_prime_runs_in_bounded_chunks_and_matches_one_pass(monkeypatch):
 
 PRIME_UNDER_LIMIT = """
 import resource, sys, torch
-from charrnn import sample
+from charrnn.generation import sample
 from charrnn.model import CharRNN, ModelConfig
-from charrnn.sample import SampleConfig, generate
+from charrnn.generation.sample import SampleConfig, generate
 if sys.argv[1] == "unchunked":
     sample.PRIME_CHUNK = 10**9  # the old behaviour: the whole prime in one pass
 model = CharRNN(ModelConfig(vocab_size=30, hidden_size=256, num_layers=2)).eval()
@@ -220,7 +220,8 @@ def test_evaluation_bounds_its_logits_whatever_the_vocabulary(monkeypatch):
 EVAL_UNDER_LIMIT = """
 import resource, sys
 import numpy as np, torch
-from charrnn import score, training as train
+from charrnn.generation import score
+from charrnn.training import loop as train
 from charrnn.model import CharRNN, ModelConfig
 if sys.argv[1] == "unbounded":
     score.EVAL_LOGITS = 1 << 62  # the old behaviour: a pass of seq_len positions of every stream, whatever V is

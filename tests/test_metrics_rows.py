@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import cli
 
-from charrnn.plot import read_metrics, terminal_curve, val_sparkline
+from charrnn.training.plot import read_metrics, terminal_curve, val_sparkline
 
 GOOD = [
     {"step": 10, "epoch": 0.1, "train_loss": 2.5, "val_loss": 2.6, "val_bpc": 3.75, "lr": 2e-3, "elapsed_s": 1.0},

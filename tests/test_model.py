@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import charrnn.model as model_mod
-from charrnn.checkpoint import load_model, save_checkpoint
+from charrnn.checkpoint.files import load_model, save_checkpoint
 from charrnn.errors import CheckpointError, UsageError
 from charrnn.model import MAX_VOCAB, MAX_WIDTH, CharRNN, ModelConfig, weight_shapes
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from charrnn.checkpoint import load_checkpoint
-from charrnn.training import TrainConfig
+from charrnn.checkpoint.files import load_checkpoint
+from charrnn.training.loop import TrainConfig
 from tests.conftest import REPO, TINY_TRAIN, cli, cli_env, cli_start, flags, wait_for_line, word_text
 from tests.test_cli import assert_one_error, digest, run
 
@@ -241,7 +241,7 @@ def test_unwritable_stdout_is_one_sentence_and_exit_1(command, stdout, tmp_path,
 def test_metrics_on_a_full_disk_stops_cleanly_and_keeps_the_checkpoint(tmp_path, small_corpus, monkeypatch):
     import errno
 
-    from charrnn import report
+    from charrnn.training import progress as report
 
     def full(*args, **kwargs):
         if str(args[0]).endswith("metrics.jsonl") and "a" in (args[1] if len(args) > 1 else kwargs.get("mode", "")):
@@ -444,7 +444,7 @@ def test_a_second_process_on_a_run_dir_is_refused_naming_the_holder(tmp_path, sm
 
 
 def test_a_new_default_run_skips_a_name_another_process_holds(tmp_path, small_corpus):
-    from charrnn.rundir import RunLock
+    from charrnn.checkpoint.rundir import RunLock
 
     with RunLock(tmp_path / "checkpoints" / "small"):
         r = run(["train", small_corpus, *TINY_TRAIN], cwd=tmp_path)

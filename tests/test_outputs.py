@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from charrnn.checkpoint.outputs import check_output, replace_atomically
 from charrnn.errors import UsageError
-from charrnn.outputs import check_output, replace_atomically
 from tests.conftest import cli, cli_env, word_text
 
 
@@ -194,7 +194,7 @@ def stop_here(*args, **kw):
     return real(*args, **kw)
 setattr(os, hook, stop_here)
 sys.argv = ["charrnn", *sys.argv[3:]]
-from charrnn.cli import main
+from charrnn.cli.app import main
 main()
 """
 

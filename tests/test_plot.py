@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from charrnn.errors import CharRNNError
-from charrnn.plot import (
+from charrnn.training.plot import (
     BLOCKS,
     COLOURS,
     plot_runs,

@@ -8,8 +8,8 @@ import json
 import torch
 
 from charrnn.model import CharRNN, ModelConfig
-from charrnn.training import preview_text
-from charrnn.vocab import Vocab
+from charrnn.text.vocab import Vocab
+from charrnn.training.loop import preview_text
 from tests.conftest import TINY_TRAIN, cli
 
 

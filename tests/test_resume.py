@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import charrnn.training as train_mod
-from charrnn.checkpoint import load_checkpoint, save_checkpoint
-from charrnn.cli import StopFlag
-from charrnn.corpus import load_corpus
+import charrnn.training.loop as train_mod
+from charrnn.checkpoint.files import load_checkpoint, save_checkpoint
+from charrnn.cli.signals import StopFlag
 from charrnn.errors import CorpusError, DivergedError
-from charrnn.job import ModelOptions, TrainJob, prepared, train
 from charrnn.model import ModelConfig
-from charrnn.training import TrainConfig
+from charrnn.text.corpus import load_corpus
+from charrnn.training.job import ModelOptions, TrainJob, prepared, train
+from charrnn.training.loop import TrainConfig
 from tests.conftest import cli, cli_env, cli_start, flags, tiny_train_config, wait_for_line, word_text
 
 N_STEPS = 40
@@ -261,7 +261,7 @@ def test_nan_validation_loss_never_becomes_best(corpus, tmp_path, monkeypatch):
 
 def test_second_signal_aborts_at_once(monkeypatch):
     exits, cleaned = [], []
-    monkeypatch.setattr("charrnn.cli.os._exit", exits.append)
+    monkeypatch.setattr("charrnn.cli.signals.os._exit", exits.append)
     flag = StopFlag()
     flag.on_abort(lambda: cleaned.append(True))
     flag._on_signal(signal.SIGINT)
@@ -280,7 +280,7 @@ def _interrupt(signum: int) -> KeyboardInterrupt:
 def test_interrupts_outside_the_loop_exit_with_the_signal_code(exc, code):
     import typer
 
-    from charrnn.cli import user_errors
+    from charrnn.cli.signals import user_errors
 
     with pytest.raises(typer.Exit) as info:
         with user_errors():

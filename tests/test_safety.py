@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from charrnn.checkpoint import torch_is_safe
+from charrnn.checkpoint.files import torch_is_safe
 
 
 @pytest.mark.parametrize(
@@ -23,7 +23,7 @@ def test_torch_version_gate(version, ok):
 
 def test_import_refuses_old_torch():
     """torch < 2.6 could run code from a checkpoint despite weights_only=True (CVE-2025-32434)."""
-    code = "import torch; torch.__version__ = '2.5.1'; import charrnn.checkpoint"
+    code = "import torch; torch.__version__ = '2.5.1'; import charrnn.checkpoint.files"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "CVE-2025-32434" in proc.stderr
 
@@ -34,7 +34,7 @@ def test_help_and_version_answer_without_importing_torch(args):
     code = (
         "import sys\n"
         f"sys.argv = ['charrnn', *{args!r}]\n"
-        "from charrnn.cli import app\n"
+        "from charrnn.cli.app import app\n"
         "try:\n    app()\nexcept SystemExit:\n    pass\n"
         "sys.stderr.write('torch loaded' if 'torch' in sys.modules else 'torch not loaded')\n"
     )

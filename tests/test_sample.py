@@ -1,4 +1,4 @@
-"""Contracts of charrnn.sample: the Stepper computes what the model computes, sampling is seeded per stream,
+"""Contracts of charrnn.generation.sample: the Stepper computes what the model computes, sampling is seeded per stream,
 temperature / top-k / top-p mean what they say, and beam search finds what exhaustive search finds."""
 
 from __future__ import annotations
@@ -10,10 +10,9 @@ import re
 import pytest
 import torch
 
-from charrnn import kernels, sample
 from charrnn.errors import UsageError
-from charrnn.model import CharRNN, ModelConfig
-from charrnn.sample import (
+from charrnn.generation import kernels, sample
+from charrnn.generation.sample import (
     SIGMOID_ONLY_MIN_ELEMS,
     BeamConfig,
     BeamEvent,
@@ -31,6 +30,7 @@ from charrnn.sample import (
     generate,
     refuse_sampling_controls,
 )
+from charrnn.model import CharRNN, ModelConfig
 
 CPU = torch.device("cpu")
 V = 13

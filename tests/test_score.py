@@ -1,4 +1,5 @@
-"""Contracts of charrnn.score: a trained model prefers its own text, the whole-text score is training's evaluate,
+"""Contracts of charrnn.generation.score: a trained model prefers its own text, the whole-text score is
+training's evaluate,
 streaming in small blocks changes nothing but the cut, per-line scores add up (in context) or start fresh
 (independent), unknown characters are counted, heatmaps show every character escaped, and bad input is one
 sentence."""
@@ -21,8 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from charrnn.errors import CorpusError, UsageError
-from charrnn.model import CharRNN, ModelConfig
-from charrnn.score import (
+from charrnn.generation.score import (
     LN2,
     LineScore,
     Score,
@@ -36,8 +36,9 @@ from charrnn.score import (
     score_lines,
     score_text,
 )
-from charrnn.training import evaluate
-from charrnn.vocab import Vocab
+from charrnn.model import CharRNN, ModelConfig
+from charrnn.text.vocab import Vocab
+from charrnn.training.loop import evaluate
 from tests.conftest import REPO, word_text
 
 try:
@@ -313,8 +314,8 @@ import json, resource, sys
 import torch
 torch.set_num_threads(1)
 from charrnn.model import CharRNN, ModelConfig
-from charrnn.score import ScoreConfig, read_text, score_lines, score_text
-from charrnn.vocab import Vocab
+from charrnn.generation.score import ScoreConfig, read_text, score_lines, score_text
+from charrnn.text.vocab import Vocab
 
 path, headroom, independent = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "independent"
 cpu = torch.device("cpu")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import tomllib
 
-from charrnn.cli import app
+from charrnn.cli.app import app
 from tests.conftest import REPO, TINY_TRAIN, charrnn_cmd, cli, cli_env, word_text
 from tests.test_cli import run
 

@@ -9,10 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from charrnn.checkpoint import load_bundle, load_checkpoint
-from charrnn.errors import CheckpointError
-from charrnn.model import CharRNN, ModelConfig
-from charrnn.state import (
+from charrnn.checkpoint.files import load_bundle, load_checkpoint
+from charrnn.checkpoint.state import (
     FORMAT_NAME,
     FORMAT_VERSION,
     MODEL_KEYS,
@@ -22,8 +20,10 @@ from charrnn.state import (
     check_format,
     checkpoint_dict,
 )
-from charrnn.training import TrainConfig
-from charrnn.vocab import Vocab
+from charrnn.errors import CheckpointError
+from charrnn.model import CharRNN, ModelConfig
+from charrnn.text.vocab import Vocab
+from charrnn.training.loop import TrainConfig
 
 FORMAT1 = Path(__file__).resolve().parent / "fixtures" / "format1" / "best.pt"
 

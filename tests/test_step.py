@@ -6,10 +6,10 @@ import math
 
 import torch
 
-from charrnn import autosize
 from charrnn.model import CharRNN, ModelConfig
-from charrnn.step import TrainStep, make_optimizer
-from charrnn.training import TrainConfig
+from charrnn.training import autosize
+from charrnn.training.loop import TrainConfig
+from charrnn.training.step import TrainStep, make_optimizer
 
 CPU = torch.device("cpu")
 

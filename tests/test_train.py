@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from charrnn.checkpoint import load_checkpoint, load_model
-from charrnn.corpus import load_corpus
-from charrnn.job import train
+from charrnn.checkpoint.files import load_checkpoint, load_model
+from charrnn.generation.sample import SampleConfig, generate
 from charrnn.model import ModelConfig
-from charrnn.sample import SampleConfig, generate
-from charrnn.training import TrainConfig, budget_progress, evaluate, lr_at
+from charrnn.text.corpus import load_corpus
+from charrnn.training.job import train
+from charrnn.training.loop import TrainConfig, budget_progress, evaluate, lr_at
 from tests.conftest import tiny_train_config
 
 PHRASE = "hello world, hello there, hello charrnn.\n"

@@ -21,8 +21,9 @@ from rich.console import Console
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from charrnn.report import Reporter, printable
-from charrnn.vocab import StoredVocabError, Vocab, listed
+from charrnn.display import printable
+from charrnn.text.vocab import StoredVocabError, Vocab, listed
+from charrnn.training.progress import Reporter
 from tests.conftest import TINY_TRAIN, cli, word_text
 
 RAW_CONTROLS = ("\x1b", "\x07", "\x00", "\x9b", "\u202e")

@@ -7,8 +7,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from charrnn.display import printable
 from charrnn.errors import CorpusError
-from charrnn.report import printable
 
 MAX_LISTED = 20  # unknown characters named in one error message
 NOT_SORTED = "is not a sorted list of distinct single characters"
@@ -25,7 +25,7 @@ class StoredVocabError(CorpusError):
 
 
 def quoted(c: str) -> str:
-    """One character for a message on stderr, quoted, and escaped by report.printable: a vocabulary or a text may
+    """One character for a message on stderr, quoted, and escaped by display.printable: a vocabulary or a text may
     hold ESC, a C1 control or a bidi override, which must never reach a terminal raw."""
     mark = '"' if c == "'" else "'"
     return f"{mark}{printable(c, keep='')}{mark}"

@@ -36,7 +36,6 @@ knows that no writer is alive, so it deletes the temporaries that killed ones le
 from __future__ import annotations
 
 import codecs
-import errno
 import hashlib
 import json
 import os
@@ -54,10 +53,10 @@ from typing import BinaryIO
 import numpy as np
 from tqdm import tqdm
 
-from charrnn import corpora, stdin
 from charrnn.errors import CorpusError
-from charrnn.rundir import MARKER_NAME
-from charrnn.vocab import Vocab, quoted
+from charrnn.text import corpora, stdin
+from charrnn.text.cache import cache_error, default_cache_dir, write_atomic
+from charrnn.text.vocab import Vocab, quoted
 
 try:
     import fcntl
@@ -68,6 +67,7 @@ except ImportError:  # Windows: no advisory locks, so stale temporaries are neve
 # added there (or by a test) resolves here too.
 NAMED_CORPORA: dict[str, corpora.NamedCorpus] = corpora.REGISTRY
 
+MARKER_NAME = ".charrnn-run"  # in a directory, says it is a charrnn run (checkpoint/rundir.py puts it there)
 _CODE_POINTS = 0x110000  # every Unicode code point fits below this
 _BOM = codecs.BOM_UTF8
 _SNIFF_BYTES = 8192  # like git: a NUL in the first 8 KiB means binary
@@ -92,14 +92,6 @@ class Corpus:
     # (absolute path, reason) for what directory walking left out, sorted; reasons: "hidden", "binary",
     # "not UTF-8 at byte N", "run directory", "unreadable: <why>", "not a regular file", "symbolic link"
     skipped: list[tuple[str, str]] = field(default_factory=list)
-
-
-def default_cache_dir() -> Path:
-    if os.environ.get("CHARRNN_CACHE_DIR"):
-        return Path(os.environ["CHARRNN_CACHE_DIR"])
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]) / "charrnn"
-    return Path.home() / ".cache" / "charrnn"
 
 
 def load_corpus(
@@ -316,23 +308,8 @@ def _check_directories(resolved: list[_Resolved], accepted: list[_Input]) -> Non
 def _named_path(name: str, cache_dir: Path) -> Path:
     """The text of a named corpus: a built-in one is built here, a downloaded one must have been fetched already."""
     if NAMED_CORPORA[name].builtin:
-        return _build_named(name, cache_dir)
+        return corpora.build(name, cache_dir)
     return corpora.path(name, cache_dir)  # not downloaded yet: one sentence saying to run `charrnn corpus get NAME`
-
-
-def _build_named(name: str, cache_dir: Path) -> Path:
-    """Materialise a built-in corpus once in the cache; nothing copied is shipped with charrnn."""
-    path = corpora.local_path(name, cache_dir)
-    if path.is_file():
-        return path
-    from pydoc_data.topics import topics  # pydocs is the only built-in; the import is lazy because it is 0.5 MB
-
-    text = "\n\n".join(topics[key] for key in sorted(topics))
-    try:
-        _write_atomic(path, text.encode("utf-8"))
-    except OSError as err:
-        raise _cache_error(path.parent, err) from err
-    return path
 
 
 # ---- pass 1: hash, validate, collect the vocabulary -------------------------------------------------------
@@ -535,7 +512,7 @@ def _scan_input(inp: _Input, scan: _Scan, cache_dir: Path, chunk_bytes: int, bar
                 scan.num_bytes += len(chunk)
                 bar.update(len(chunk))
     except OSError as err:  # reads raise CorpusError already, so this is the spool's disk
-        raise _cache_error(cache_dir / "tmp", err) from err
+        raise cache_error(cache_dir / "tmp", err) from err
     if inp.path is None and scan.num_bytes == before:
         raise CorpusError("standard input is empty; pipe a text corpus in, e.g. cat book.txt | charrnn train -")
     if spool is not None:
@@ -579,7 +556,7 @@ def _spool_for(inp: _Input, cache_dir: Path, spools: list[Path]) -> Iterator[Bin
         spool_dir.mkdir(parents=True, exist_ok=True)
         spool = tempfile.NamedTemporaryFile(dir=spool_dir, prefix=".spool-", suffix=".txt", delete=False)
     except OSError as err:
-        raise _cache_error(spool_dir, err) from err
+        raise cache_error(spool_dir, err) from err
     spools.append(Path(spool.name))
     with spool:
         yield spool  # type: ignore[misc]  # a NamedTemporaryFile is a BinaryIO in all but name
@@ -622,7 +599,7 @@ def _encode_pass(
         encoded_dir.mkdir(parents=True, exist_ok=True)
         out = tempfile.NamedTemporaryFile(dir=encoded_dir, prefix=f".{sha}.", suffix=".bin.tmp", delete=False)
     except OSError as err:
-        raise _cache_error(encoded_dir, err) from err
+        raise cache_error(encoded_dir, err) from err
     try:
         with out, _progress(show_progress, num_bytes, f"encoding {name}") as bar:
             for inp in inputs:
@@ -641,37 +618,9 @@ def _encode_pass(
                 "chars": vocab.chars, "bin_crc32": crc.value, "signatures": signatures}  # fmt: skip
         _write_sidecar(encoded_dir, meta)
     except OSError as err:
-        raise _cache_error(encoded_dir, err) from err
+        raise cache_error(encoded_dir, err) from err
     finally:
         Path(out.name).unlink(missing_ok=True)
-
-
-def _cache_error(where: Path, err: OSError) -> CorpusError:
-    """One sentence whose advice fits the errno: the cache is full, read-only, or not a directory."""
-    problem = f"cannot write the corpus cache in {where}: {err.strerror or err}"
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        advice = "free some disk space or set CHARRNN_CACHE_DIR to a directory on a disk with room"
-    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        advice = "set CHARRNN_CACHE_DIR to a writable directory"
-    elif err.errno in (errno.ENOTDIR, errno.EEXIST):
-        blocker = next((p for p in (where, *where.parents) if p.exists() and not p.is_dir()), None)
-        if blocker is not None:
-            problem = f"cannot write the corpus cache in {where}: {blocker} is a file, not a directory"
-        advice = "set CHARRNN_CACHE_DIR to a directory"
-    else:
-        advice = "check the disk or set CHARRNN_CACHE_DIR to another directory"
-    return CorpusError(f"{problem}; {advice}.")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 # ---- the cache ---------------------------------------------------------------------------------------------------
@@ -817,7 +766,7 @@ def _meta_checksum(meta: dict) -> str:
 
 def _write_sidecar(encoded_dir: Path, meta: dict) -> None:
     meta = {**meta, "checksum": _meta_checksum(meta)}
-    _write_atomic(encoded_dir / f"{meta['sha256']}.json", json.dumps(meta).encode("ascii"))
+    write_atomic(encoded_dir / f"{meta['sha256']}.json", json.dumps(meta).encode("ascii"))
 
 
 def _verify_ids(ids: np.ndarray, vocab: Vocab, expected_crc: int) -> None:
@@ -890,6 +839,6 @@ def _index_store(encoded_dir: Path, signature: str, sha: str) -> None:
     kept = dict(list(entries.items())[-_INDEX_MAX_ENTRIES:])
     try:
         index = {"format": _CACHE_FORMAT, "entries": kept}
-        _write_atomic(encoded_dir / "index.json", json.dumps(index).encode("ascii"))
+        write_atomic(encoded_dir / "index.json", json.dumps(index).encode("ascii"))
     except OSError:
         pass  # the index only saves a re-hash next time; the corpus itself is already cached

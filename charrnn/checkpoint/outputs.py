@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from charrnn.display import printable
 from charrnn.errors import CharRNNError, UsageError
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
@@ -117,7 +118,7 @@ def _nonblocking(file: str, flags: int) -> int:
 
 def _run_dir_holding(path: Path) -> Path | None:
     """The run directory that `path` (resolved, so a link into a run counts) would land in, if any."""
-    from charrnn.rundir import MARKER_NAME, holds_run
+    from charrnn.checkpoint.rundir import MARKER_NAME, holds_run  # lazily: the CLI imports this module at start-up
 
     for directory in {path.parent.resolve(), path.resolve().parent}:
         if (directory / MARKER_NAME).exists() or holds_run(directory):
@@ -156,8 +157,6 @@ def _kind(mode: int) -> str:
 
 
 def _shown(path: Path) -> str:
-    from charrnn.report import printable
-
     return printable(str(path), keep="")
 
 

@@ -32,9 +32,10 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 from urllib.parse import urlsplit
 
-from charrnn import __version__
+from charrnn.display import printable
 from charrnn.errors import CorpusError
-from charrnn.report import printable
+from charrnn.text.cache import cache_error, default_cache_dir, write_atomic
+from charrnn.version import __version__
 
 try:
     import fcntl
@@ -230,7 +231,7 @@ def get(
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise _cache_error(directory, err) from err
+        raise cache_error(directory, err) from err
     with _exclusive(directory, name):
         if _is_present(corpus, final):  # another process finished it just before we took the lock
             return final
@@ -276,7 +277,7 @@ def _download(
     try:
         os.replace(part, target)
     except OSError as err:
-        raise _cache_error(directory, err) from err
+        raise cache_error(directory, err) from err
 
 
 def _fetch(corpus: NamedCorpus, part: Path, timeout: float, progress: Progress) -> None:
@@ -347,7 +348,7 @@ def _stream(
     try:
         f = open(part, "ab" if start else "wb")  # "wb" also truncates a .part the server would not continue
     except OSError as err:
-        raise _cache_error(part.parent, err) from err
+        raise cache_error(part.parent, err) from err
     with f:
         while chunk := _read(corpus, response, done, total, timeout):
             if corpus.size is not None and done + len(chunk) > corpus.size:
@@ -383,7 +384,7 @@ def _write(f: IO[bytes], data: bytes, part: Path, sync: bool = False) -> None:
             f.flush()
             os.fsync(f.fileno())
     except OSError as err:
-        raise _cache_error(part.parent, err) from err
+        raise cache_error(part.parent, err) from err
 
 
 def _verify(corpus: NamedCorpus, part: Path) -> None:
@@ -395,7 +396,7 @@ def _verify(corpus: NamedCorpus, part: Path) -> None:
             while block := f.read(_HASH_CHUNK):
                 digest.update(block)
     except OSError as err:
-        raise _cache_error(part.parent, err) from err
+        raise cache_error(part.parent, err) from err
     if digest.hexdigest() != corpus.sha256:
         part.unlink(missing_ok=True)
         raise CorpusError(
@@ -444,7 +445,7 @@ def _reason(reason: object) -> str:
 
 def _outside(text: object) -> str:
     """Text from outside (a reason phrase, a garbage status line, urllib's three-line redirect-loop message) for
-    a one-line message: every control character escaped by report.printable, newlines too, and cut to
+    a one-line message: every control character escaped by display.printable, newlines too, and cut to
     _SHOWN_CHARS, so no byte a server chooses reaches a terminal raw."""
     shown = printable(str(text).strip(), keep="")
     return shown if len(shown) <= _SHOWN_CHARS else shown[:_SHOWN_CHARS] + "…"
@@ -486,14 +487,14 @@ def _atomic(final: Path) -> Iterator[IO[bytes]]:
     try:
         fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
     except OSError as err:
-        raise _cache_error(final.parent, err) from err
+        raise cache_error(final.parent, err) from err
     try:
         with os.fdopen(fd, "wb") as out:
             yield out
             _write(out, b"", final, sync=True)
         os.replace(tmp, final)
     except OSError as err:
-        raise _cache_error(final.parent, err) from err
+        raise cache_error(final.parent, err) from err
     finally:
         Path(tmp).unlink(missing_ok=True)
 
@@ -535,7 +536,7 @@ def _exclusive(directory: Path, name: str) -> Iterator[None]:
     try:
         fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as err:
-        raise _cache_error(directory, err) from err
+        raise cache_error(directory, err) from err
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -565,22 +566,24 @@ def _quiet(done: int, total: int | None) -> None:
     pass
 
 
-# corpus.py imports this module for its registry, so what it owns is looked up at call time, not at import.
-
-
 def _cache_root(cache_dir: Path | None) -> Path:
-    from charrnn.corpus import default_cache_dir
-
     return Path(cache_dir) if cache_dir is not None else default_cache_dir()
 
 
-def _cache_error(where: Path, err: OSError) -> CorpusError:
-    from charrnn.corpus import _cache_error  # one wording, and one errno's advice, for every write to the cache
-
-    return _cache_error(where, err)
-
-
 def _build(name: str, cache_dir: Path | None) -> Path:
-    from charrnn.corpus import _build_named
+    return build(name, _cache_root(cache_dir))
 
-    return _build_named(name, _cache_root(cache_dir))
+
+def build(name: str, cache_dir: Path) -> Path:
+    """Materialise a built-in corpus once in the cache; nothing copied is shipped with charrnn."""
+    path = local_path(name, cache_dir)
+    if path.is_file():
+        return path
+    from pydoc_data.topics import topics  # pydocs is the only built-in; the import is lazy because it is 0.5 MB
+
+    text = "\n\n".join(topics[key] for key in sorted(topics))
+    try:
+        write_atomic(path, text.encode("utf-8"))
+    except OSError as err:
+        raise cache_error(path.parent, err) from err
+    return path

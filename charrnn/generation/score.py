@@ -40,10 +40,11 @@ import torch
 import torch.nn.functional as F
 from rich.text import Text
 
-from charrnn import runtime, stdin
+from charrnn import runtime
 from charrnn.errors import CorpusError, UsageError
 from charrnn.model import CharRNN, State
-from charrnn.vocab import Vocab, listed
+from charrnn.text import stdin
+from charrnn.text.vocab import Vocab, listed
 
 READ_BYTES = 1 << 20  # bytes decoded at a time
 EVAL_LOGITS = 1 << 24  # logits scored at a time at most (64 MiB), whatever the vocabulary (training's evaluation too)

@@ -37,9 +37,9 @@ from typing import BinaryIO
 
 import torch
 
-from charrnn import export
+from charrnn.checkpoint import safetensors as export
+from charrnn.checkpoint.state import MODEL_KEYS, ModelBundle, check_format
 from charrnn.errors import CharRNNError, CheckpointError, CheckpointWriteError, UsageError
-from charrnn.state import MODEL_KEYS, ModelBundle, check_format
 
 
 def torch_is_safe(version: str) -> bool:

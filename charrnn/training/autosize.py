@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 import torch
 
+from charrnn.display import format_duration
 from charrnn.model import CharRNN, ModelConfig
-from charrnn.report import format_duration
-from charrnn.step import TrainStep, make_optimizer
+from charrnn.training.step import TrainStep, make_optimizer
 
 # (hidden_size, num_layers), smallest first. Char-level models on ~1 MB of text saturate around 2x512.
 CANDIDATES = [(128, 2), (192, 2), (256, 2), (384, 2), (512, 2), (768, 2), (1024, 2), (1024, 3)]

@@ -29,10 +29,10 @@ from typing import BinaryIO
 import safetensors.torch
 import torch
 
-from charrnn import __version__
-from charrnn.checks import field_error, require_dict, show
+from charrnn.checkpoint.state import FORMAT_NAME, FORMAT_VERSION, ModelBundle, run_dict
 from charrnn.errors import CheckpointError, UsageError
-from charrnn.state import FORMAT_NAME, FORMAT_VERSION, ModelBundle, run_dict
+from charrnn.fields import field_error, require_dict, show
+from charrnn.version import __version__
 
 SUFFIX = ".safetensors"
 MARKER = "charrnn-safetensors"

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from rich.text import Text
 
+from charrnn.checkpoint.outputs import check_output, replace_atomically
 from charrnn.errors import CharRNNError, UsageError
-from charrnn.outputs import check_output, replace_atomically
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

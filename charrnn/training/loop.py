@@ -17,17 +17,19 @@ import numpy as np
 import torch
 
 from charrnn import runtime
-from charrnn.checkpoint import RunDir
-from charrnn.checks import MAX_TEXT, RESUME_ADVICE, check_resume_state
-from charrnn.data import DeviceFeeder, min_corpus_chars, split
+from charrnn.checkpoint.files import RunDir
+from charrnn.checkpoint.rules import check_resume_state
+from charrnn.checkpoint.state import CorpusInfo, ModelBundle, TrainState, checkpoint_dict
+from charrnn.display import format_duration
 from charrnn.errors import CorpusError, DivergedError, UsageError
+from charrnn.fields import MAX_TEXT, RESUME_ADVICE
+from charrnn.generation.sample import SampleConfig, generate
+from charrnn.generation.score import ScoreConfig, streams_nats
 from charrnn.model import CharRNN, State, copy_weights, load_weights
-from charrnn.report import append_metrics, chars_per_sec, check_metrics_writable, eta_seconds, format_duration
-from charrnn.sample import SampleConfig, generate
-from charrnn.score import ScoreConfig, streams_nats
-from charrnn.state import CorpusInfo, ModelBundle, TrainState, checkpoint_dict
-from charrnn.step import TrainStep, make_optimizer
-from charrnn.vocab import Vocab
+from charrnn.text.data import DeviceFeeder, min_corpus_chars, split
+from charrnn.text.vocab import Vocab
+from charrnn.training.progress import append_metrics, chars_per_sec, check_metrics_writable, eta_seconds
+from charrnn.training.step import TrainStep, make_optimizer
 
 Reporter = Callable[[str, dict], None]
 

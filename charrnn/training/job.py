@@ -20,17 +20,17 @@ import numpy as np
 import torch
 
 from charrnn import runtime
-from charrnn.autosize import choose_model_size, dropout_for
-from charrnn.checkpoint import RunDir, checkpoint_in, load_bundle, verify_checkpoint
-from charrnn.checks import RESUME_ADVICE
-from charrnn.corpus import Corpus, load_corpus
+from charrnn.checkpoint.files import RunDir, checkpoint_in, load_bundle, verify_checkpoint
+from charrnn.checkpoint.rundir import check_run_dir, claim_run_dir
+from charrnn.checkpoint.state import ModelBundle, TrainState
+from charrnn.display import format_duration
 from charrnn.errors import CharRNNError, CorpusError, UsageError
+from charrnn.fields import RESUME_ADVICE
 from charrnn.model import ModelConfig
-from charrnn.report import format_duration
-from charrnn.rundir import check_run_dir, claim_run_dir
-from charrnn.state import ModelBundle, TrainState
-from charrnn.training import LIMITS, RESUME_OVERRIDABLE, TrainConfig, Trainer, TrainResult, check_corpus_size
-from charrnn.vocab import Vocab, listed
+from charrnn.text.corpus import Corpus, load_corpus
+from charrnn.text.vocab import Vocab, listed
+from charrnn.training.autosize import choose_model_size, dropout_for
+from charrnn.training.loop import LIMITS, RESUME_OVERRIDABLE, TrainConfig, Trainer, TrainResult, check_corpus_size
 
 Reporter = Callable[[str, dict], None]
 

@@ -23,24 +23,24 @@ from pathlib import Path
 
 import torch
 
-from charrnn import __version__
-from charrnn.checks import (
+from charrnn.checkpoint.rules import check_resume_header
+from charrnn.errors import CheckpointError
+from charrnn.fields import (
     ANY_REAL,
     LOAD_ADVICE,
     LOSS,
     NON_NEGATIVE,
     TEXT,
     Rule,
-    check_resume_header,
     check_weights,
     field_error,
     int_in,
     require,
     require_dict,
 )
-from charrnn.errors import CheckpointError
 from charrnn.model import CharRNN, ModelConfig, copy_weights, weight_shapes
-from charrnn.vocab import StoredVocabError, Vocab
+from charrnn.text.vocab import StoredVocabError, Vocab
+from charrnn.version import __version__
 
 FORMAT_NAME = "charrnn"
 FORMAT_VERSION = 1

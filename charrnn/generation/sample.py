@@ -49,9 +49,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from charrnn import kernels, runtime
+from charrnn import runtime
 from charrnn.errors import UsageError
-from charrnn.kernels import bf16_is_native
+from charrnn.generation import kernels
+from charrnn.generation.kernels import bf16_is_native
 from charrnn.model import CharRNN, State
 
 PRECISIONS = ("fp32", "bf16", "int8")  # what a Stepper runs; --precision auto picks one of them

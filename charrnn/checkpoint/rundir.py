@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from charrnn.errors import CharRNNError, CheckpointError, CheckpointWriteError, UsageError
+from charrnn.text.corpus import MARKER_NAME  # a directory-corpus walk skips a directory holding it
 
 try:
     import fcntl
@@ -23,7 +24,6 @@ except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
 LOCK_NAME = ".lock"
-MARKER_NAME = ".charrnn-run"  # tells a directory-corpus walk (corpus.py) that this directory is a run, not text
 MAX_SUFFIX = 10_000  # checkpoints/<name>-2 ... -10000: past that something is wrong, not busy
 _HELD = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
 _NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL)
@@ -35,7 +35,7 @@ class RunBusyError(CharRNNError):
 
 def holds_run(path: Path) -> bool:
     """True when `path` is a directory with a checkpoint or metrics from an earlier run."""
-    from charrnn.checkpoint import RunDir  # the one owner of what a run writes
+    from charrnn.checkpoint.files import RunDir  # the one owner of what a run writes; lazily, as it loads torch
 
     run = RunDir(path)
     if not run.path.is_dir():
@@ -170,7 +170,7 @@ def claim_run_dir(path: Path, *, explicit: bool, resume: bool, overwrite: bool) 
 
 def remove_temps(path: Path) -> None:
     """Remove the temp files of writes cut short in a run directory this process holds the lock of."""
-    from charrnn.checkpoint import TEMP_PREFIX, TEMP_SUFFIX
+    from charrnn.checkpoint.files import TEMP_PREFIX, TEMP_SUFFIX  # lazily: checkpoint.files loads torch
 
     for tmp in Path(path).glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
         try:

@@ -1,0 +1,2 @@
+"""The command line: Typer commands over charrnn.api and the stages below it; the only package that prints or
+exits."""
