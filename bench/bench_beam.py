@@ -24,7 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import add_model_args, drain_seconds, model_fields  # noqa: E402
-from charrnn.generation.sample import BeamConfig, SampleConfig, beam_search, generate  # noqa: E402
+from charrnn.generation.beam import BeamConfig, beam_search  # noqa: E402
+from charrnn.generation.sample import SampleConfig, generate  # noqa: E402
 from charrnn.model import CharRNN, ModelConfig  # noqa: E402
 
 VOCAB_SIZE = 65  # tiny-shakespeare's character set

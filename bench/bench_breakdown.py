@@ -27,7 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import add_model_args, drain_seconds, model_fields, untrained_model  # noqa: E402
-from charrnn.generation.sample import SampleConfig, Stepper, _Product, _Sampler, generate  # noqa: E402
+from charrnn.generation.sample import SampleConfig, _Sampler, generate  # noqa: E402
+from charrnn.generation.stepper import Stepper, _Product  # noqa: E402
 from charrnn.model import CharRNN  # noqa: E402
 
 VOCAB_SIZE = 65

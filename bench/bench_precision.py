@@ -4,7 +4,7 @@
     .venv/bin/python bench/bench_precision.py --max-time 3m     # no checkpoint: train one first (seed 1)
 
 Accuracy, two ways, each precision against fp32 under the same rule:
-- one stream: the sampler's own step (charrnn.generation.sample.Stepper) scores the validation split (last 10 %)
+- one stream: the sampler's own step (charrnn.generation.stepper.Stepper) scores the validation split (last 10 %)
   teacher-forced as ONE stream, hidden state carried through, every character counted once;
 - 64 streams: the split cut into 64 equal contiguous pieces scored side by side from a zero state, so the
   batched cell (one sigmoid) and int8's per-call input range over 64 streams are what is measured.
@@ -29,7 +29,7 @@ from bench.common import bench_corpus_path, machine  # noqa: E402
 from bench.quality import run_training, train_command  # noqa: E402
 from charrnn.checkpoint.files import load_model  # noqa: E402
 from charrnn.generation.kernels import bf16_is_native, int8_engine  # noqa: E402
-from charrnn.generation.sample import Stepper  # noqa: E402
+from charrnn.generation.stepper import Stepper  # noqa: E402
 from charrnn.model import CharRNN  # noqa: E402
 from charrnn.text.corpus import load_corpus  # noqa: E402
 from charrnn.text.data import split  # noqa: E402

@@ -65,7 +65,8 @@ from bench.common import SHAKESPEARE, drain_seconds, machine  # noqa: E402
 from charrnn import runtime  # noqa: E402
 from charrnn.checkpoint.files import load_checkpoint, load_model  # noqa: E402
 from charrnn.errors import CharRNNError  # noqa: E402
-from charrnn.generation.sample import SampleConfig, Stepper, _Loop, generate  # noqa: E402
+from charrnn.generation.sample import SampleConfig, _Loop, generate  # noqa: E402
+from charrnn.generation.stepper import Stepper  # noqa: E402
 from charrnn.model import ModelConfig  # noqa: E402
 from charrnn.text.corpus import Corpus, load_corpus  # noqa: E402
 from charrnn.text.data import split  # noqa: E402

@@ -26,16 +26,10 @@ from charrnn.checkpoint.files import checkpoint_in, find_latest_run, load_model
 from charrnn.checkpoint.state import ModelBundle
 from charrnn.display import parse_duration
 from charrnn.errors import CorpusError, UsageError
-from charrnn.generation.sample import (
-    BeamConfig,
-    BeamEvent,
-    BeamResult,
-    SampleConfig,
-    beam_search,
-    check_precision_on,
-    generate,
-)
+from charrnn.generation.beam import BeamConfig, BeamEvent, BeamResult, beam_search
+from charrnn.generation.sample import SampleConfig, generate
 from charrnn.generation.score import LineScore, Score, ScoreConfig, score_lines, score_text
+from charrnn.generation.stepper import check_precision_on
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.text.vocab import Vocab, listed
 from charrnn.training.job import ModelOptions, TrainJob
@@ -280,7 +274,7 @@ def train_job(
         train_options["max_time"] = parse_duration(train_options["max_time"])
     if train_options.get("seed") is None:
         train_options["seed"] = runtime.draw_seed()
-    runtime.check_seed(train_options["seed"])  # from 0, as the README says (TrainConfig takes older runs' seeds)
+    runtime.check_seed(train_options["seed"])  # from 0 (docs/limits-and-errors.md); older runs resume theirs
     sources = [] if corpus is None else [str(c) for c in corpus] if isinstance(corpus, list) else [str(corpus)]
     return TrainJob(
         sources=sources,

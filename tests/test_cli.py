@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from charrnn.cli.app import app
 from charrnn.cli.options import parse_duration
 from charrnn.generation import kernels
-from charrnn.generation.sample import PRECISIONS
+from charrnn.generation.stepper import PRECISIONS
 from tests.conftest import TINY_TRAIN
 
 runner = CliRunner()

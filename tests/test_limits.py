@@ -129,7 +129,7 @@ def test_a_long_prime_runs_in_bounded_chunks_and_matches_one_pass(monkeypatch):
     monkeypatch.setattr(model, "forward", lambda x, state=None: (lengths.append(x.shape[1]), forward(x, state))[1])
     monkeypatch.setattr(sample_mod, "PRIME_CHUNK", 256)
     with torch.no_grad():
-        last, state = sample_mod._run_prime(model, prime, torch.device("cpu"))
+        last, state = sample_mod.run_prime(model, prime, torch.device("cpu"))
     assert max(lengths) == 256 and sum(lengths) == 3000
     torch.testing.assert_close(last, whole_logits[:, -1], rtol=1e-4, atol=1e-5)
     for a, b in zip(state, whole_state, strict=False):

@@ -11,24 +11,19 @@ import pytest
 import torch
 
 from charrnn.errors import UsageError
+from charrnn.generation import beam as beam_mod
 from charrnn.generation import kernels, sample
-from charrnn.generation.sample import (
+from charrnn.generation import stepper as stepper_mod
+from charrnn.generation.beam import BeamConfig, BeamEvent, BeamPiece, BeamResult, beam_search, refuse_sampling_controls
+from charrnn.generation.sample import SampleConfig, _Sampler, generate
+from charrnn.generation.stepper import (
     SIGMOID_ONLY_MIN_ELEMS,
-    BeamConfig,
-    BeamEvent,
-    BeamPiece,
-    BeamResult,
     GRUCell,
     LSTMCell,
     LSTMCellOneSigmoid,
     ReLURNNCell,
     RNNCell,
-    SampleConfig,
     Stepper,
-    _Sampler,
-    beam_search,
-    generate,
-    refuse_sampling_controls,
 )
 from charrnn.model import CharRNN, ModelConfig
 
@@ -258,7 +253,7 @@ def _every_kernel(stepper: Stepper) -> set[str]:
     found: set[str] = set()
     for value in vars(stepper.cell).values():
         for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, sample._Product):
+            if isinstance(item, stepper_mod._Product):
                 found.add(item.kernel)
     return found
 
@@ -338,7 +333,7 @@ def test_auto_times_real_steps_and_generates_in_what_it_picked(monkeypatch):
 
     monkeypatch.setattr(sample, "_generate", spy)
     ids = run(model, length=10, num_samples=2, seed=1, precision="auto")
-    assert ids.shape == (2, 10) and picked and picked[0][0] in sample.PRECISIONS
+    assert ids.shape == (2, 10) and picked and picked[0][0] in stepper_mod.PRECISIONS
     assert picked[0][1] is not None and picked[0][1].cell.precision == picked[0][0]
 
 
@@ -674,8 +669,8 @@ def confident_model() -> CharRNN:
 def test_beam_streams_what_every_beam_agrees_on_before_the_end(monkeypatch):
     model, n = confident_model(), 30
     steps: list[int] = []
-    advance = sample._Beams.advance
-    monkeypatch.setattr(sample._Beams, "advance", lambda self, t: (steps.append(t), advance(self, t))[1])
+    advance = beam_mod._Beams.advance
+    monkeypatch.setattr(beam_mod._Beams, "advance", lambda self, t: (steps.append(t), advance(self, t))[1])
     it = beam_search(model, [0], BeamConfig(beam_size=3, length=n), CPU)
     first = next(it)
     assert first == BeamPiece([0]) and steps == [0, 1]  # beams 00, 01, 02 agree on the first id
@@ -738,7 +733,7 @@ def test_beam_refuses_a_bad_prime_and_too_many_candidates_a_step(monkeypatch):
         beam_search(make_model(), [], BeamConfig(beam_size=2, length=5), CPU)
     with pytest.raises(UsageError, match="outside the vocabulary"):
         beam_search(make_model(), [V], BeamConfig(beam_size=2, length=5), CPU)
-    monkeypatch.setattr(sample, "MAX_BEAM_CANDIDATES", 2 * V)
+    monkeypatch.setattr(beam_mod, "MAX_BEAM_CANDIDATES", 2 * V)
     beam_search(make_model(), [1], BeamConfig(beam_size=2, length=5), CPU)  # at the limit: accepted
     with pytest.raises(UsageError, match="use --beam at most 2"):
         beam_search(make_model(), [1], BeamConfig(beam_size=3, length=5), CPU)

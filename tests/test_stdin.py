@@ -1,5 +1,5 @@
 """Standard input as a source (stdin.py): closed (`<&-`), or not UTF-8, is one sentence and exit 1 (#19 items 4, 10),
-and seeds start at 0 as the README says."""
+and seeds start at 0 as docs/limits-and-errors.md says."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
     check_output(path, inputs, force)   before any work: refuse a path that would destroy something
     replace_atomically(path, write)     temp file beside the target, then os.replace: never through its inode
 
-The rule, in the order it is checked (README.md, "Files charrnn writes"):
+The rule, in the order it is checked (docs/checkpoints-and-reliability.md, "Files charrnn writes"):
   - its directory must exist;
   - never a checkpoint (a .pt file, or any file torch.save wrote), even with --force;
   - never inside a run directory (a run owns what is in it: hard-linked checkpoints, metrics, its lock);

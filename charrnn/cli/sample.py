@@ -92,7 +92,9 @@ def sample(
     import torch
 
     from charrnn import api, runtime
-    from charrnn.generation.sample import BeamConfig, SampleConfig, check_precision_on, refuse_sampling_controls
+    from charrnn.generation.beam import BeamConfig, refuse_sampling_controls
+    from charrnn.generation.sample import SampleConfig
+    from charrnn.generation.stepper import check_precision_on
 
     with user_errors(), reader_may_leave():
         cfg: SampleConfig | BeamConfig
@@ -153,7 +155,7 @@ def _say_precision(choice) -> None:
 def stream_beams(events, prime: str, vocab, quiet: bool) -> None:
     """Beam search's text: one result streams as its beams agree; several come best first, a blank line apart,
     each after its prime. Each result's mean log-probability goes to stderr (unless --quiet)."""
-    from charrnn.generation.sample import BeamPiece
+    from charrnn.generation.beam import BeamPiece
 
     write_out(prime)
     last, streamed = prime, False

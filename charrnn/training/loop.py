@@ -49,7 +49,8 @@ LIMITS = ("max_steps", "max_epochs", "max_time")
 MAX_LOGITS = 1 << 28  # B * T * V values per step; fp32 logits, their softmax and gradient are 3 GiB at the limit
 # Under --max-time (with --eval-every left at its default) evaluations during the run may take at most this share
 # of the time so far; a scheduled one beyond it only saves a checkpoint. Evaluating 111 k characters every 200
-# steps of 2x512 took ~6 % of a 10-minute budget on 2 cores (bench/README.md, issue 9), steps the model never got.
+# steps of 2x512 took ~6 % of a 10-minute budget on 2 cores (bench/README.md, Quality per
+# minute), steps the model never got.
 EVAL_SHARE = 0.04
 CLOSING_MARGIN = 1.0  # seconds kept back beyond the final evaluation and save's expected cost
 MAX_PREVIEW = 10_000  # characters in a preview during training (`charrnn sample` has no such limit)
@@ -61,7 +62,7 @@ PREVIEW_TEMPERATURE = 0.8
 class TrainConfig:
     # data
     # 2,500 characters a step: on 2 CPU cores at 3 minutes, 50x50 beat 32x64 by 0.014 nats (more, cheaper steps;
-    # bench/README.md, issue 9). Early in training the number of optimizer steps is what counts.
+    # bench/README.md, Quality per minute). Early in training the number of optimizer steps is what counts.
     seq_len: int = 50
     batch_size: int = 50
     val_frac: float = 0.1
