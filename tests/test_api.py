@@ -150,3 +150,11 @@ def test_train_resume_refuses_a_model_option_that_differs(tmp_path, trained_run)
     shutil.copytree(trained_run, tmp_path / "run")
     with pytest.raises(UsageError, match="hidden"):
         charrnn.train(run_dir=tmp_path / "run", resume=True, hidden_size=64, max_steps=30, device="cpu")
+
+
+def test_a_line_scores_per_char_figures_without_overflow():
+    from charrnn.generation.score import LineScore
+
+    line = LineScore("x\n", nats=2000.0, chars=2)
+    assert line.nats_per_char == 1000.0 and line.perplexity == float("inf")
+    assert LineScore("ab", nats=2.0, chars=2).perplexity == pytest.approx(2.718281828)

@@ -69,6 +69,11 @@ UNKNOWN_COLOURS = ("#ffffff", "#a020f0")  # ink, background: a character outside
 # configuration and results
 
 
+def perplexity(nats_per_char: float) -> float:
+    """e ** nats_per_char, inf past what a float holds (exp overflows past ~709 nats)."""
+    return math.exp(nats_per_char) if nats_per_char < 700 else math.inf
+
+
 @dataclass
 class ScoreConfig:
     skip_unknown: bool = False  # leave characters outside the vocabulary out (else: ln(V) nats each)
@@ -117,8 +122,7 @@ class Score:
 
     @property
     def perplexity(self) -> float:
-        npc = self.nats_per_char
-        return math.exp(npc) if npc < 700 else math.inf  # exp overflows past ~709
+        return perplexity(self.nats_per_char)
 
     def add(self, line: LineScore) -> None:
         """Count `line` in: the sum over a text's lines is its whole score."""
@@ -182,7 +186,7 @@ class LineScore:
 
     @property
     def perplexity(self) -> float:
-        return math.exp(self.nats_per_char)
+        return perplexity(self.nats_per_char)
 
     def tsv(self) -> str:
         """`bpc<TAB>nats<TAB>chars<TAB>line`, the line without its line break, and no newline at the end."""
