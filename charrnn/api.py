@@ -27,12 +27,12 @@ from charrnn.checkpoint.state import ModelBundle
 from charrnn.display import parse_duration
 from charrnn.errors import CorpusError, UsageError
 from charrnn.generation.beam import BeamConfig, BeamEvent, BeamResult, beam_search
-from charrnn.generation.sample import SampleConfig, generate
+from charrnn.generation.sample import SAMPLE_PRECISIONS, SampleConfig, generate
 from charrnn.generation.score import LineScore, Score, ScoreConfig, score_lines, score_text
-from charrnn.generation.stepper import check_precision_on
+from charrnn.generation.stepper import check_precision, check_precision_on
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.text.vocab import Vocab, listed
-from charrnn.training.job import ModelOptions, TrainJob
+from charrnn.training.job import ModelOptions, TrainJob, run
 from charrnn.training.loop import TrainConfig, TrainResult
 
 Progress = Callable[[str, dict], None]  # (event, info): "eval" {step, val_loss, train_loss, ...}, "log", ...
@@ -45,7 +45,7 @@ def load(path: Path | str | None = None, *, device: str = "auto", precision: str
 
     >>> model = charrnn.load("checkpoints/notes", device="cpu")
     """
-    SampleConfig(precision=precision).validate()
+    check_precision(precision, SAMPLE_PRECISIONS)
     dev = runtime.select_device(device)
     check_precision_on(precision, dev)
     return Model.from_file(find_latest_run() if path is None else checkpoint_in(Path(path)), dev, precision)
@@ -105,7 +105,7 @@ class Model:
         """
         cfg = self.sample_config(temperature, top_k, top_p, length, num_samples, seed)
         rows: list[list[str]] = [[] for _ in range(num_samples)]
-        for block in self.sample_blocks(prime, cfg):  # (B, k) ids
+        for block in self.sample_blocks(self.prime_ids(prime), cfg):  # (B, k) ids
             for row, ids in zip(rows, block.tolist(), strict=True):
                 row.append(self.bundle.vocab.decode(ids))
         texts = ["".join(row) for row in rows]
@@ -126,7 +126,7 @@ class Model:
         >>> for piece in model.stream("ROMEO:", length=2000, seed=1): print(piece, end="")
         """
         cfg = self.sample_config(temperature, top_k, top_p, length, 1, seed)
-        blocks = self.sample_blocks(prime, cfg)  # options are checked here, at the call
+        blocks = self.sample_blocks(self.prime_ids(prime), cfg)  # options are checked here, at the call
         return (piece for block in blocks if (piece := self.bundle.vocab.decode(block[0].tolist())))
 
     def beam(self, prime: str = "", length: int = 2000, *, beams: int = 5, num_results: int = 1) -> str | list[str]:
@@ -136,7 +136,7 @@ class Model:
         >>> model.beam("ROMEO:", length=100, beams=5)
         """
         cfg = BeamConfig(beam_size=beams, length=length, num_results=num_results)
-        results = [e for e in self.beam_events(prime, cfg) if isinstance(e, BeamResult)]
+        results = [e for e in self.beam_events(self.prime_ids(prime), cfg) if isinstance(e, BeamResult)]
         texts = [self.bundle.vocab.decode(r.ids) for r in results]
         if num_results > 1:
             return texts
@@ -147,22 +147,21 @@ class Model:
         seed: int | None,
     ) -> SampleConfig:  # fmt: skip
         seed = runtime.draw_seed() if seed is None else seed
-        runtime.check_seed(seed, num_samples)
         cfg = SampleConfig(temperature, top_k, top_p, length, num_samples, seed, self.precision)
         cfg.validate()
         return cfg
 
     def sample_blocks(
-        self, prime: str, cfg: SampleConfig, on_precision: Callable[[Any], None] | None = None
+        self, prime_ids: list[int], cfg: SampleConfig, on_precision: Callable[[Any], None] | None = None
     ) -> Iterator[torch.Tensor]:
-        """The sampler's (B, k) blocks of new ids after `prime` (sample.generate, which runs its steps under
-        inference mode itself): what the CLI streams and generate() joins. Options and the prime are checked at
-        the call."""
-        return generate(self.net, self.prime_ids(prime), cfg, self.device, on_precision=on_precision)
+        """The sampler's (B, k) blocks of new ids after the prime's ids (prime_ids()), from sample.generate, which
+        runs its steps under inference mode itself: what the CLI streams and generate() joins. Options are
+        checked at the call."""
+        return generate(self.net, prime_ids, cfg, self.device, on_precision=on_precision)
 
-    def beam_events(self, prime: str, cfg: BeamConfig) -> Iterator[BeamEvent]:
-        """sample.beam_search's events after `prime`: what the CLI streams and beam() collects."""
-        return beam_search(self.net, self.prime_ids(prime), cfg, self.device)
+    def beam_events(self, prime_ids: list[int], cfg: BeamConfig) -> Iterator[BeamEvent]:
+        """beam.beam_search's events after the prime's ids (prime_ids()): what the CLI streams and beam() collects."""
+        return beam_search(self.net, prime_ids, cfg, self.device)
 
     def prime_ids(self, prime: str) -> list[int]:
         """`prime` as ids; an empty prime is the vocabulary's start character (a newline when it has one), which
@@ -246,9 +245,7 @@ def train(
     >>> charrnn.load(result.checkpoint).generate("Dear ", length=200, seed=1)
     """
     job = train_job(corpus, run_dir, resume, overwrite, init_from, options, given=set(options))
-    from charrnn.training import job as jobs
-
-    return Trained.of(jobs.run(job, progress or _silent))
+    return Trained.of(run(job) if progress is None else run(job, progress))
 
 
 def train_job(
@@ -289,7 +286,3 @@ def train_job(
         show_progress=show_progress,
         started=time.perf_counter() if started is None else started,
     )
-
-
-def _silent(event: str, info: dict) -> None:
-    pass

@@ -111,24 +111,16 @@ def sample(
         check_precision_on(cfg.precision, dev)
         path = resolve_checkpoint(checkpoint)
         model = api.Model.from_file(path, dev, cfg.precision)
-        text = _read_prime(prime, model.bundle.vocab)
+        text = stdin.read_text("--prime -") if prime == "-" else (prime or "")
+        prime_ids = model.prime_ids(text)  # characters the model never saw: one sentence, before anything prints
         if not quiet:
             _announce(path, model.bundle, cfg, seed_drawn=beam is None and not given(ctx, "seed"), device=dev)
         with torch.inference_mode():
             if isinstance(cfg, BeamConfig):
-                stream_beams(model.beam_events(text, cfg), text, model.bundle.vocab, quiet)
+                stream_beams(model.beam_events(prime_ids, cfg), text, model.bundle.vocab, quiet)
             else:
                 said = None if quiet else _say_precision
-                stream_samples(model.sample_blocks(text, cfg, said), text, model.bundle.vocab, num_samples)
-
-
-def _read_prime(prime: str | None, vocab) -> str:
-    """--prime's text ('-': standard input), every character of it in the model's vocabulary."""
-    from charrnn.api import check_prime_text
-
-    text = stdin.read_text("--prime -") if prime == "-" else (prime or "")
-    check_prime_text(text, vocab)
-    return text
+                stream_samples(model.sample_blocks(prime_ids, cfg, said), text, model.bundle.vocab, num_samples)
 
 
 def _announce(path: Path, bundle, cfg, *, seed_drawn: bool, device) -> None:

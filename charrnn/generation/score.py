@@ -69,9 +69,25 @@ UNKNOWN_COLOURS = ("#ffffff", "#a020f0")  # ink, background: a character outside
 # configuration and results
 
 
-def perplexity(nats_per_char: float) -> float:
-    """e ** nats_per_char, inf past what a float holds (exp overflows past ~709 nats)."""
-    return math.exp(nats_per_char) if nats_per_char < 700 else math.inf
+class PerChar:
+    """nats_per_char, bits_per_char and perplexity of `nats` over `chars`: one definition for a whole text's Score
+    and a line's LineScore."""
+
+    nats: float
+    chars: int
+
+    @property
+    def nats_per_char(self) -> float:
+        return self.nats / self.chars if self.chars else math.nan
+
+    @property
+    def bits_per_char(self) -> float:
+        return self.nats_per_char / LN2
+
+    @property
+    def perplexity(self) -> float:
+        npc = self.nats_per_char
+        return math.exp(npc) if npc < 700 else math.inf  # exp overflows past ~709
 
 
 @dataclass
@@ -93,7 +109,7 @@ class ScoreConfig:
 
 
 @dataclass
-class Score:
+class Score(PerChar):
     """The negative log-likelihood of a text (or of a sum of lines) under a model: what `charrnn score` prints."""
 
     total_nats: float = 0.0
@@ -113,16 +129,8 @@ class Score:
         return 0.0 if self.skip_unknown or self.vocab_size < 1 else math.log(self.vocab_size)
 
     @property
-    def nats_per_char(self) -> float:
-        return self.total_nats / self.chars if self.chars else math.nan
-
-    @property
-    def bits_per_char(self) -> float:
-        return self.nats_per_char / LN2
-
-    @property
-    def perplexity(self) -> float:
-        return perplexity(self.nats_per_char)
+    def nats(self) -> float:  # type: ignore[override]  # PerChar's numerator
+        return self.total_nats
 
     def add(self, line: LineScore) -> None:
         """Count `line` in: the sum over a text's lines is its whole score."""
@@ -169,24 +177,12 @@ class Score:
 
 
 @dataclass(frozen=True)
-class LineScore:
+class LineScore(PerChar):
     text: str  # the line as read, its newline included (the text's last line may lack one)
     nats: float  # its negative log-likelihood, unknown characters' penalties included
     chars: int  # characters scored in it, its newline included
     unknown: int = 0
     unknown_chars: tuple[str, ...] = ()
-
-    @property
-    def nats_per_char(self) -> float:
-        return self.nats / self.chars if self.chars else math.nan
-
-    @property
-    def bits_per_char(self) -> float:
-        return self.nats_per_char / LN2
-
-    @property
-    def perplexity(self) -> float:
-        return perplexity(self.nats_per_char)
 
     def tsv(self) -> str:
         """`bpc<TAB>nats<TAB>chars<TAB>line`, the line without its line break, and no newline at the end."""
