@@ -22,18 +22,25 @@ from typing import Any
 import torch
 
 from charrnn import runtime
-from charrnn.checkpoint.files import checkpoint_in, find_latest_run, load_model
+from charrnn.checkpoint.files import load_model
+from charrnn.checkpoint.rundir import checkpoint_in, find_latest_run
 from charrnn.checkpoint.state import ModelBundle
-from charrnn.display import parse_duration
+from charrnn.config.model import ModelConfig
+from charrnn.config.sample import SAMPLE_PRECISIONS, SampleConfig
+from charrnn.config.seed import check_seed, draw_seed
+from charrnn.config.settings import parsed, settings_of
+from charrnn.config.train import TrainConfig
 from charrnn.errors import CorpusError, UsageError
 from charrnn.generation.beam import BeamConfig, BeamEvent, BeamResult, beam_search
-from charrnn.generation.sample import SAMPLE_PRECISIONS, SampleConfig, generate
-from charrnn.generation.score import LineScore, Score, ScoreConfig, score_lines, score_text
+from charrnn.generation.lines import score_lines
+from charrnn.generation.sample import generate
+from charrnn.generation.score import LineScore, Score, ScoreConfig
 from charrnn.generation.stepper import check_precision, check_precision_on
-from charrnn.model import CharRNN, ModelConfig
+from charrnn.generation.whole import score_text
+from charrnn.model import CharRNN
 from charrnn.text.vocab import Vocab, listed
-from charrnn.training.job import ModelOptions, TrainJob, run
-from charrnn.training.loop import TrainConfig, TrainResult
+from charrnn.training.job import MODEL_FIELDS, ModelOptions, TrainJob, run
+from charrnn.training.loop import TrainResult
 
 Progress = Callable[[str, dict], None]  # (event, info): "eval" {step, val_loss, train_loss, ...}, "log", ...
 
@@ -146,7 +153,7 @@ class Model:
         self, temperature: float, top_k: int | None, top_p: float | None, length: int, num_samples: int,
         seed: int | None,
     ) -> SampleConfig:  # fmt: skip
-        seed = runtime.draw_seed() if seed is None else seed
+        seed = draw_seed() if seed is None else seed
         cfg = SampleConfig(temperature, top_k, top_p, length, num_samples, seed, self.precision)
         cfg.validate()
         return cfg
@@ -202,8 +209,10 @@ def check_prime_text(prime: str, vocab: Vocab) -> None:
 
 # ---- training
 
-TRAIN_OPTIONS = tuple(f.name for f in fields(TrainConfig))
-MODEL_OPTIONS = tuple(f.name for f in fields(ModelOptions))
+# train()'s keywords: every TrainConfig setting, and ModelConfig's that have a flag (the vocabulary comes from
+# the corpus).
+TRAIN_OPTIONS = tuple(settings_of(TrainConfig))
+MODEL_OPTIONS = MODEL_FIELDS
 
 
 @dataclass(frozen=True)
@@ -266,12 +275,10 @@ def train_job(
     unknown = sorted(set(options) - set(TRAIN_OPTIONS) - set(MODEL_OPTIONS))
     if unknown:
         raise UsageError(f"train has no option {unknown[0]!r}; the options are train's flags, e.g. max_time.")
-    train_options = {k: v for k, v in options.items() if k in TRAIN_OPTIONS}
-    if isinstance(train_options.get("max_time"), str):
-        train_options["max_time"] = parse_duration(train_options["max_time"])
+    train_options = parsed(TrainConfig, {k: v for k, v in options.items() if k in TRAIN_OPTIONS})
     if train_options.get("seed") is None:
-        train_options["seed"] = runtime.draw_seed()
-    runtime.check_seed(train_options["seed"])  # from 0 (docs/limits-and-errors.md); older runs resume theirs
+        train_options["seed"] = draw_seed()
+    check_seed(train_options["seed"])  # from 0 (docs/limits-and-errors.md); older runs resume theirs
     sources = [] if corpus is None else [str(c) for c in corpus] if isinstance(corpus, list) else [str(corpus)]
     return TrainJob(
         sources=sources,

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import math
 import reprlib
+import sys
 from collections.abc import Callable, Mapping
-
-import torch
+from typing import TYPE_CHECKING
 
 from charrnn.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
 
 RESUME_ADVICE = "the file is damaged or was edited, so resume from another checkpoint or start a new run"
 LOAD_ADVICE = "the file is damaged or was edited, so use another checkpoint"
@@ -37,7 +40,8 @@ def field_error(path, field: str, problem: str, advice: str = LOAD_ADVICE) -> Ch
 
 def show(value) -> str:
     """A short description of a value for a message: never the whole of a crafted megabyte string."""
-    if isinstance(value, torch.Tensor):
+    torch = sys.modules.get("torch")  # a value can only be a tensor once torch is loaded
+    if torch is not None and isinstance(value, torch.Tensor):
         return f"a {_dtype_name(value.dtype)} tensor of shape {shape_text(value.shape)}"
     kind = type(value).__name__
     return f"{reprlib.repr(value)} ({'an' if kind[0] in 'aeiou' else 'a'} {kind})"
@@ -132,6 +136,8 @@ def check_tensor(
 
     Contiguity also rules out stride-0 views, which claim more elements than their storage (and the file) holds.
     """
+    import torch  # lazy: the scalar rules above load with the CLI's flags, which must not wait for torch
+
     if not isinstance(t, torch.Tensor):
         raise field_error(path, field, f"is {show(t)}, not a tensor", advice)
     if t.layout != torch.strided or t.is_quantized or t.device.type != "cpu":

@@ -147,20 +147,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-MIN_SEED, MAX_SEED = 0, 2**63 - 1  # torch.manual_seed takes 64 bits; stream i samples with seed + i
-# Runs from before seeds started at 0 may hold a negative one (torch maps it to 64 bits), and still resume with it.
-RECORDED_MIN_SEED = -(2**63)
-
-
-def check_seed(seed: int, streams: int = 1, *, minimum: int = MIN_SEED) -> None:
-    if not minimum <= seed <= MAX_SEED - (streams - 1):
-        raise UsageError(f"--seed must be between {minimum:,} and {MAX_SEED - (streams - 1):,}, not {seed}.")
-
-
-def draw_seed() -> int:
-    return int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
-
-
 def rng_state() -> dict:
     """Every RNG a run consumes, in types torch.load(weights_only=True) accepts (no legacy numpy state)."""
     state = {

@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from charrnn.cli.app import app
 from charrnn.cli.options import parse_duration
+from charrnn.config.sample import PRECISIONS
 from charrnn.generation import kernels
-from charrnn.generation.stepper import PRECISIONS
 from tests.conftest import TINY_TRAIN
 
 runner = CliRunner()
@@ -339,22 +339,3 @@ def test_gpu_trained_checkpoint_samples_on_cpu(trained_run, tmp_path):
     torch.save(ck, dst / "best.pt")
     r = run(["sample", dst / "best.pt", "-n", "10", "--seed", "1", "--device", "cpu"])
     assert r.exit_code == 0, r.stderr
-
-
-def test_the_train_flags_defaults_are_the_configs_defaults():
-    """Each default has one owner (TrainConfig, ModelOptions); the CLI's signature repeats it only because Typer
-    needs a literal, and this keeps the two from drifting apart."""
-    import inspect
-
-    from charrnn.cli import train as cli
-    from charrnn.training.job import ModelOptions
-    from charrnn.training.loop import TrainConfig
-
-    params = inspect.signature(cli.train).parameters
-    drawn_or_parsed = {"seed", "max_time"}  # drawn at random when left out; a duration string on the command line
-    for name in cli.TRAIN_FIELDS:
-        if name not in drawn_or_parsed:
-            assert params[name].default == getattr(TrainConfig(), name), name
-    for name in ModelOptions.__dataclass_fields__:
-        assert params[name].default == getattr(ModelOptions(), name), name
-    assert params["seed"].default is None and params["max_time"].default is None

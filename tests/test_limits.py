@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from charrnn.config.sample import MAX_HELD_CHARS, MAX_NUM_SAMPLES
 from charrnn.generation import sample as sample_mod
 from charrnn.generation import score as score_mod
-from charrnn.generation.sample import MAX_HELD_CHARS, MAX_NUM_SAMPLES
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.text.data import min_corpus_chars, min_train_chars
 from charrnn.training import loop as train_mod

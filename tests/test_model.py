@@ -5,8 +5,9 @@ import torch
 
 import charrnn.model as model_mod
 from charrnn.checkpoint.files import load_model, save_checkpoint
+from charrnn.config.model import MAX_VOCAB, MAX_WIDTH, ModelConfig, weight_shapes
 from charrnn.errors import CheckpointError, UsageError
-from charrnn.model import MAX_VOCAB, MAX_WIDTH, CharRNN, ModelConfig, weight_shapes
+from charrnn.model import CharRNN
 
 
 def small_model(kind: str, vocab_size: int, hidden_size: int) -> CharRNN:

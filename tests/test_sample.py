@@ -10,6 +10,7 @@ import re
 import pytest
 import torch
 
+from charrnn.config.sample import MAX_NUM_SAMPLES
 from charrnn.errors import UsageError
 from charrnn.generation import beam as beam_mod
 from charrnn.generation import kernels, sample
@@ -713,7 +714,7 @@ def test_beam_length_zero_yields_nothing_and_fewer_continuations_than_asked_yiel
     ("cfg", "message"),
     [
         ({"beam_size": 0}, "--beam must be at least 1"),
-        ({"beam_size": sample.MAX_NUM_SAMPLES + 1}, "--beam must be at most"),
+        ({"beam_size": MAX_NUM_SAMPLES + 1}, "--beam must be at most"),
         ({"beam_size": 2, "num_results": 3}, "--num-samples 3 asks for more results than --beam 2"),
         ({"num_results": 0}, "--num-samples must be at least 1"),
         ({"length": -1}, "--length must be at least 0"),

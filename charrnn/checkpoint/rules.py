@@ -10,17 +10,16 @@ import math
 
 import torch
 
+from charrnn.config.train import TRAIN_REQUIRED, TRAIN_RULES
 from charrnn.fields import (
     ANY_REAL,
     BOOL,
     FINITE,
-    FRACTION,
     LOSS,
     NON_NEGATIVE,
     POSITIVE,
     RESUME_ADVICE,
     TEXT,
-    UNIT,
     Rule,
     check_fields,
     check_tensor,
@@ -41,44 +40,6 @@ _MT_WORDS = 624  # Mersenne Twister state words (Python's random and numpy's MT1
 _CUDA_RNG_BYTES = 16  # a Philox seed and offset, what torch.cuda.get_rng_state() returns per device
 _OPT_FLAGS_MUST_MATCH = ("amsgrad", "maximize", "capturable", "differentiable", "decoupled_weight_decay")
 _OPT_FLAGS_DEVICE = ("foreach", "fused")  # chosen per device, so a resume on another device may differ
-
-# Types and ranges as TrainConfig.validate() enforces them on the command line; the seed takes what torch takes,
-# which older charrnn versions accepted on the command line too.
-TRAIN_RULES: dict[str, Rule] = {
-    "seq_len": int_in(1),
-    "batch_size": int_in(1),
-    "val_frac": FRACTION,
-    "lr": POSITIVE,
-    "min_lr_frac": UNIT,
-    "decay_frac": UNIT,
-    "warmup_steps": int_in(0),
-    "weight_decay": NON_NEGATIVE,
-    "grad_clip": POSITIVE,
-    "max_steps": optional(int_in(1)),
-    "max_epochs": optional(POSITIVE),
-    "max_time": optional(POSITIVE),
-    "eval_every": int_in(1),
-    "eval_streams": int_in(1),
-    "eval_chars": optional(int_in(1)),
-    "log_every": int_in(1),
-    "sample_every": optional(int_in(1)),
-    "sample_length": int_in(0),
-    "sample_prime": TEXT,
-    "keep": int_in(0),
-    "max_skips": int_in(1),
-    "seed": int_in(-(2**63), 2**64 - 1),
-    "device": TEXT,
-    "threads": optional(int_in(1)),
-    "amp": BOOL,
-}
-
-# What every train_config has held since format 1; later keys (decay_frac, the previews) may be missing from an
-# older checkpoint and take their defaults, but a missing one of these means the file was edited.
-TRAIN_REQUIRED = (
-    "seq_len", "batch_size", "val_frac", "lr", "min_lr_frac", "warmup_steps", "weight_decay", "grad_clip",
-    "max_steps", "max_epochs", "max_time", "eval_every", "eval_streams", "eval_chars", "log_every", "keep",
-    "max_skips", "seed", "device", "threads", "amp",
-)  # fmt: skip
 
 # Top-level fields resume reads: (rule, required).
 RESUME_FIELDS: dict[str, tuple[Rule, bool]] = {

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from charrnn.checkpoint.rules import check_resume_header
+from charrnn.config.model import ModelConfig, weight_shapes
 from charrnn.errors import CheckpointError
 from charrnn.fields import (
     ANY_REAL,
@@ -38,7 +39,7 @@ from charrnn.fields import (
     require,
     require_dict,
 )
-from charrnn.model import CharRNN, ModelConfig, copy_weights, weight_shapes
+from charrnn.model import CharRNN, copy_weights
 from charrnn.text.vocab import StoredVocabError, Vocab
 from charrnn.version import __version__
 

@@ -1,17 +1,69 @@
-"""What several commands share: option panels and builders, --max-time's durations, whether a flag was given,
-the checkpoint a command uses, --force, and the one line that names a checkpoint's progress."""
+"""What several commands share: flags built from the configs' declared settings, option builders, --max-time's
+durations, whether a flag was given, the checkpoint a command uses, --force, and the one line that names a
+checkpoint's progress."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 
 from charrnn.cli.console import say
+from charrnn.config.settings import DATA, MODEL, OPTIM, OUTPUT, RUNTIME, SAME, STOP
 from charrnn.errors import UsageError
 
-DATA, MODEL, OPTIM, STOP, OUTPUT, RUNTIME = "Data", "Model", "Optimization", "Stopping", "Output", "Runtime"
+PANELS = (None, DATA, MODEL, OPTIM, STOP, OUTPUT, RUNTIME)  # the order --help shows them in
+
+
+def flags_of(*configs: type) -> list[inspect.Parameter]:
+    """Each declared setting of the config classes that has a flag, as a Typer option: its type, default, help
+    and panel from the one declaration, ordered by panel (then by declaration)."""
+    params = [_flag(cls, field) for cls in configs for field in dataclasses.fields(cls)]
+    flags = [p for p in params if p is not None]
+    return sorted(flags, key=lambda p: PANELS.index(_panel_of(p)))
+
+
+def _flag(cls: type, field: dataclasses.Field) -> inspect.Parameter | None:
+    s = field.metadata.get("setting")
+    if s is None or not s.is_flag:
+        return None
+    default = field.default if s.flag_default is SAME else s.flag_default
+    kind = s.flag_type or typing.get_type_hints(cls)[field.name]
+    if default is None and typing.get_origin(kind) is None:
+        kind = Optional[kind]  # noqa: UP045 (Typer reads Optional[...] as "may be left out")
+    show = s.show_default if s.show_default is not None else default is not None
+    option = typer.Option(*s.flags, help=s.help, rich_help_panel=s.panel, show_default=show)
+    return parameter(field.name, Annotated[kind, option], default)
+
+
+def _panel_of(param: inspect.Parameter) -> str | None:
+    return param.annotation.__metadata__[0].rich_help_panel
+
+
+def parameter(name: str, kind: Any, default: Any) -> inspect.Parameter:
+    """A command's own flag or argument (not a config's setting): `kind` is Annotated[type, typer.Option(...)]."""
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+
+
+def placed(flags: list[inspect.Parameter], before: dict[str, list[inspect.Parameter]]) -> list[inspect.Parameter]:
+    """`flags` with a command's own parameters placed before the flag each is keyed by ("" for the end)."""
+    out: list[inspect.Parameter] = []
+    for flag in flags:
+        out += before.get(flag.name, []) + [flag]
+    return out + before.get("", [])
+
+
+def with_signature(command: Callable, params: list[inspect.Parameter]) -> Callable:
+    """`command(ctx, **options)` given the signature Typer reads its options from."""
+    ctx = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
+    command.__signature__ = inspect.Signature([ctx, *params], return_annotation=None)  # type: ignore[attr-defined]
+    command.__annotations__ = {}
+    return command
 
 
 def parse_duration(text: str | None) -> float | None:
@@ -32,12 +84,12 @@ def given(ctx: typer.Context, name: str) -> bool:
 
 def resolve_checkpoint(path: Path | None) -> Path:
     """A checkpoint file, or a run directory (its best.pt, else last.pt), or the newest run's."""
-    from charrnn.checkpoint.files import checkpoint_in, find_latest_run
+    from charrnn.checkpoint.rundir import checkpoint_in, find_latest_run
 
     return find_latest_run() if path is None else checkpoint_in(path)
 
 
-def option(panel: str, help: str, *names: str, show_default: bool = True) -> Any:
+def option(panel: str | None, help: str, *names: str, show_default: bool = True) -> Any:
     """A `train` option in its help panel (Data, Model, ...): the flag names, if not the field's, then the help."""
     return typer.Option(*names, help=help, rich_help_panel=panel, show_default=show_default)
 

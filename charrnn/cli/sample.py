@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from charrnn.cli.console import reader_may_leave, say, write_out
-from charrnn.cli.options import given, progress_line, resolve_checkpoint
+from charrnn.cli.options import flags_of, given, parameter, placed, progress_line, resolve_checkpoint, with_signature
 from charrnn.cli.signals import user_errors
+from charrnn.config.sample import SampleConfig
 from charrnn.errors import UsageError
 from charrnn.text import stdin
 
@@ -29,36 +30,11 @@ SampleCheckpoint = Annotated[
         show_default=False,
     ),
 ]
-SampleTemp = Annotated[float, typer.Option("--temp", "--temperature", "-t", help="Sampling temperature; 0 is greedy.")]
-SampleTopK = Annotated[
-    Optional[int], typer.Option(help="Sample only from the k most likely characters.", show_default=False)
-]
-SampleTopP = Annotated[
-    Optional[float],
-    typer.Option(
-        help="Nucleus sampling: the smallest set of characters with this much probability.", show_default=False
-    ),
-]
-SampleLength = Annotated[int, typer.Option("--length", "-n", help="New characters per sample.")]
 SamplePrime = Annotated[
     Optional[str],
     typer.Option(help="Text to start from ('-' reads it from stdin); printed before the sample.", show_default=False),
 ]
-SampleNumSamples = Annotated[
-    int, typer.Option(help="Samples generated together as one batch, separated by a blank line.")
-]
-SampleSeed = Annotated[
-    Optional[int], typer.Option(help="Random seed \\[default: drawn and printed to stderr].", show_default=False)
-]
 SampleDevice = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
-SamplePrecision = Annotated[
-    str,
-    typer.Option(
-        help="fp32 (exact); int8: int8 weights on the CPU, about 2x faster for 2x512 models, less for small ones; "
-        "bf16: faster with many --num-samples on CPUs with AVX512-BF16/AMX and on GPUs; auto: the fastest here "
-        "(timed at start) of those measured to cost at most 0.01 bits/char."
-    ),
-]
 SampleBeam = Annotated[
     Optional[int],
     typer.Option(
@@ -73,39 +49,28 @@ SampleQuiet = Annotated[
 ]
 
 
-def sample(
-    ctx: typer.Context,
-    checkpoint: SampleCheckpoint = None,
-    temp: SampleTemp = 0.8,
-    top_k: SampleTopK = None,
-    top_p: SampleTopP = None,
-    length: SampleLength = 2000,
-    prime: SamplePrime = None,
-    num_samples: SampleNumSamples = 1,
-    seed: SampleSeed = None,
-    device: SampleDevice = "auto",
-    precision: SamplePrecision = "fp32",
-    beam: SampleBeam = None,
-    quiet: SampleQuiet = False,
-) -> None:
+def sample(ctx: typer.Context, **options: Any) -> None:
     """Stream text from a trained checkpoint to stdout."""
     import torch
 
     from charrnn import api, runtime
+    from charrnn.config.seed import draw_seed
     from charrnn.generation.beam import BeamConfig, refuse_sampling_controls
-    from charrnn.generation.sample import SampleConfig
     from charrnn.generation.stepper import check_precision_on
 
+    checkpoint, prime, device, beam, quiet = (options[k] for k in ("checkpoint", "prime", "device", "beam", "quiet"))
+    sampling = {name: options[name] for name in SETTINGS}
     with user_errors(), reader_may_leave():
         cfg: SampleConfig | BeamConfig
         if beam is not None:
-            refuse_sampling_controls(temp if given(ctx, "temp") else None, top_k, top_p)
-            if seed is not None:
+            temperature = sampling["temperature"] if given(ctx, "temperature") else None
+            refuse_sampling_controls(temperature, sampling["top_k"], sampling["top_p"])
+            if sampling["seed"] is not None:
                 raise UsageError("--beam is deterministic, so --seed does nothing with it; leave --seed out.")
-            cfg = BeamConfig(beam_size=beam, length=length, num_results=num_samples, precision=precision)
+            n, precision = sampling["num_samples"], sampling["precision"]
+            cfg = BeamConfig(beam_size=beam, length=sampling["length"], num_results=n, precision=precision)
         else:
-            seed = runtime.draw_seed() if seed is None else seed
-            cfg = SampleConfig(temp, top_k, top_p, length, num_samples, seed, precision)
+            cfg = SampleConfig(**sampling | {"seed": draw_seed() if sampling["seed"] is None else sampling["seed"]})
         cfg.validate()
         dev = runtime.select_device(device)
         check_precision_on(cfg.precision, dev)
@@ -120,7 +85,25 @@ def sample(
                 stream_beams(model.beam_events(prime_ids, cfg), text, model.bundle.vocab, quiet)
             else:
                 said = None if quiet else _say_precision
-                stream_samples(model.sample_blocks(prime_ids, cfg, said), text, model.bundle.vocab, num_samples)
+                stream_samples(model.sample_blocks(prime_ids, cfg, said), text, model.bundle.vocab, cfg.num_samples)
+
+
+# SampleConfig's settings are sample's flags, one each, declared there; around them, the command's own.
+SETTINGS = tuple(p.name for p in flags_of(SampleConfig))
+with_signature(
+    sample,
+    [
+        parameter("checkpoint", SampleCheckpoint, None),
+        *placed(
+            flags_of(SampleConfig),
+            {
+                "num_samples": [parameter("prime", SamplePrime, None)],
+                "precision": [parameter("device", SampleDevice, "auto")],
+                "": [parameter("beam", SampleBeam, None), parameter("quiet", SampleQuiet, False)],
+            },
+        ),
+    ],
+)
 
 
 def _announce(path: Path, bundle, cfg, *, seed_drawn: bool, device) -> None:

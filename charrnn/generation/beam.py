@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from charrnn.config.sample import MAX_HELD_CHARS, MAX_NUM_SAMPLES, SAMPLE_PRECISIONS
 from charrnn.errors import UsageError
-from charrnn.generation.sample import MAX_HELD_CHARS, MAX_NUM_SAMPLES, SAMPLE_PRECISIONS, check_prime, run_prime
+from charrnn.generation.sample import check_prime, run_prime
 from charrnn.generation.stepper import Stepper, check_precision
 from charrnn.model import CharRNN
 

@@ -13,19 +13,19 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 import torch
 
 from charrnn import runtime
+from charrnn.config.sample import SampleConfig
 from charrnn.errors import UsageError
 from charrnn.generation import kernels
 from charrnn.generation.kernels import bf16_is_native
-from charrnn.generation.stepper import PRECISIONS, Stepper, check_precision, check_precision_on
+from charrnn.generation.stepper import Stepper, check_precision_on
 from charrnn.model import CharRNN, State
 
-SAMPLE_PRECISIONS = (*PRECISIONS, "auto")
 # Worst validation cost against fp32 (bits/char) measured on three trained checkpoints, one stream and the
 # 64-stream cell alike (bench/bench_precision.py; the figures are in bench/README.md).
 MEASURED_COST_BPC = {"fp32": 0.0, "bf16": 0.0001, "int8": 0.0003}
@@ -35,46 +35,7 @@ AUTO_ROUNDS, AUTO_STEPS = 3, 8  # auto times each candidate's step for the best 
 UNIFORM_BLOCK = 256  # uniforms drawn per stream at a time, so the Python loop over generators is amortised
 CUDA_YIELD_BLOCK = 32  # ids per host transfer on CUDA (divides UNIFORM_BLOCK)
 CUDA_WARMUP_STEPS = 3  # eager steps on a side stream before graph capture, as torch.cuda.graph asks
-MIN_TEMPERATURE = 1e-4  # below this 1/T overflows float32 logits; 0 (greedy) is what such a T means anyway
-MAX_NUM_SAMPLES = 1024  # streams in one batch: each has its own generator and state
-MAX_HELD_CHARS = 50_000_000  # samples 1.. are held in memory until sample 0 has streamed: (N - 1) * length
 PRIME_CHUNK = 4096  # prime characters run through the model at a time, so a long prime needs bounded memory
-
-
-@dataclass
-class SampleConfig:
-    temperature: float = 0.8  # 0 means greedy argmax
-    top_k: int | None = None  # keep the k most likely chars (clamped to V)
-    top_p: float | None = None  # nucleus: smallest set with cumulative prob >= top_p, in (0, 1]
-    length: int = 2000  # new characters per sample
-    num_samples: int = 1
-    seed: int = 0  # stream i uses seed + i
-    # "bf16": bfloat16 recurrent weights, faster with many streams on CPUs that have it; "int8": int8 recurrent
-    # weights on CPU, faster for all but small models; "auto": the fastest here within MAX_AUTO_COST_BPC
-    precision: str = "fp32"
-
-    def validate(self) -> None:
-        if not math.isfinite(self.temperature) or self.temperature < 0:
-            raise UsageError(f"--temperature must be a finite number >= 0 (0 means greedy), not {self.temperature}.")
-        if 0 < self.temperature < MIN_TEMPERATURE:
-            raise UsageError(f"--temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, not {self.temperature}.")
-        if self.top_k is not None and self.top_k < 1:
-            raise UsageError(f"--top-k must be at least 1, not {self.top_k}.")
-        if self.top_p is not None and not (0.0 < self.top_p <= 1.0):
-            raise UsageError(f"--top-p must be in (0, 1], not {self.top_p}.")
-        if self.length < 0:
-            raise UsageError(f"--length must be at least 0, not {self.length}.")
-        if not 1 <= self.num_samples <= MAX_NUM_SAMPLES:
-            raise UsageError(f"--num-samples must be between 1 and {MAX_NUM_SAMPLES}, not {self.num_samples}.")
-        if (self.num_samples - 1) * self.length > MAX_HELD_CHARS:
-            raise UsageError(
-                f"--num-samples {self.num_samples} x --length {self.length} would hold "
-                f"{(self.num_samples - 1) * self.length:,} characters in memory while sample 0 streams "
-                f"(the limit is {MAX_HELD_CHARS:,}); ask for fewer or shorter samples, or run several "
-                "commands with different --seed."
-            )
-        runtime.check_seed(self.seed, self.num_samples)
-        check_precision(self.precision, SAMPLE_PRECISIONS)
 
 
 class PrecisionChoice(NamedTuple):

@@ -35,12 +35,12 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from charrnn.config.sample import PRECISIONS
 from charrnn.errors import UsageError
 from charrnn.generation import kernels
 from charrnn.generation.kernels import bf16_is_native
 from charrnn.model import CharRNN, State
 
-PRECISIONS = ("fp32", "bf16", "int8")  # what a Stepper runs; --precision auto picks one of them
 ONEDNN_MIN_BATCH = 2  # streams from which fp32 products use oneDNN's prepacked linear, not MKL (timed on CPU)
 SIGMOID_ONLY_MIN_ELEMS = 16384  # B*H from which the one-sigmoid LSTM cell beats sigmoid + tanh (timed on CPU)
 

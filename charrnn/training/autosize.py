@@ -10,8 +10,9 @@ from collections.abc import Callable
 
 import torch
 
+from charrnn.config.model import ModelConfig
 from charrnn.display import format_duration
-from charrnn.model import CharRNN, ModelConfig
+from charrnn.model import CharRNN
 from charrnn.training.step import TrainStep, make_optimizer
 
 # (hidden_size, num_layers), smallest first. Char-level models on ~1 MB of text saturate around 2x512.

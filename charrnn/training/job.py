@@ -15,22 +15,25 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from charrnn import runtime
-from charrnn.checkpoint.files import RunDir, checkpoint_in, load_bundle, verify_checkpoint
-from charrnn.checkpoint.rundir import check_run_dir, claim_run_dir
+from charrnn.checkpoint.files import load_bundle, verify_checkpoint
+from charrnn.checkpoint.rundir import RunDir, check_run_dir, checkpoint_in, claim_run_dir
 from charrnn.checkpoint.state import ModelBundle, TrainState
+from charrnn.config.model import ModelConfig
+from charrnn.config.settings import flag_defaults
+from charrnn.config.train import LIMITS, RESUME_OVERRIDABLE, TrainConfig
 from charrnn.display import format_duration
 from charrnn.errors import CharRNNError, CorpusError, UsageError
 from charrnn.fields import RESUME_ADVICE
-from charrnn.model import ModelConfig
 from charrnn.text.corpus import Corpus, load_corpus
 from charrnn.text.vocab import Vocab, listed
 from charrnn.training.autosize import choose_model_size, dropout_for
-from charrnn.training.loop import LIMITS, RESUME_OVERRIDABLE, TrainConfig, Trainer, TrainResult, check_corpus_size
+from charrnn.training.loop import Trainer, TrainResult, check_corpus_size
 
 Reporter = Callable[[str, dict], None]
 
@@ -46,32 +49,46 @@ def default_budget(num_chars: int) -> float:
     return float(round(min(MAX_BUDGET, max(MIN_BUDGET, BUDGET_PER_MILLION_CHARS * num_chars / 1e6))))
 
 
-@dataclass
 class ModelOptions:
-    """The model flags. None: chosen here (sizes by auto-sizing under a time budget, else ModelConfig's 2x512;
-    dropout by the planned passes over the text, autosize.dropout_for)."""
+    """The model flags as given: ModelConfig's settings that have a flag, at their flag's default unless given.
+    None: chosen here (sizes by auto-sizing under a time budget, else ModelConfig's 2x512; dropout by the planned
+    passes over the text, autosize.dropout_for)."""
 
-    model: str = "lstm"
-    hidden_size: int | None = None
-    num_layers: int | None = None
-    embed_size: int = 0
-    dropout: float | None = None
-    tie_weights: bool = False
+    def __init__(self, **values: Any) -> None:
+        defaults = flag_defaults(ModelConfig)
+        unknown = sorted(set(values) - set(defaults))
+        if unknown:
+            raise TypeError(f"ModelOptions has no option {unknown[0]!r}")
+        self.values: dict[str, Any] = defaults | values
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ModelOptions) and self.values == other.values
+
+    def __repr__(self) -> str:
+        return f"ModelOptions({', '.join(f'{k}={v!r}' for k, v in self.values.items())})"
 
     @classmethod
     def of(cls, config: ModelConfig) -> ModelOptions:
-        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+        return cls(**{name: getattr(config, name) for name in MODEL_FIELDS})
 
     def check(self) -> None:
         """Every value checked now, by building a ModelConfig from them with the unset sizes at their default."""
-        ModelConfig(vocab_size=2, **{k: v for k, v in vars(self).items() if v is not None}).check_trainable()
+        ModelConfig(vocab_size=2, **self.chosen()).check_trainable()
 
     def config(self, vocab_size: int, sized: dict | None = None) -> ModelConfig:
-        chosen = {k: v for k, v in vars(self).items() if v is not None} | (sized or {})
-        return ModelConfig(vocab_size=vocab_size, **chosen)
+        return ModelConfig(vocab_size=vocab_size, **self.chosen() | (sized or {}))
+
+    def chosen(self) -> dict[str, Any]:
+        return {k: v for k, v in self.values.items() if v is not None}
 
 
-MODEL_FIELDS = tuple(f.name for f in fields(ModelOptions))
+MODEL_FIELDS = tuple(flag_defaults(ModelConfig))
 
 
 @dataclass

@@ -10,19 +10,20 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from charrnn import runtime
-from charrnn.checkpoint.files import RunDir
 from charrnn.checkpoint.rules import check_resume_state
+from charrnn.checkpoint.rundir import RunDir
 from charrnn.checkpoint.state import CorpusInfo, ModelBundle, TrainState, checkpoint_dict
+from charrnn.config.train import PREVIEW_TEMPERATURE, TrainConfig
 from charrnn.display import format_duration
-from charrnn.errors import CorpusError, DivergedError, UsageError
-from charrnn.fields import MAX_TEXT, RESUME_ADVICE
+from charrnn.errors import CorpusError, DivergedError
+from charrnn.fields import RESUME_ADVICE
 from charrnn.generation.sample import SampleConfig, generate
 from charrnn.generation.score import ScoreConfig, streams_nats
 from charrnn.model import CharRNN, State, copy_weights, load_weights
@@ -33,19 +34,6 @@ from charrnn.training.step import TrainStep, make_optimizer
 
 Reporter = Callable[[str, dict], None]
 
-# Options that change no arithmetic, so a resumed run may take new values for them.
-RESUME_OVERRIDABLE = (
-    "device",
-    "threads",
-    "keep",
-    "log_every",
-    "eval_every",
-    "max_skips",
-    "sample_every",
-    "sample_length",
-    "sample_prime",
-)
-LIMITS = ("max_steps", "max_epochs", "max_time")
 MAX_LOGITS = 1 << 28  # B * T * V values per step; fp32 logits, their softmax and gradient are 3 GiB at the limit
 # Under --max-time (with --eval-every left at its default) evaluations during the run may take at most this share
 # of the time so far; a scheduled one beyond it only saves a checkpoint. Evaluating 111 k characters every 200
@@ -53,104 +41,6 @@ MAX_LOGITS = 1 << 28  # B * T * V values per step; fp32 logits, their softmax an
 # minute), steps the model never got.
 EVAL_SHARE = 0.04
 CLOSING_MARGIN = 1.0  # seconds kept back beyond the final evaluation and save's expected cost
-MAX_PREVIEW = 10_000  # characters in a preview during training (`charrnn sample` has no such limit)
-MAX_PRIME = MAX_TEXT  # a preview's prime: any string a checkpoint field may hold
-PREVIEW_TEMPERATURE = 0.8
-
-
-@dataclass
-class TrainConfig:
-    # data
-    # 2,500 characters a step: on 2 CPU cores at 3 minutes, 50x50 beat 32x64 by 0.014 nats (more, cheaper steps;
-    # bench/README.md, Quality per minute). Early in training the number of optimizer steps is what counts.
-    seq_len: int = 50
-    batch_size: int = 50
-    val_frac: float = 0.1
-    # optimisation
-    # Warm-up, a constant rate, then a cosine over the last 20 % down to a tenth ("warmup-stable-decay"). A cosine
-    # over the whole budget lost 0.10 nats to a constant rate at one pass, and 3e-3 lost 0.02 to 2e-3 (issue 9).
-    lr: float = 2e-3
-    min_lr_frac: float = 0.1  # the decay ends at lr * min_lr_frac
-    decay_frac: float = 0.2  # the cosine takes the last decay_frac of the budget; the lr is constant before it
-    warmup_steps: int = 20  # Adam on an LSTM needs little warm-up; a long one wastes a short budget
-    weight_decay: float = 0.1  # on weight matrices only, not biases
-    grad_clip: float = 1.0
-    # when to stop (whichever comes first); None means no limit from that side
-    max_steps: int | None = None
-    max_epochs: float | None = None
-    max_time: float | None = None  # seconds
-    # evaluation, logging, checkpoints
-    eval_every: int = 200
-    eval_streams: int = 8  # validation text is cut into this many contiguous streams, every char scored once
-    eval_chars: int | None = 2_000_000  # score at most this many validation chars (None: all of them)
-    log_every: int = 20
-    # a preview of the model's text at every evaluation (or every sample_every steps), on stderr and in
-    # samples.jsonl; a fixed seed per run, so successive previews differ only by what the model learned
-    sample_every: int | None = None  # None: at every evaluation
-    sample_length: int = 200  # 0: no previews
-    sample_prime: str = ""
-    keep: int = 3
-    max_skips: int = 5  # consecutive non-finite steps before training stops as diverged
-    # runtime
-    seed: int = 0
-    device: str = "auto"
-    threads: int | None = None
-    amp: bool = True  # fp16 autocast + GradScaler on CUDA; ignored elsewhere
-
-    def validate(self) -> None:
-        positive = {
-            "seq_len": self.seq_len,
-            "batch_size": self.batch_size,
-            "eval_every": self.eval_every,
-            "log_every": self.log_every,
-            "eval_streams": self.eval_streams,
-            "max_skips": self.max_skips,
-            "sample_every": 1 if self.sample_every is None else self.sample_every,
-        }
-        for name, value in positive.items():
-            if value < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, not {value}.")
-        if not 0.0 < self.val_frac < 1.0:
-            raise UsageError(f"--val-frac must be between 0 and 1 (exclusive), not {self.val_frac}.")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise UsageError(f"--lr must be a positive number, not {self.lr}.")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise UsageError(f"--weight-decay must be a number >= 0, not {self.weight_decay}.")
-        if not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
-            raise UsageError(f"--grad-clip must be a positive number, not {self.grad_clip}.")
-        if self.warmup_steps < 0 or self.keep < 0 or self.sample_length < 0:
-            raise UsageError("--warmup-steps, --keep and --sample-length must be 0 or more.")
-        if len(self.sample_prime) > MAX_PRIME:
-            raise UsageError(
-                f"--sample-prime must be at most {MAX_PRIME:,} characters, not {len(self.sample_prime):,}."
-            )
-        if self.sample_length > MAX_PREVIEW:
-            raise UsageError(
-                f"--sample-length must be at most {MAX_PREVIEW:,} (a preview, not a sample), not {self.sample_length}."
-            )
-        if not 0.0 <= self.min_lr_frac <= 1.0:
-            raise UsageError(f"--min-lr-frac must be between 0 and 1, not {self.min_lr_frac}.")
-        if not 0.0 <= self.decay_frac <= 1.0:
-            raise UsageError(f"--decay-frac must be between 0 and 1, not {self.decay_frac}.")
-        for name in LIMITS:
-            value = getattr(self, name)
-            if value is not None and not (value > 0 and math.isfinite(value)):
-                raise UsageError(
-                    f"--{name.replace('_', '-')} must be a positive finite number, not {value}; "
-                    "leave it out for no limit from that side."
-                )
-        if self.threads is not None and self.threads < 1:
-            raise UsageError(f"--threads must be at least 1, not {self.threads}.")
-        runtime.check_seed(self.seed, minimum=runtime.RECORDED_MIN_SEED)  # a new run's: checked by the CLI
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        d = {"decay_frac": 1.0, **d}  # saved before decay_frac existed: the cosine ran over the whole budget
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 @dataclass
