@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from charrnn.errors import CorpusError
-from charrnn.text import corpora
+from charrnn.text import corpora, download
 from charrnn.text.corpora import NamedCorpus
 from charrnn.text.corpus import load_corpus
 from tests.conftest import SHAKESPEARE
@@ -167,7 +167,7 @@ def test_an_entry_without_a_pin_must_say_why():
 
 def test_an_unknown_name_lists_the_corpora(cache):
     with pytest.raises(CorpusError) as err:
-        corpora.get("tiny-shakspeare", timeout=TIMEOUT)
+        download.get("tiny-shakspeare", timeout=TIMEOUT)
     assert "'tiny-shakspeare'" in one_sentence(err) and "tiny-shakespeare" in str(err.value)
 
 
@@ -177,7 +177,7 @@ def test_an_unknown_name_lists_the_corpora(cache):
 def test_a_text_corpus_downloads_verifies_and_reports_progress(server, cache, monkeypatch):
     register(monkeypatch, server, "tiny", TEXT)
     seen: list[tuple[int, int | None]] = []
-    path = corpora.get("tiny", progress=lambda done, total: seen.append((done, total)), timeout=TIMEOUT)
+    path = download.get("tiny", progress=lambda done, total: seen.append((done, total)), timeout=TIMEOUT)
     assert path == cache / "corpora" / "tiny" / "tiny.txt" and path.read_bytes() == TEXT
     assert seen[0] == (0, len(TEXT)) and seen[-1] == (len(TEXT), len(TEXT))
     assert [done for done, _ in seen] == sorted(done for done, _ in seen)
@@ -188,7 +188,7 @@ def test_a_text_corpus_downloads_verifies_and_reports_progress(server, cache, mo
 def test_a_zip_corpus_unpacks_its_member(server, cache, monkeypatch):
     archive = zipped({"README": b"not the text", "tiny8": TEXT})
     register(monkeypatch, server, "tiny8", archive, filename="tiny8.zip", member="tiny8", text=TEXT)
-    path = corpora.get("tiny8", timeout=TIMEOUT)
+    path = download.get("tiny8", timeout=TIMEOUT)
     assert path.read_bytes() == TEXT
     assert leftovers(cache, "tiny8") == ["tiny8.txt"]  # the archive is deleted once unpacked
 
@@ -199,14 +199,14 @@ def test_a_verified_archive_left_by_a_kill_is_unpacked_without_the_network(serve
     (cache / "corpora" / "tiny8").mkdir(parents=True)
     (cache / "corpora" / "tiny8" / "tiny8.zip").write_bytes(archive)  # renamed there only after verification
     (cache / "corpora" / "tiny8" / ".tiny8.txt.abc.tmp").write_bytes(b"a killed unpacking")
-    assert corpora.get("tiny8", timeout=TIMEOUT).read_bytes() == TEXT
+    assert download.get("tiny8", timeout=TIMEOUT).read_bytes() == TEXT
     assert server.ranges == [] and leftovers(cache, "tiny8") == ["tiny8.txt"]
 
 
 def test_a_wrong_checksum_leaves_nothing_under_the_final_name(server, cache, monkeypatch):
     register(monkeypatch, server, "tiny", TEXT, sha256=sha256(b"something else"))
     with pytest.raises(CorpusError, match="does not match its published SHA-256") as err:
-        corpora.get("tiny", timeout=TIMEOUT)
+        download.get("tiny", timeout=TIMEOUT)
     assert "charrnn corpus get tiny" in one_sentence(err)
     assert leftovers(cache, "tiny") == []  # neither the text nor the .part
 
@@ -215,12 +215,12 @@ def test_a_cut_connection_leaves_a_part_and_the_next_get_resumes_it(server, cach
     register(monkeypatch, server, "tiny", TEXT)
     server.cut_after = 5000
     with pytest.raises(CorpusError, match="broke off after") as err:
-        corpora.get("tiny", timeout=TIMEOUT)
+        download.get("tiny", timeout=TIMEOUT)
     assert "charrnn corpus get tiny` again to resume" in one_sentence(err)
     part = cache / "corpora" / "tiny" / "corpus.txt.part"
     assert part.read_bytes() == TEXT[:5000] and not (cache / "corpora" / "tiny" / "tiny.txt").exists()
     seen: list[tuple[int, int | None]] = []
-    path = corpora.get("tiny", progress=lambda done, total: seen.append((done, total)), timeout=TIMEOUT)
+    path = download.get("tiny", progress=lambda done, total: seen.append((done, total)), timeout=TIMEOUT)
     assert server.ranges == [None, "bytes=5000-"]
     assert path.read_bytes() == TEXT and not part.exists()
     assert seen[0] == (5000, len(TEXT))  # the bar starts where the last download stopped
@@ -232,7 +232,7 @@ def test_a_server_that_ignores_range_restarts_cleanly(server, cache, monkeypatch
     part = cache / "corpora" / "tiny" / "corpus.txt.part"
     part.parent.mkdir(parents=True)
     part.write_bytes(b"#" * 3000)  # appended to, this would fail the checksum
-    assert corpora.get("tiny", timeout=TIMEOUT).read_bytes() == TEXT
+    assert download.get("tiny", timeout=TIMEOUT).read_bytes() == TEXT
     assert server.ranges == ["bytes=3000-"]  # asked to resume, got the whole file, rewrote the .part
 
 
@@ -243,7 +243,7 @@ def test_a_part_that_the_server_cannot_continue_starts_over(server, cache, monke
     part.parent.mkdir(parents=True)
     part.write_bytes(TEXT)
     with pytest.raises(CorpusError):  # 416, then the whole file: its size is not the (wrong) pin
-        corpora.get("tiny", timeout=TIMEOUT)
+        download.get("tiny", timeout=TIMEOUT)
     assert server.ranges == [f"bytes={len(TEXT)}-", None]
 
 
@@ -252,14 +252,14 @@ def test_a_part_longer_than_the_file_is_discarded(server, cache, monkeypatch):
     part = cache / "corpora" / "tiny" / "corpus.txt.part"
     part.parent.mkdir(parents=True)
     part.write_bytes(TEXT + b"more")
-    assert corpora.get("tiny", timeout=TIMEOUT).read_bytes() == TEXT
+    assert download.get("tiny", timeout=TIMEOUT).read_bytes() == TEXT
     assert server.ranges == [None]
 
 
 def test_a_file_that_changed_upstream_is_refused_before_it_is_kept(server, cache, monkeypatch):
     register(monkeypatch, server, "tiny", TEXT, size=len(TEXT) - 1)
     with pytest.raises(CorpusError, match=f"serves {len(TEXT):,} bytes, not the {len(TEXT) - 1:,}") as err:
-        corpora.get("tiny", timeout=TIMEOUT)
+        download.get("tiny", timeout=TIMEOUT)
     one_sentence(err)
     assert leftovers(cache, "tiny") == []
 
@@ -271,7 +271,7 @@ def test_a_server_that_is_down_gives_one_sentence(cache, monkeypatch):
     entry = NamedCorpus("tiny", "d", "l", url=f"http://127.0.0.1:{port}/x.txt", size=3, sha256=sha256(b"abc"))
     monkeypatch.setitem(corpora.REGISTRY, "tiny", entry)
     with pytest.raises(CorpusError, match=f"cannot reach 127.0.0.1:{port} to download tiny") as err:
-        corpora.get("tiny", timeout=TIMEOUT)
+        download.get("tiny", timeout=TIMEOUT)
     assert "refused" in one_sentence(err).lower()
 
 
@@ -283,7 +283,7 @@ def test_a_server_that_never_answers_times_out(cache, monkeypatch):
                             sha256=sha256(b"abc"))  # fmt: skip
         monkeypatch.setitem(corpora.REGISTRY, "tiny", entry)
         with pytest.raises(CorpusError, match=r"no answer within 0\.3 s") as err:
-            corpora.get("tiny", timeout=0.3)
+            download.get("tiny", timeout=0.3)
     one_sentence(err)
 
 
@@ -291,16 +291,16 @@ def test_an_http_error_gives_one_sentence(server, cache, monkeypatch):
     register(monkeypatch, server, "tiny", TEXT)
     server.files.clear()
     with pytest.raises(CorpusError, match="answered HTTP 404") as err:
-        corpora.get("tiny", timeout=TIMEOUT)
+        download.get("tiny", timeout=TIMEOUT)
     one_sentence(err)
 
 
 def test_too_little_disk_space_is_refused_before_downloading(server, cache, monkeypatch):
     register(monkeypatch, server, "tiny", TEXT)
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(corpora.shutil, "disk_usage", lambda path: usage(100, 90, 10))
+    monkeypatch.setattr(download.shutil, "disk_usage", lambda path: usage(100, 90, 10))
     with pytest.raises(CorpusError, match="only 0.0 MB is free; free some disk space") as err:
-        corpora.get("tiny", timeout=TIMEOUT)
+        download.get("tiny", timeout=TIMEOUT)
     one_sentence(err)
     assert server.ranges == []
 
@@ -312,9 +312,9 @@ def test_a_disk_that_fills_up_while_downloading_gives_one_sentence(server, cache
         def write(self, data):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(corpora, "open", lambda *args: Full(), raising=False)
+    monkeypatch.setattr(download, "open", lambda *args: Full(), raising=False)
     with pytest.raises(CorpusError, match="No space left on device; free some disk space") as err:
-        corpora.get("tiny", timeout=TIMEOUT)
+        download.get("tiny", timeout=TIMEOUT)
     one_sentence(err)
     assert not (cache / "corpora" / "tiny" / "tiny.txt").exists()
 
@@ -322,7 +322,7 @@ def test_a_disk_that_fills_up_while_downloading_gives_one_sentence(server, cache
 def test_an_unpinned_corpus_downloads_with_a_warning(server, cache, monkeypatch):
     register(monkeypatch, server, "tiny", TEXT, sha256=None, unpinned="the publisher gives no hash")
     warnings: list[str] = []
-    assert corpora.get("tiny", warn=warnings.append, timeout=TIMEOUT).read_bytes() == TEXT
+    assert download.get("tiny", warn=warnings.append, timeout=TIMEOUT).read_bytes() == TEXT
     assert len(warnings) == 1 and "cannot be verified (the publisher gives no hash)" in warnings[0]
 
 
@@ -334,9 +334,9 @@ def test_a_second_downloader_is_refused_while_the_first_holds_the_lock(server, c
     with open(cache / "corpora" / "tiny" / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         with pytest.raises(CorpusError, match="another charrnn process is downloading tiny") as err:
-            corpora.get("tiny", timeout=TIMEOUT)
+            download.get("tiny", timeout=TIMEOUT)
     one_sentence(err)
-    assert corpora.get("tiny", timeout=TIMEOUT).read_bytes() == TEXT  # the lock is free again
+    assert download.get("tiny", timeout=TIMEOUT).read_bytes() == TEXT  # the lock is free again
 
 
 # ---- what is already there ---------------------------------------------------------------------------------------
@@ -344,23 +344,23 @@ def test_a_second_downloader_is_refused_while_the_first_holds_the_lock(server, c
 
 def test_an_already_downloaded_corpus_needs_no_network(server, cache, monkeypatch):
     register(monkeypatch, server, "tiny", TEXT)
-    path = corpora.get("tiny", timeout=TIMEOUT)
+    path = download.get("tiny", timeout=TIMEOUT)
 
     def no_network(*args, **kwargs):
         raise AssertionError("the network was used")
 
-    monkeypatch.setattr(corpora.urllib.request, "urlopen", no_network)
-    assert corpora.get("tiny", timeout=TIMEOUT) == path and server.ranges == [None]
+    monkeypatch.setattr(download.urllib.request, "urlopen", no_network)
+    assert download.get("tiny", timeout=TIMEOUT) == path and server.ranges == [None]
 
 
 def test_a_damaged_download_is_reported_and_fetched_again(server, cache, monkeypatch):
     register(monkeypatch, server, "tiny", TEXT)
-    path = corpora.get("tiny", timeout=TIMEOUT)
+    path = download.get("tiny", timeout=TIMEOUT)
     path.write_bytes(TEXT[:100])  # truncated behind our back
     with pytest.raises(CorpusError, match="is 100 bytes, not") as err:
         corpora.path("tiny")
     assert "charrnn corpus get tiny" in one_sentence(err)
-    assert corpora.get("tiny", timeout=TIMEOUT).read_bytes() == TEXT
+    assert download.get("tiny", timeout=TIMEOUT).read_bytes() == TEXT
 
 
 def test_list_corpora_says_what_is_downloaded(server, cache, monkeypatch):
@@ -368,7 +368,7 @@ def test_list_corpora_says_what_is_downloaded(server, cache, monkeypatch):
     before = {status.corpus.name: status for status in corpora.list_corpora()}
     assert list(before) == list(corpora.REGISTRY) and not before["tiny"].present
     assert before["pydocs"].corpus.builtin and before["enwik8"].corpus.size == 36_445_475
-    corpora.get("tiny", timeout=TIMEOUT)
+    download.get("tiny", timeout=TIMEOUT)
     after = {status.corpus.name: status for status in corpora.list_corpora()}
     assert after["tiny"].present and after["tiny"].path == cache / "corpora" / "tiny" / "tiny.txt"
 
@@ -384,8 +384,8 @@ def test_pydocs_is_built_not_downloaded(cache, monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("the network was used")
 
-    monkeypatch.setattr(corpora.urllib.request, "urlopen", no_network)
-    path = corpora.get("pydocs")
+    monkeypatch.setattr(download.urllib.request, "urlopen", no_network)
+    path = download.get("pydocs")
     assert path == cache / "corpora" / "pydocs.txt" and path.stat().st_size > 100_000
     assert corpora.path("pydocs") == path
 
@@ -399,7 +399,7 @@ def test_training_on_a_name_reads_the_downloaded_corpus(server, cache, monkeypat
     with pytest.raises(CorpusError, match=r"not downloaded yet; run `charrnn corpus get tiny` first") as err:
         load_corpus(["tiny"])
     one_sentence(err)
-    corpora.get("tiny", timeout=TIMEOUT)
+    download.get("tiny", timeout=TIMEOUT)
     corpus = load_corpus(["tiny"])
     assert corpus.name == "tiny" and corpus.sources == ["tiny"]
     assert corpus.vocab.decode(corpus.ids) == TEXT.decode() and corpus.sha256 == sha256(TEXT)
@@ -408,7 +408,7 @@ def test_training_on_a_name_reads_the_downloaded_corpus(server, cache, monkeypat
 def test_training_on_a_zip_corpus_reads_its_member(server, cache, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     register(monkeypatch, server, "tiny8", zipped({"tiny8": TEXT}), filename="tiny8.zip", member="tiny8", text=TEXT)
-    corpora.get("tiny8", timeout=TIMEOUT)
+    download.get("tiny8", timeout=TIMEOUT)
     assert load_corpus(["tiny8"]).vocab.decode(load_corpus(["tiny8"]).ids) == TEXT.decode()
 
 
@@ -474,7 +474,7 @@ def test_what_a_server_sends_is_shown_escaped_on_one_line(raw_server, cache, mon
     entry = NamedCorpus("tiny", "d", "l", url=url, size=3, sha256=sha256(b"abc"))
     monkeypatch.setitem(corpora.REGISTRY, "tiny", entry)
     with pytest.raises(CorpusError) as err:
-        corpora.get("tiny", timeout=TIMEOUT)
+        download.get("tiny", timeout=TIMEOUT)
     message = one_sentence(err)
     assert not any(unicodedata.category(c) == "Cc" for c in message), repr(message)
     assert "\\x1b" in message  # shown, escaped: the reader can see what the server sent
@@ -507,7 +507,7 @@ def test_an_error_message_from_any_source_reaches_stderr_escaped(monkeypatch):
     def crafted(name, **kwargs):
         raise CorpusError("the mirror said \x1b[2Jhello\nand \x00 more.")
 
-    monkeypatch.setattr(corpora, "get", crafted)
+    monkeypatch.setattr(download, "get", crafted)
     result = CliRunner().invoke(cli.app, ["corpus", "get", "tiny-shakespeare"])
     assert result.exit_code == 1
     assert "\x1b" not in result.stderr and "\x00" not in result.stderr

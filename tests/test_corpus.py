@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import random
@@ -12,9 +13,11 @@ import numpy as np
 import pytest
 
 from charrnn.errors import CorpusError
-from charrnn.text import corpus as corpus_mod
+from charrnn.text import encoder, utf8
 from charrnn.text.cache import default_cache_dir
-from charrnn.text.corpus import NAMED_CORPORA, Corpus, Vocab, load_corpus
+from charrnn.text.corpora import REGISTRY as NAMED_CORPORA
+from charrnn.text.corpus import Corpus, load_corpus
+from charrnn.text.vocab import Vocab
 
 # Code points from several scripts and widths: 1-byte ASCII, 2-byte Latin/Cyrillic, 3-byte CJK, 4-byte emoji.
 ALPHABET = "ab c\n\r\tZ9é߷ж中文字😀🚀𝄞"
@@ -99,12 +102,12 @@ def test_streaming_encoder_matches_in_memory_encoding_at_every_chunk_size(tmp_pa
         corpus = load_corpus([path], cache_dir=tmp_path / f"cache{chunk_bytes}", chunk_bytes=chunk_bytes)
         assert corpus.vocab == Vocab(text)
         np.testing.assert_array_equal(corpus.ids, expected)
-        assert corpus.sha256 == corpus_mod.hashlib.sha256(text.encode("utf-8")).hexdigest()
+        assert corpus.sha256 == hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @pytest.mark.parametrize("text", ["", "a", "a\0", "\0\0", "plain ascii", "café", "жук 中文", "😀", "x😀\0", ALPHABET])
 def test_code_points_are_the_characters_as_uint32(text):
-    cps = corpus_mod._code_points(text)
+    cps = encoder._code_points(text)
     assert cps.dtype == np.uint32 and cps.tolist() == [ord(c) for c in text]  # trailing NULs included
 
 
@@ -116,7 +119,7 @@ def test_ascii_with_one_character_split_across_chunks_encodes_like_the_whole_tex
         corpus = load_corpus([path], cache_dir=tmp_path / f"cache{chunk_bytes}", chunk_bytes=chunk_bytes)
         np.testing.assert_array_equal(corpus.ids, Vocab(text).encode(text))
         assert corpus.vocab == Vocab(text)
-        assert corpus.sha256 == corpus_mod.hashlib.sha256(text.encode("utf-8")).hexdigest()
+        assert corpus.sha256 == hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @pytest.mark.parametrize("chunk_bytes", [1, 3, 4, 16, 4096])
@@ -179,7 +182,7 @@ def test_bom_is_stripped_and_crlf_kept(tmp_path, cache):
     corpus = load_corpus([path], cache_dir=cache, chunk_bytes=2)  # the BOM spans chunks
     assert decoded(corpus) == "line one\r\nline two\r\n"
     assert "\ufeff" not in corpus.vocab.chars and "\r" in corpus.vocab.chars
-    assert corpus.sha256 == corpus_mod.hashlib.sha256(b"line one\r\nline two\r\n").hexdigest()
+    assert corpus.sha256 == hashlib.sha256(b"line one\r\nline two\r\n").hexdigest()
 
 
 def test_sources_concatenate_in_order_with_each_bom_stripped(tmp_path, cache):
@@ -272,7 +275,7 @@ def test_a_directory_file_with_one_bad_byte_at_its_end_is_skipped_and_leaves_no_
     corpus = load_corpus([str(root)], cache_dir=cache, chunk_bytes=64 << 10)
     assert decoded(corpus) == "first book\nsecond book\n"
     assert "Ω" not in corpus.vocab.chars and "∑" not in corpus.vocab.chars  # rolled back out of the vocabulary
-    assert corpus.sha256 == corpus_mod.hashlib.sha256(b"first book\nsecond book\n").hexdigest()  # and the hash
+    assert corpus.sha256 == hashlib.sha256(b"first book\nsecond book\n").hexdigest()  # and the hash
     expected = [(str(root / "b.txt"), f"not UTF-8 at byte {len(big)}")]
     if os.path.isfile("/bin/ls"):
         expected.append((str(root / "ls"), "binary"))
@@ -291,7 +294,7 @@ def test_a_directory_file_that_is_ascii_until_a_late_bad_byte_is_rolled_back(tmp
     corpus = load_corpus([str(root)], cache_dir=cache, chunk_bytes=64)
     assert decoded(corpus) == "first book\nsecond book\n"
     assert not set("QUIZJAX") & set(corpus.vocab.chars)
-    assert corpus.sha256 == corpus_mod.hashlib.sha256(b"first book\nsecond book\n").hexdigest()
+    assert corpus.sha256 == hashlib.sha256(b"first book\nsecond book\n").hexdigest()
     assert corpus.skipped == [(str(root / "b.txt"), f"not UTF-8 at byte {len(ascii_part)}")]
 
 
@@ -301,9 +304,9 @@ def test_a_large_binary_file_in_a_directory_costs_one_small_read(tmp_path, cache
     write(root / "a.txt", "some text\n")
     write(root / "weights.bin", b"\x00" * (20 << 20))
     read = {}
-    real_read = corpus_mod._read
-    monkeypatch.setattr(corpus_mod, "_read", lambda inp, f, size: read.setdefault(inp.label, []).append(size)
-                        or real_read(inp, f, size))  # fmt: skip
+    real_read = utf8._read
+    monkeypatch.setattr(utf8, "_read", lambda f, label, size: read.setdefault(label, []).append(size)
+                        or real_read(f, label, size))  # fmt: skip
     corpus = load_corpus([str(root)], cache_dir=cache)
     assert corpus.skipped == [(str(root / "weights.bin"), "binary")]
     assert sum(read[str(root / "weights.bin")]) <= 3 + 8192  # a BOM's worth, then the 8 KiB sniffed
@@ -419,8 +422,8 @@ def forbid_reading(monkeypatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("the corpus was read again instead of coming from the cache")
 
-    monkeypatch.setattr(corpus_mod, "_scan_pass", refuse)
-    monkeypatch.setattr(corpus_mod, "_encode_pass", refuse)
+    monkeypatch.setattr(encoder, "scan_pass", refuse)
+    monkeypatch.setattr(encoder, "encode_pass", refuse)
 
 
 def test_second_load_comes_from_the_cache(tmp_path, cache, monkeypatch):
@@ -440,8 +443,8 @@ def test_an_edited_file_is_re_encoded_with_a_new_sha(tmp_path, cache, monkeypatc
     st = os.stat(path)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     encodes = []
-    real_encode = corpus_mod._encode_pass
-    monkeypatch.setattr(corpus_mod, "_encode_pass", lambda *args: encodes.append(1) or real_encode(*args))
+    real_encode = encoder.encode_pass
+    monkeypatch.setattr(encoder, "encode_pass", lambda *args: encodes.append(1) or real_encode(*args))
     second = load_corpus([str(path)], cache_dir=cache)
     assert encodes == [1]
     assert second.sha256 != first.sha256 and decoded(second) == "TO BE OR NOT TO BE\n"
@@ -453,7 +456,7 @@ def test_touched_but_unchanged_file_is_rehashed_but_not_re_encoded(tmp_path, cac
     first = load_corpus([str(path)], cache_dir=cache)
     st = os.stat(path)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
-    monkeypatch.setattr(corpus_mod, "_encode_pass", lambda *a: pytest.fail("re-encoded unchanged content"))
+    monkeypatch.setattr(encoder, "encode_pass", lambda *a: pytest.fail("re-encoded unchanged content"))
     assert load_corpus([str(path)], cache_dir=cache).sha256 == first.sha256
 
 
@@ -527,7 +530,7 @@ def test_a_file_named_like_a_corpus_wins(tmp_path, cache, monkeypatch):
 
 
 def test_progress_goes_to_stderr_only_when_asked(tmp_path, cache, capsys, monkeypatch):
-    monkeypatch.setattr(corpus_mod, "_PROGRESS_MIN_BYTES", 0)  # every corpus counts as large
+    monkeypatch.setattr(encoder, "_PROGRESS_MIN_BYTES", 0)  # every corpus counts as large
     path = write(tmp_path / "book.txt", "some text\n" * 100)
     load_corpus([path], cache_dir=cache / "quiet")
     assert capsys.readouterr() == ("", "")

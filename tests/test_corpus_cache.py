@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from charrnn.errors import CorpusError
-from charrnn.text import corpora
+from charrnn.text import corpora, encoder, entries
 from charrnn.text import corpus as corpus_mod
 from charrnn.text.corpus import load_corpus
 
@@ -57,8 +57,8 @@ def cached_once(tmp_path: Path, cache: Path, text: str = TEXT, name: str = "book
 
 def count_encodes(monkeypatch) -> list[int]:
     encodes: list[int] = []
-    real = corpus_mod._encode_pass
-    monkeypatch.setattr(corpus_mod, "_encode_pass", lambda *args: encodes.append(1) or real(*args))
+    real = encoder.encode_pass
+    monkeypatch.setattr(encoder, "encode_pass", lambda *args: encodes.append(1) or real(*args))
     return encodes
 
 
@@ -95,7 +95,7 @@ def test_ids_outside_the_vocabulary_are_refused_even_with_a_matching_checksum(tm
     bin_path.write_bytes(bytes(data))
     meta = json.loads(json_path.read_text())
     meta["bin_crc32"] = zlib.crc32(bytes(data))
-    meta["checksum"] = corpus_mod._meta_checksum(meta)
+    meta["checksum"] = entries.meta_checksum(meta)
     json_path.write_text(json.dumps(meta))
     again, warnings = load(path, cache)
     assert decoded(again) == TEXT
@@ -133,7 +133,7 @@ def test_format_1_entries_are_stale_and_re_encoded_silently(tmp_path, cache, mon
     encodes = count_encodes(monkeypatch)
     again, warnings = load(path, cache)
     assert decoded(again) == TEXT and warnings == [] and encodes == [1]
-    assert json.loads(json_path.read_text())["format"] == corpus_mod._CACHE_FORMAT == 2
+    assert json.loads(json_path.read_text())["format"] == entries.CACHE_FORMAT == 2
 
 
 # ---- the stat index -------------------------------------------------------------------------------------------
@@ -173,17 +173,17 @@ def test_a_same_size_edit_with_its_mtime_put_back_is_re_encoded(tmp_path, cache)
 STALLING_LOADER = """
 import sys, time
 from pathlib import Path
-from charrnn.text import corpus
+from charrnn.text import corpus, encoder
 
 if len(sys.argv) > 3:
-    real = corpus._store_ids
+    real = encoder._store_ids
 
     def stall(*args):
         real(*args)
         Path(sys.argv[3]).touch()
         time.sleep(120)
 
-    corpus._store_ids = stall
+    encoder._store_ids = stall
 loaded = corpus.load_corpus([sys.argv[1]], cache_dir=Path(sys.argv[2]), chunk_bytes=64)
 print(len(loaded.ids))
 """
@@ -319,7 +319,7 @@ def test_a_write_error_while_encoding_advises_by_errno_and_leaves_no_temp(tmp_pa
     def fail(*args):
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(corpus_mod, "_store_ids", fail)
+    monkeypatch.setattr(encoder, "_store_ids", fail)
     with pytest.raises(CorpusError, match=f"{os.strerror(code)}; {advice}"):
         load_corpus([write(tmp_path / "book.txt", TEXT)], cache_dir=cache)
     assert temporaries(cache) == []

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from charrnn.errors import CharRNNError, CheckpointError, CheckpointWriteError, UsageError
-from charrnn.text.corpus import MARKER_NAME  # a directory-corpus walk skips a directory holding it
+from charrnn.text.sources import MARKER_NAME  # a directory-corpus walk skips a directory holding it
 
 try:
     import fcntl

@@ -1,4 +1,7 @@
-"""`charrnn corpus list|get|path`: the named corpora."""
+"""`charrnn corpus list|get|path`: the named corpora.
+
+The library is imported inside each command, lazily, for start-up speed (`charrnn --help` reads no registry).
+"""
 
 from __future__ import annotations
 
@@ -35,14 +38,14 @@ def corpus_list() -> None:
 def corpus_get(name: CorpusName) -> None:
     """Download a named corpus into the cache (resuming a broken download, checking its SHA-256, unpacking
     archives) and print its path."""
-    from charrnn.text import corpora
+    from charrnn.text import corpora, download
     from charrnn.training.progress import Reporter
 
     with user_errors(), reader_may_leave():
         corpora.lookup(name)
         reporter = Reporter(console=err)
         with reporter.transfer(f"downloading {name}") as progress:
-            path = corpora.get(name, progress=progress, warn=reporter.warn)
+            path = download.get(name, progress=progress, warn=reporter.warn)
         write_out(f"{path}\n")
 
 

@@ -1,2 +1,3 @@
-"""Text in: sources read as strict streaming UTF-8 (files, directories, stdin, named corpora), the vocabulary,
-the encoder and its cache, and batching for training. Imports only the ground (errors, display)."""
+"""Text in: sources (files, directories, stdin, named corpora and their downloads) read by the one strict streaming
+UTF-8 reader (utf8), the vocabulary, the two-pass encoder and its cache, and batching for training. Imports only
+the ground (errors, display, version)."""

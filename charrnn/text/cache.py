@@ -1,6 +1,9 @@
-"""Where the corpus cache lives, and how anything is written into it: atomically, and with one sentence whose
-advice fits the errno when it cannot be. corpus.py (the encoded ids) and corpora.py (downloads, built-in text)
-both write through here.
+"""Where the corpus cache lives, how anything is written into it (atomically, and with one sentence whose advice
+fits the errno when it cannot be), and its lock. encoder.py and entries.py (the encoded ids), corpora.py (built-in
+text) and download.py (downloads) all write through here.
+
+Every corpus load holds <cache_dir>/.lock shared while it may write temporaries (cache_lock); a load that first
+gets it exclusively knows that no writer is alive, so it deletes the temporaries that killed ones left behind.
 """
 
 from __future__ import annotations
@@ -8,9 +11,19 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from charrnn.errors import CorpusError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, so stale temporaries are never provably dead and stay
+    fcntl = None  # type: ignore[assignment]
+
+# Temporaries that a killed writer leaves behind: (subdirectory of the cache, glob)
+_TEMPORARIES = (("encoded", ".*.tmp"), ("tmp", ".spool-*"), ("corpora", ".*.tmp"))
 
 
 def default_cache_dir() -> Path:
@@ -47,3 +60,50 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+@contextmanager
+def cache_lock(cache_dir: Path) -> Iterator[None]:
+    """Hold <cache_dir>/.lock shared while this load may leave temporaries in the cache.
+
+    Whoever gets it exclusively knows that no writer is alive, so every temporary there is a killed writer's.
+    Without a usable lock (no flock, a read-only cache) nothing is cleaned; writes still say what is wrong.
+    """
+    fd = _open_lock(cache_dir)
+    if fd is None:
+        yield
+        return
+    try:
+        if _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB):
+            _remove_temporaries(cache_dir)
+        _flock(fd, fcntl.LOCK_SH)  # not atomic after LOCK_EX, which is fine: nothing of ours exists yet
+        yield
+    finally:
+        os.close(fd)
+
+
+def _open_lock(cache_dir: Path) -> int | None:
+    if fcntl is None:
+        return None
+    with suppress(OSError):
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):  # a shared read-only cache can still be locked
+        with suppress(OSError):
+            return os.open(cache_dir / ".lock", flags, 0o666)
+    return None
+
+
+def _flock(fd: int, operation: int) -> bool:
+    try:
+        fcntl.flock(fd, operation)
+    except OSError:  # held elsewhere (BlockingIOError), or a filesystem without locks
+        return False
+    return True
+
+
+def _remove_temporaries(cache_dir: Path) -> None:
+    for subdir, pattern in _TEMPORARIES:
+        with suppress(OSError):
+            for path in (cache_dir / subdir).glob(pattern):
+                with suppress(OSError):
+                    path.unlink()
