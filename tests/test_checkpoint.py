@@ -24,13 +24,8 @@ import pytest
 import torch
 
 from charrnn.checkpoint import files as ck
-from charrnn.checkpoint.files import (
-    RunDir,
-    find_latest_run,
-    load_checkpoint,
-    save_checkpoint,
-    verify_checkpoint,
-)
+from charrnn.checkpoint.files import load_checkpoint, save_checkpoint, verify_checkpoint
+from charrnn.checkpoint.rundir import RunDir, find_latest_run
 from charrnn.checkpoint.state import FORMAT_NAME, FORMAT_VERSION
 from charrnn.errors import CheckpointError, CheckpointWriteError
 from charrnn.model import CharRNN, ModelConfig

@@ -1,4 +1,4 @@
-"""Checkpoints: atomic durable writes, verification before unpickling, best/last bookkeeping, finding runs.
+"""Checkpoint files: atomic durable writes, verification before unpickling, safe loading, `load_model`.
 
 A checkpoint is one zip file written by torch.save holding a plain dict (tensors and primitives only), so it
 always loads with torch.load(weights_only=True). Why each step of the write protocol exists
@@ -15,8 +15,9 @@ always loads with torch.load(weights_only=True). Why each step of the write prot
   stores records uncompressed, so only a crafted file (a zip bomb) declares much more than it holds.
 
 A model exported for sharing (`charrnn export`) is a .safetensors file instead: weights, config and vocabulary,
-no pickle and no optimizer state (export.py is its codec). It is written with the same protocol, and
+no pickle and no optimizer state (safetensors.py is its codec). It is written with the same protocol, and
 load_bundle, hence sample, score, info and --init-from, reads it wherever a .pt is accepted; resuming needs a .pt.
+A run directory's files (numbered checkpoints, last.pt and best.pt, retention, the resume fallback) are rundir.py's.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import contextlib
 import errno
 import os
 import re
-import secrets
 import shutil
 import stat
 import tempfile
@@ -39,7 +39,7 @@ import torch
 
 from charrnn.checkpoint import safetensors as export
 from charrnn.checkpoint.state import MODEL_KEYS, ModelBundle, check_format
-from charrnn.errors import CharRNNError, CheckpointError, CheckpointWriteError, UsageError
+from charrnn.errors import CheckpointError, CheckpointWriteError
 
 
 def torch_is_safe(version: str) -> bool:
@@ -58,11 +58,10 @@ if not torch_is_safe(torch.__version__):
 
 TEMP_PREFIX = ".ckpt-"
 TEMP_SUFFIX = ".tmp"
-_NUMBERED = re.compile(r"^ckpt-(\d+)\.pt$")
 _TORCH_ENFORCE = re.compile(r"^\[enforce fail at [^\]]*\]\s*\.?\s*")  # c10 noise before the real message
 _SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 # os.link failures that mean "this filesystem has no hard links here", not "the disk is broken".
-_NO_LINK_ERRNOS = {errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP}
+NO_LINK_ERRNOS = {errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP}
 # Leaf types torch.load(weights_only=True) accepts without an allowlist.
 _PLAIN_LEAVES = (torch.Tensor, str, bytes, bool, int, float, complex, type(None), torch.Size, torch.dtype, torch.device)
 # torch.save stores every record uncompressed, so the records of a real checkpoint add up to less than the file;
@@ -87,7 +86,7 @@ def save_checkpoint(state: dict, path: Path, *, durable: bool = True) -> None:
     """
     path = Path(path)
     _check_plain(state, path)
-    _atomic_write(path, lambda f: torch.save(state, f), durable=durable)
+    atomic_write(path, lambda f: torch.save(state, f), durable=durable)
 
 
 def export_bundle(bundle: ModelBundle, path: Path | str, dtype: str = "fp32") -> Path:
@@ -97,11 +96,11 @@ def export_bundle(bundle: ModelBundle, path: Path | str, dtype: str = "fp32") ->
     path = Path(path)
     export.check_options(path, dtype)
     data = export.encode(bundle, dtype)
-    _atomic_write(path, lambda f: f.write(data), durable=True, verify=_load_safetensors)
+    atomic_write(path, lambda f: f.write(data), durable=True, verify=_load_safetensors)
     return path
 
 
-def _atomic_write(path: Path, write, *, durable: bool, verify: Callable[[Path], object] | None = None) -> None:
+def atomic_write(path: Path, write, *, durable: bool, verify: Callable[[Path], object] | None = None) -> None:
     """mkstemp beside `path` -> write(f) -> flush -> fsync -> verify -> os.replace -> fsync the directory.
 
     verify(temp path) raises if the written file does not read back; verify_checkpoint by default."""
@@ -109,7 +108,7 @@ def _atomic_write(path: Path, write, *, durable: bool, verify: Callable[[Path], 
     try:
         fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX)
     except OSError as exc:
-        raise _write_error(path, exc) from exc
+        raise write_error(path, exc) from exc
     tmp = Path(tmp_name)
     replaced = False
     try:
@@ -122,7 +121,7 @@ def _atomic_write(path: Path, write, *, durable: bool, verify: Callable[[Path], 
         os.replace(tmp, path)
         replaced = True
         if durable:
-            _fsync_dir(directory)
+            fsync_dir(directory)
     except BaseException as exc:
         _remove_quietly(tmp, replaced)
         interrupt = _interrupt_in(exc)
@@ -131,7 +130,7 @@ def _atomic_write(path: Path, write, *, durable: bool, verify: Callable[[Path], 
             # asked to stop, so stop, instead of reporting a disk problem that never happened.
             raise interrupt from None
         if isinstance(exc, Exception):
-            raise _write_error(path, exc, replaced=replaced) from exc
+            raise write_error(path, exc, replaced=replaced) from exc
         raise  # KeyboardInterrupt / SystemExit: cleaned up, now let them through
 
 
@@ -147,7 +146,7 @@ def _remove_quietly(tmp: Path, replaced: bool) -> None:
             pass  # the original error is the one worth reporting; prepare() removes strays next run
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     # A rename is only durable once the directory entry itself reaches the disk.
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -156,10 +155,10 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _write_error(path: Path, exc: BaseException, *, replaced: bool = False) -> CheckpointWriteError:
-    cause = _describe(exc)
-    if _out_of_space(exc):
-        cause += f"; {_free_bytes(path.parent)} bytes free on that disk"
+def write_error(path: Path, exc: BaseException, *, replaced: bool = False) -> CheckpointWriteError:
+    cause = describe(exc)
+    if out_of_space(exc):
+        cause += f"; {free_bytes(path.parent)} bytes free on that disk"
     if replaced:
         return CheckpointWriteError(
             f"checkpoint {path} was written but its directory could not be synced ({cause}), "
@@ -178,7 +177,7 @@ def _exception_chain(exc: BaseException | None) -> Iterator[BaseException]:
         exc = exc.__cause__ or exc.__context__
 
 
-def _out_of_space(exc: BaseException) -> bool:
+def out_of_space(exc: BaseException) -> bool:
     # torch's stream writer reports a short write as "unexpected pos" / "file write failed", with or without
     # the OSError behind it in __context__ (when it writes to a path itself, the errno is lost).
     for e in _exception_chain(exc):
@@ -189,7 +188,7 @@ def _out_of_space(exc: BaseException) -> bool:
     return False
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
     # Prefer the OSError hiding behind torch's RuntimeError: "File too large" beats "unexpected pos 704 vs 598".
     for e in _exception_chain(exc):
         if isinstance(e, OSError) and e.strerror:
@@ -198,7 +197,7 @@ def _describe(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
-def _free_bytes(directory: Path) -> str:
+def free_bytes(directory: Path) -> str:
     try:
         return f"{shutil.disk_usage(directory).free:,}"
     except OSError:
@@ -264,7 +263,7 @@ def _check_file(path: Path) -> tuple[int, bytes]:
         with path.open("rb") as f:
             head = f.read(9)
     except OSError as exc:
-        raise CheckpointError.about(path, f"cannot be read ({_describe(exc)})", "check its permissions") from exc
+        raise CheckpointError.about(path, f"cannot be read ({describe(exc)})", "check its permissions") from exc
     if size == 0:
         raise CheckpointError.about(
             path, "is empty (0 bytes), probably from an interrupted write", "use an older checkpoint"
@@ -291,7 +290,7 @@ def _verify_zip(path: Path, size: int, head: bytes) -> None:
     except CheckpointError:
         raise
     except Exception as exc:  # BadZipFile, EOFError, zlib.error, …: all mean the archive is damaged
-        raise CheckpointError.about(path, f"is corrupt ({_describe(exc)})", "use an older checkpoint") from exc
+        raise CheckpointError.about(path, f"is corrupt ({describe(exc)})", "use an older checkpoint") from exc
     if bad is not None:
         raise CheckpointError.about(path, f"is corrupt (CRC mismatch in record {bad})", "use an older checkpoint")
 
@@ -335,226 +334,13 @@ def load_checkpoint(path: Path | str, *, map_location="cpu", require: tuple[str,
                 path, "contains Python objects that could run code", "refusing to load it"
             ) from exc
         # The CRCs matched, so the archive is intact: it is simply not something torch.save wrote.
-        problem = f"is a zip archive but not a torch checkpoint ({_describe(exc)})"
+        problem = f"is a zip archive but not a torch checkpoint ({describe(exc)})"
         raise CheckpointError.about(path, problem, "pass a checkpoint from `charrnn train`") from exc
     check_format(path, state)
     missing = [key for key in require if key not in state]
     if missing:
         raise CheckpointError.about(path, f"lacks {', '.join(missing)}", "it is incomplete, so use another checkpoint")
     return state
-
-
-# ---------------------------------------------------------------- run directories
-
-
-class RunDir:
-    """One run's checkpoints: ckpt-NNNNNNNNN.pt files, last.pt and best.pt (hard links to them), metrics.jsonl,
-    samples.jsonl (the previews written during training)."""
-
-    def __init__(self, path: Path, keep: int = 3, *, durable: bool = True, overwrite: bool = False) -> None:
-        if keep < 0:
-            raise UsageError(f"the number of checkpoints to keep must be 0 or more, not {keep}.")
-        self.path = Path(path)
-        self.keep = keep
-        self.durable = durable
-        self.overwrite = overwrite  # prepare() removes an earlier run's files: only once the new run is ready
-        self.last_path = self.path / "last.pt"
-        self.best_path = self.path / "best.pt"
-        self.metrics_path = self.path / "metrics.jsonl"
-        self.samples_path = self.path / "samples.jsonl"
-
-    def prepare(self) -> None:
-        """Fail now, not after an hour of training, if checkpoints cannot be written here; remove stale temps."""
-        if self.path.exists() and not self.path.is_dir():
-            raise CheckpointWriteError(
-                f"cannot use {self.path} as a checkpoint directory because it is a file; "
-                "choose another output directory."
-            )
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CheckpointWriteError(
-                f"cannot create checkpoint directory {self.path} ({_describe(exc)}); choose another output directory."
-            ) from exc
-        for stale in self.path.glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
-            stale.unlink(missing_ok=True)  # left by a writer that was killed; never a complete checkpoint
-        self._probe()
-        if self.overwrite:
-            self._remove_earlier_run()
-
-    def run_files(self) -> list[Path]:
-        """What a run writes here (what --overwrite removes); never anything else a user keeps in the folder."""
-        names = [self.last_path, self.best_path, self.metrics_path, self.samples_path] + [p for _, p in self.numbered()]
-        return [p for p in names if p.exists()]
-
-    def _remove_earlier_run(self) -> None:
-        # Called last in prepare(), after every check that could still refuse the new run, so a refused
-        # --overwrite never costs the user the model it was about to replace.
-        for p in self.run_files():
-            try:
-                p.unlink()
-            except OSError as exc:
-                raise CheckpointWriteError(
-                    f"--overwrite could not remove {p} ({_describe(exc)}); check the directory's permissions."
-                ) from exc
-        self.overwrite = False
-
-    def _probe(self) -> None:
-        try:
-            fd, name = tempfile.mkstemp(dir=self.path, prefix=f"{TEMP_PREFIX}probe-", suffix=TEMP_SUFFIX)
-            try:
-                os.write(fd, b"charrnn write probe\n")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-                os.unlink(name)
-        except OSError as exc:
-            cause = _describe(exc)
-            if _out_of_space(exc):
-                cause += f"; {_free_bytes(self.path)} bytes free"
-            raise CheckpointWriteError(
-                f"cannot write checkpoints to {self.path} ({cause}); choose another output directory."
-            ) from exc
-
-    def save(self, state: dict, step: int, is_best: bool) -> Path:
-        """Write a numbered checkpoint, point last.pt (and best.pt) at it, then prune old numbered files."""
-        if self.keep == 0:
-            save_checkpoint(state, self.last_path, durable=self.durable)
-            if is_best:
-                self._point(self.best_path, self.last_path)
-            return self.last_path
-        target = self.path / f"ckpt-{step:09d}.pt"
-        save_checkpoint(state, target, durable=self.durable)
-        self._point(self.last_path, target)
-        if is_best:
-            self._point(self.best_path, target)
-        self._prune(step)
-        return target
-
-    def _point(self, name: Path, target: Path) -> None:
-        """Make `name` a hard link to `target` atomically (temp link + os.replace), or an atomic copy if links fail."""
-        tmp = self.path / f"{TEMP_PREFIX}link-{secrets.token_hex(6)}{TEMP_SUFFIX}"
-        try:
-            os.link(target, tmp)
-        except OSError as exc:
-            if exc.errno not in _NO_LINK_ERRNOS:
-                raise _write_error(name, exc) from exc
-            self._copy(name, target)
-            return
-        try:
-            os.replace(tmp, name)
-            if self.durable:
-                _fsync_dir(self.path)
-        except BaseException as exc:
-            tmp.unlink(missing_ok=True)
-            if isinstance(exc, OSError):
-                raise _write_error(name, exc) from exc
-            raise
-
-    def _copy(self, name: Path, target: Path) -> None:
-        def write(f) -> None:
-            with target.open("rb") as src:
-                shutil.copyfileobj(src, f, length=1 << 20)
-
-        _atomic_write(name, write, durable=self.durable)
-
-    def _prune(self, step: int) -> None:
-        """Keep the file just written and the keep-1 newest before it; never touch files numbered after `step`.
-
-        Files numbered after `step` come from an earlier run that went further (a resume from an older
-        checkpoint); deleting them would be guessing. last.pt and best.pt are hard links, so removing a
-        numbered name never removes the data they point at.
-        """
-        older = [p for s, p in self.numbered() if s < step]
-        doomed = older[: max(0, len(older) - (self.keep - 1))]
-        for p in doomed:
-            try:
-                p.unlink(missing_ok=True)
-            except OSError as exc:
-                raise CheckpointWriteError(
-                    f"could not remove old checkpoint {p} ({_describe(exc)}); the new checkpoint is saved."
-                ) from exc
-        if doomed and self.durable:
-            _fsync_dir(self.path)
-
-    def numbered(self) -> list[tuple[int, Path]]:
-        """(step, path) of every ckpt-NNNNNNNNN.pt, sorted by step number (not by name)."""
-        found = []
-        for p in self.path.glob("ckpt-*.pt"):
-            match = _NUMBERED.match(p.name)
-            if match:
-                found.append((int(match.group(1)), p))
-        return sorted(found)
-
-    def load_latest(self, require: tuple[str, ...] = MODEL_KEYS) -> tuple[dict, Path, list[str]]:
-        """Load the newest usable checkpoint: last.pt, then numbered ones newest first, then best.pt.
-
-        Returns (state, path, warnings); each warning says which file was skipped and why.
-        """
-        candidates = [self.last_path] + [p for _, p in reversed(self.numbered())] + [self.best_path]
-        failures: list[tuple[Path, str]] = []
-        tried: set[tuple[int, int]] = set()
-        for candidate in candidates:
-            inode = _inode(candidate)
-            if inode is None or inode in tried:
-                continue  # absent, or a hard link to a file already tried
-            tried.add(inode)
-            try:
-                state = load_checkpoint(candidate, require=require)
-            except CheckpointError as exc:
-                failures.append((candidate, exc.problem))
-                continue
-            warnings = [f"{p.name} {problem}; trying the next checkpoint" for p, problem in failures]
-            if warnings:
-                warnings[-1] = f"{failures[-1][0].name} {failures[-1][1]}; resuming from {candidate.name}"
-            return state, candidate, warnings
-        if not failures:
-            raise CheckpointError(f"no checkpoint found in {self.path}; train without --resume to start a new run.")
-        reasons = "; ".join(f"{p.name} {problem}" for p, problem in failures)
-        raise CheckpointError(f"no usable checkpoint in {self.path} ({reasons}); start a new run without --resume.")
-
-
-def _inode(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)
-
-
-def checkpoint_in(path: Path) -> Path:
-    """A checkpoint file as it is, or a run directory's best.pt (else last.pt): what sample, score, export and
-    --init-from take."""
-    path = Path(path)
-    if path.is_dir() and not path.suffix == ".pt":
-        for name in ("best.pt", "last.pt"):
-            if (path / name).is_file():
-                return path / name
-        raise CharRNNError(
-            f"{path} is a directory with no best.pt or last.pt; pass a checkpoint file or a run directory."
-        )
-    return path
-
-
-def find_latest_run(root: Path = Path("checkpoints")) -> Path:
-    """best.pt (else last.pt) of the run under `root` whose best.pt or last.pt was written most recently."""
-    root = Path(root)
-    newest: tuple[int, str, Path] | None = None
-    runs = [d for d in root.iterdir() if d.is_dir()] if root.is_dir() else []
-    for run in runs:
-        files = [p for p in (run / "best.pt", run / "last.pt") if p.is_file()]
-        if not files:
-            continue
-        mtime = max(p.stat().st_mtime_ns for p in files)
-        key = (mtime, run.name, files[0])  # files[0] is best.pt when the run has one
-        if newest is None or key[:2] > newest[:2]:
-            newest = key
-    if newest is None:
-        raise CheckpointError(
-            f"no checkpoint found under {root.as_posix().rstrip('/')}/; "
-            "train one with `charrnn train CORPUS` or pass a checkpoint path."
-        )
-    return newest[2]
 
 
 def load_bundle(path: Path | str) -> ModelBundle:
@@ -597,7 +383,7 @@ def _reading(path: Path) -> Iterator[BinaryIO]:
         with path.open("rb") as f:
             yield f
     except OSError as exc:
-        raise CheckpointError.about(path, f"cannot be read ({_describe(exc)})", "check its permissions") from exc
+        raise CheckpointError.about(path, f"cannot be read ({describe(exc)})", "check its permissions") from exc
 
 
 def load_model(path: Path | str, device: torch.device | str = "cpu"):

@@ -118,7 +118,7 @@ def _nonblocking(file: str, flags: int) -> int:
 
 def _run_dir_holding(path: Path) -> Path | None:
     """The run directory that `path` (resolved, so a link into a run counts) would land in, if any."""
-    from charrnn.checkpoint.rundir import MARKER_NAME, holds_run  # lazily: the CLI imports this module at start-up
+    from charrnn.checkpoint.rundir import MARKER_NAME, holds_run  # lazily, for start-up: rundir loads torch
 
     for directory in {path.parent.resolve(), path.resolve().parent}:
         if (directory / MARKER_NAME).exists() or holds_run(directory):

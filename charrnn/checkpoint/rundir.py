@@ -1,4 +1,9 @@
-"""Which directory a run writes to, and the lock that makes it that run's alone.
+"""Run directories: what a run writes there (RunDir), which directory a run writes to, the lock that makes it that
+run's alone, and finding a run's checkpoint (checkpoint_in, find_latest_run).
+
+RunDir keeps numbered checkpoints ckpt-NNNNNNNNN.pt with last.pt and best.pt as hard links to them (an atomic copy
+where links fail), prunes all but the `keep` newest, and on --resume falls back from a damaged last.pt to the
+newest checkpoint that loads. Every file goes through files.py's atomic, durable, verified write.
 
 A directory that already holds a run (a checkpoint or metrics.jsonl) is never reused silently: a new run under
 the default name moves on to `<name>-2`, `<name>-3`, ...; an explicit --run-dir is refused unless the user says
@@ -13,8 +18,26 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+import secrets
+import shutil
+import tempfile
 from pathlib import Path
 
+from charrnn.checkpoint.files import (
+    NO_LINK_ERRNOS,
+    TEMP_PREFIX,
+    TEMP_SUFFIX,
+    atomic_write,
+    describe,
+    free_bytes,
+    fsync_dir,
+    load_checkpoint,
+    out_of_space,
+    save_checkpoint,
+    write_error,
+)
+from charrnn.checkpoint.state import MODEL_KEYS
 from charrnn.errors import CharRNNError, CheckpointError, CheckpointWriteError, UsageError
 from charrnn.text.sources import MARKER_NAME  # a directory-corpus walk skips a directory holding it
 
@@ -27,16 +50,231 @@ LOCK_NAME = ".lock"
 MAX_SUFFIX = 10_000  # checkpoints/<name>-2 ... -10000: past that something is wrong, not busy
 _HELD = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
 _NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL)
+_NUMBERED = re.compile(r"^ckpt-(\d+)\.pt$")
 
 
 class RunBusyError(CharRNNError):
     """Another live process holds the run directory's lock."""
 
 
+# ---------------------------------------------------------------- what a run writes
+
+
+class RunDir:
+    """One run's checkpoints: ckpt-NNNNNNNNN.pt files, last.pt and best.pt (hard links to them), metrics.jsonl,
+    samples.jsonl (the previews written during training)."""
+
+    def __init__(self, path: Path, keep: int = 3, *, durable: bool = True, overwrite: bool = False) -> None:
+        if keep < 0:
+            raise UsageError(f"the number of checkpoints to keep must be 0 or more, not {keep}.")
+        self.path = Path(path)
+        self.keep = keep
+        self.durable = durable
+        self.overwrite = overwrite  # prepare() removes an earlier run's files: only once the new run is ready
+        self.last_path = self.path / "last.pt"
+        self.best_path = self.path / "best.pt"
+        self.metrics_path = self.path / "metrics.jsonl"
+        self.samples_path = self.path / "samples.jsonl"
+
+    def prepare(self) -> None:
+        """Fail now, not after an hour of training, if checkpoints cannot be written here; remove stale temps."""
+        if self.path.exists() and not self.path.is_dir():
+            raise CheckpointWriteError(
+                f"cannot use {self.path} as a checkpoint directory because it is a file; "
+                "choose another output directory."
+            )
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CheckpointWriteError(
+                f"cannot create checkpoint directory {self.path} ({describe(exc)}); choose another output directory."
+            ) from exc
+        for stale in self.path.glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
+            stale.unlink(missing_ok=True)  # left by a writer that was killed; never a complete checkpoint
+        self._probe()
+        if self.overwrite:
+            self._remove_earlier_run()
+
+    def run_files(self) -> list[Path]:
+        """What a run writes here (what --overwrite removes); never anything else a user keeps in the folder."""
+        names = [self.last_path, self.best_path, self.metrics_path, self.samples_path] + [p for _, p in self.numbered()]
+        return [p for p in names if p.exists()]
+
+    def _remove_earlier_run(self) -> None:
+        # Called last in prepare(), after every check that could still refuse the new run, so a refused
+        # --overwrite never costs the user the model it was about to replace.
+        for p in self.run_files():
+            try:
+                p.unlink()
+            except OSError as exc:
+                raise CheckpointWriteError(
+                    f"--overwrite could not remove {p} ({describe(exc)}); check the directory's permissions."
+                ) from exc
+        self.overwrite = False
+
+    def _probe(self) -> None:
+        try:
+            fd, name = tempfile.mkstemp(dir=self.path, prefix=f"{TEMP_PREFIX}probe-", suffix=TEMP_SUFFIX)
+            try:
+                os.write(fd, b"charrnn write probe\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                os.unlink(name)
+        except OSError as exc:
+            cause = describe(exc)
+            if out_of_space(exc):
+                cause += f"; {free_bytes(self.path)} bytes free"
+            raise CheckpointWriteError(
+                f"cannot write checkpoints to {self.path} ({cause}); choose another output directory."
+            ) from exc
+
+    def save(self, state: dict, step: int, is_best: bool) -> Path:
+        """Write a numbered checkpoint, point last.pt (and best.pt) at it, then prune old numbered files."""
+        if self.keep == 0:
+            save_checkpoint(state, self.last_path, durable=self.durable)
+            if is_best:
+                self._point(self.best_path, self.last_path)
+            return self.last_path
+        target = self.path / f"ckpt-{step:09d}.pt"
+        save_checkpoint(state, target, durable=self.durable)
+        self._point(self.last_path, target)
+        if is_best:
+            self._point(self.best_path, target)
+        self._prune(step)
+        return target
+
+    def _point(self, name: Path, target: Path) -> None:
+        """Make `name` a hard link to `target` atomically (temp link + os.replace), or an atomic copy if links fail."""
+        tmp = self.path / f"{TEMP_PREFIX}link-{secrets.token_hex(6)}{TEMP_SUFFIX}"
+        try:
+            os.link(target, tmp)
+        except OSError as exc:
+            if exc.errno not in NO_LINK_ERRNOS:
+                raise write_error(name, exc) from exc
+            self._copy(name, target)
+            return
+        try:
+            os.replace(tmp, name)
+            if self.durable:
+                fsync_dir(self.path)
+        except BaseException as exc:
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise write_error(name, exc) from exc
+            raise
+
+    def _copy(self, name: Path, target: Path) -> None:
+        def write(f) -> None:
+            with target.open("rb") as src:
+                shutil.copyfileobj(src, f, length=1 << 20)
+
+        atomic_write(name, write, durable=self.durable)
+
+    def _prune(self, step: int) -> None:
+        """Keep the file just written and the keep-1 newest before it; never touch files numbered after `step`.
+
+        Files numbered after `step` come from an earlier run that went further (a resume from an older
+        checkpoint); deleting them would be guessing. last.pt and best.pt are hard links, so removing a
+        numbered name never removes the data they point at.
+        """
+        older = [p for s, p in self.numbered() if s < step]
+        doomed = older[: max(0, len(older) - (self.keep - 1))]
+        for p in doomed:
+            try:
+                p.unlink(missing_ok=True)
+            except OSError as exc:
+                raise CheckpointWriteError(
+                    f"could not remove old checkpoint {p} ({describe(exc)}); the new checkpoint is saved."
+                ) from exc
+        if doomed and self.durable:
+            fsync_dir(self.path)
+
+    def numbered(self) -> list[tuple[int, Path]]:
+        """(step, path) of every ckpt-NNNNNNNNN.pt, sorted by step number (not by name)."""
+        found = []
+        for p in self.path.glob("ckpt-*.pt"):
+            match = _NUMBERED.match(p.name)
+            if match:
+                found.append((int(match.group(1)), p))
+        return sorted(found)
+
+    def load_latest(self, require: tuple[str, ...] = MODEL_KEYS) -> tuple[dict, Path, list[str]]:
+        """Load the newest usable checkpoint: last.pt, then numbered ones newest first, then best.pt.
+
+        Returns (state, path, warnings); each warning says which file was skipped and why.
+        """
+        candidates = [self.last_path] + [p for _, p in reversed(self.numbered())] + [self.best_path]
+        failures: list[tuple[Path, str]] = []
+        tried: set[tuple[int, int]] = set()
+        for candidate in candidates:
+            inode = _inode(candidate)
+            if inode is None or inode in tried:
+                continue  # absent, or a hard link to a file already tried
+            tried.add(inode)
+            try:
+                state = load_checkpoint(candidate, require=require)
+            except CheckpointError as exc:
+                failures.append((candidate, exc.problem))
+                continue
+            warnings = [f"{p.name} {problem}; trying the next checkpoint" for p, problem in failures]
+            if warnings:
+                warnings[-1] = f"{failures[-1][0].name} {failures[-1][1]}; resuming from {candidate.name}"
+            return state, candidate, warnings
+        if not failures:
+            raise CheckpointError(f"no checkpoint found in {self.path}; train without --resume to start a new run.")
+        reasons = "; ".join(f"{p.name} {problem}" for p, problem in failures)
+        raise CheckpointError(f"no usable checkpoint in {self.path} ({reasons}); start a new run without --resume.")
+
+
+def _inode(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def checkpoint_in(path: Path) -> Path:
+    """A checkpoint file as it is, or a run directory's best.pt (else last.pt): what sample, score, export and
+    --init-from take."""
+    path = Path(path)
+    if path.is_dir() and not path.suffix == ".pt":
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise CharRNNError(
+            f"{path} is a directory with no best.pt or last.pt; pass a checkpoint file or a run directory."
+        )
+    return path
+
+
+def find_latest_run(root: Path = Path("checkpoints")) -> Path:
+    """best.pt (else last.pt) of the run under `root` whose best.pt or last.pt was written most recently."""
+    root = Path(root)
+    newest: tuple[int, str, Path] | None = None
+    runs = [d for d in root.iterdir() if d.is_dir()] if root.is_dir() else []
+    for run in runs:
+        files = [p for p in (run / "best.pt", run / "last.pt") if p.is_file()]
+        if not files:
+            continue
+        mtime = max(p.stat().st_mtime_ns for p in files)
+        key = (mtime, run.name, files[0])  # files[0] is best.pt when the run has one
+        if newest is None or key[:2] > newest[:2]:
+            newest = key
+    if newest is None:
+        raise CheckpointError(
+            f"no checkpoint found under {root.as_posix().rstrip('/')}/; "
+            "train one with `charrnn train CORPUS` or pass a checkpoint path."
+        )
+    return newest[2]
+
+
+# ---------------------------------------------------------------- choosing one, and its lock
+
+
 def holds_run(path: Path) -> bool:
     """True when `path` is a directory with a checkpoint or metrics from an earlier run."""
-    from charrnn.checkpoint.files import RunDir  # the one owner of what a run writes; lazily, as it loads torch
-
     run = RunDir(path)
     if not run.path.is_dir():
         return False
@@ -170,8 +408,6 @@ def claim_run_dir(path: Path, *, explicit: bool, resume: bool, overwrite: bool) 
 
 def remove_temps(path: Path) -> None:
     """Remove the temp files of writes cut short in a run directory this process holds the lock of."""
-    from charrnn.checkpoint.files import TEMP_PREFIX, TEMP_SUFFIX  # lazily: checkpoint.files loads torch
-
     for tmp in Path(path).glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
         try:
             tmp.unlink()
