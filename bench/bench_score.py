@@ -22,7 +22,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import SHAKESPEARE, machine  # noqa: E402
-from charrnn.generation.score import ScoreConfig, score_lines, score_text  # noqa: E402
+from charrnn.generation.lines import score_lines  # noqa: E402
+from charrnn.generation.score import ScoreConfig  # noqa: E402
+from charrnn.generation.whole import score_text  # noqa: E402
 from charrnn.model import CharRNN, ModelConfig  # noqa: E402
 from charrnn.text.vocab import Vocab  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Contracts of charrnn.generation.score: a trained model prefers its own text, the whole-text score is
+"""Contracts of charrnn.generation.score and its siblings: a trained model prefers its own text, the whole-text score is
 training's evaluate,
 streaming in small blocks changes nothing but the cut, per-line scores add up (in context) or start fresh
 (independent), unknown characters are counted, heatmaps show every character escaped, and bad input is one
@@ -22,21 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from charrnn.errors import CorpusError, UsageError
-from charrnn.generation.score import (
-    LN2,
-    LineScore,
-    Score,
-    ScoreConfig,
-    char_scores,
-    collect_text,
-    decode_stream,
-    heatmap_html,
-    heatmap_text,
-    read_text,
-    score_lines,
-    score_text,
-)
+from charrnn.generation.heatmap import char_scores, collect_text, heatmap_html, heatmap_text
+from charrnn.generation.lines import score_lines
+from charrnn.generation.score import LN2, LineScore, Score, ScoreConfig
+from charrnn.generation.whole import score_text
 from charrnn.model import CharRNN, ModelConfig
+from charrnn.text.utf8 import decode_stream, read_text
 from charrnn.text.vocab import Vocab
 from charrnn.training.loop import evaluate
 from tests.conftest import REPO, word_text
@@ -314,7 +305,10 @@ import json, resource, sys
 import torch
 torch.set_num_threads(1)
 from charrnn.model import CharRNN, ModelConfig
-from charrnn.generation.score import ScoreConfig, read_text, score_lines, score_text
+from charrnn.generation.lines import score_lines
+from charrnn.generation.score import ScoreConfig
+from charrnn.generation.whole import score_text
+from charrnn.text.utf8 import read_text
 from charrnn.text.vocab import Vocab
 
 path, headroom, independent = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "independent"

@@ -1,4 +1,7 @@
-"""`charrnn score`: how well a model predicts a text, whole, per line or as a heatmap."""
+"""`charrnn score`: how well a model predicts a text, whole, per line or as a heatmap.
+
+The library is imported inside the command, lazily, for start-up speed: `charrnn --help` loads no torch.
+"""
 
 from __future__ import annotations
 
@@ -72,7 +75,8 @@ def score(
     """How well a model predicts a text: nats/char, bits/char and perplexity, per line, or as a heatmap."""
     from charrnn import runtime
     from charrnn.checkpoint.files import load_model
-    from charrnn.generation.score import ScoreConfig, read_text
+    from charrnn.generation.score import ScoreConfig
+    from charrnn.text.utf8 import read_text
 
     with user_errors(), reader_may_leave():
         checkpoint, source = _score_args(args)
@@ -113,7 +117,7 @@ def _score_args(args: list[str]) -> tuple[Path | None, str]:
 def _score_whole(model, vocab, chunks, device, cfg, json_out: bool) -> None:
     import json
 
-    from charrnn.generation.score import score_text
+    from charrnn.generation.whole import score_text
 
     total = score_text(model, vocab, chunks, device, cfg)
     _unknown_note(total)
@@ -124,7 +128,8 @@ def _score_per_line(model, vocab, chunks, device, cfg, json_out: bool, quiet: bo
     """A line out for each line in, as it is scored; the total and any unknown characters on stderr at the end."""
     import json
 
-    from charrnn.generation.score import Score, score_lines
+    from charrnn.generation.lines import score_lines
+    from charrnn.generation.score import Score
 
     total = Score.empty(len(vocab), cfg.skip_unknown)
     for line in score_lines(model, vocab, chunks, device, cfg):
@@ -150,7 +155,7 @@ def _score_per_line(model, vocab, chunks, device, cfg, json_out: bool, quiet: bo
 
 
 def _score_heatmap(model, vocab, chunks, device, heatmap: bool, html: Path | None, source: str) -> None:
-    from charrnn.generation.score import char_scores, collect_text, heatmap_html, heatmap_text
+    from charrnn.generation.heatmap import char_scores, collect_text, heatmap_html, heatmap_text
 
     records = char_scores(model, vocab, collect_text(chunks), device)
     if html is not None:
