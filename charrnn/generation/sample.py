@@ -157,18 +157,32 @@ class _Sampler:
         p.masked_fill_(self.drop, 0.0)
 
 
+Sampler = _Sampler  # the public name: the server (serve/batch.py) samples its streams with this same code
+
+
+def stream_generator(seed: int) -> torch.Generator:
+    """The CPU generator of the stream seeded `seed` (stream i of a batch: seed + i), whatever the device."""
+    return torch.Generator().manual_seed(seed)
+
+
+def draw_uniforms(gen: torch.Generator, out: torch.Tensor) -> None:
+    """A stream's next UNIFORM_BLOCK uniforms into out (UNIFORM_BLOCK,): uniform t of a stream is the draw that
+    samples its character t, here and in the server alike."""
+    torch.rand(UNIFORM_BLOCK, generator=gen, out=out)
+
+
 class _Uniforms:
     """Per-stream uniforms from one torch.Generator per stream (seed + i), drawn UNIFORM_BLOCK at a time."""
 
     def __init__(self, seed: int, batch_size: int, device: torch.device) -> None:
-        self.gens = [torch.Generator().manual_seed(seed + i) for i in range(batch_size)]
+        self.gens = [stream_generator(seed + i) for i in range(batch_size)]
         self.host = torch.empty(batch_size, UNIFORM_BLOCK)
         self.block = self.host if device.type != "cuda" else torch.empty(batch_size, UNIFORM_BLOCK, device=device)
         self.columns = [self.block[:, j : j + 1] for j in range(UNIFORM_BLOCK)]  # (B, 1) views, made once
 
     def refill(self) -> None:
         for i, g in enumerate(self.gens):
-            torch.rand(UNIFORM_BLOCK, generator=g, out=self.host[i])
+            draw_uniforms(g, self.host[i])
         if self.block is not self.host:
             self.block.copy_(self.host)  # one host -> device copy per block
 
