@@ -25,10 +25,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import bench_corpus_path, machine  # noqa: E402
+from charrnn.config.train import TrainConfig  # noqa: E402
 from charrnn.model import ModelConfig  # noqa: E402
 from charrnn.text.corpus import load_corpus  # noqa: E402
 from charrnn.training.job import train  # noqa: E402
-from charrnn.training.loop import TrainConfig  # noqa: E402
 from charrnn.training.progress import Reporter  # noqa: E402
 
 

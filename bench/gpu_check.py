@@ -64,15 +64,17 @@ from bench.bench_distributed import per_process_rate  # noqa: E402
 from bench.common import SHAKESPEARE, drain_seconds, machine  # noqa: E402
 from charrnn import runtime  # noqa: E402
 from charrnn.checkpoint.files import load_checkpoint, load_model  # noqa: E402
+from charrnn.config.train import TrainConfig  # noqa: E402
 from charrnn.errors import CharRNNError  # noqa: E402
 from charrnn.generation.sample import SampleConfig, _Loop, generate  # noqa: E402
 from charrnn.generation.stepper import Stepper  # noqa: E402
 from charrnn.model import ModelConfig  # noqa: E402
 from charrnn.text.corpus import Corpus, load_corpus  # noqa: E402
 from charrnn.text.data import split  # noqa: E402
+from charrnn.training.evaluation import evaluate  # noqa: E402
 from charrnn.training.job import train  # noqa: E402
-from charrnn.training.loop import MAX_LOGITS, TrainConfig, TrainResult, evaluate  # noqa: E402
 from charrnn.training.progress import Reporter  # noqa: E402
+from charrnn.training.setup import MAX_LOGITS, TrainResult  # noqa: E402
 
 # torch-rnn's published 2x512 LSTM training speed on a 2015 GTX Titan X, as issue 13 quotes it; the issue aims
 # for 10x that.

@@ -34,7 +34,7 @@ from bench.common import bench_corpus_path, machine  # noqa: E402
 from charrnn.checkpoint.files import load_model  # noqa: E402
 from charrnn.text.corpus import load_corpus  # noqa: E402
 from charrnn.text.data import split  # noqa: E402
-from charrnn.training.loop import evaluate  # noqa: E402
+from charrnn.training.evaluation import evaluate  # noqa: E402
 
 
 def train_command(corpus_path: str, max_time: str, run_dir: Path, seed: int, *extra: str) -> list[str]:

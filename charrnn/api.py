@@ -5,7 +5,7 @@ same text here as on the command line, and a text the same score.
     import charrnn
     model = charrnn.load("checkpoints/notes")           # a run directory, a .pt or a .safetensors
     text = model.generate("ROMEO:", length=500, temperature=0.8, seed=1)   # the new text, without the prime
-    result = charrnn.training.loop("notes.txt", max_time="5m")  # result.checkpoint, result.best_val_loss, result.steps
+    result = charrnn.train("notes.txt", max_time="5m")  # result.checkpoint, result.best_val_loss, result.steps
 
 Every problem a user can fix raises charrnn.CharRNNError (UsageError for a bad option) with the one sentence the
 CLI prints.
@@ -40,7 +40,7 @@ from charrnn.generation.whole import score_text
 from charrnn.model import CharRNN
 from charrnn.text.vocab import Vocab, listed
 from charrnn.training.job import MODEL_FIELDS, ModelOptions, TrainJob, run
-from charrnn.training.loop import TrainResult
+from charrnn.training.setup import TrainResult
 
 Progress = Callable[[str, dict], None]  # (event, info): "eval" {step, val_loss, train_loss, ...}, "log", ...
 
@@ -250,7 +250,7 @@ def train(
     train_loss, lr, ...), "log" every log_every steps, "message" for a line the CLI would print; without it the
     run is silent.
 
-    >>> result = charrnn.training.loop("notes.txt", max_time="5m", hidden_size=256)
+    >>> result = charrnn.train("notes.txt", max_time="5m", hidden_size=256)
     >>> charrnn.load(result.checkpoint).generate("Dear ", length=200, seed=1)
     """
     job = train_job(corpus, run_dir, resume, overwrite, init_from, options, given=set(options))

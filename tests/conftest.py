@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from charrnn.training.loop import TrainConfig
+    from charrnn.config.train import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO.parent / "shared" / "corpora" / "tinyshakespeare.txt"
@@ -95,7 +95,7 @@ TINY_TRAIN = flags(
 
 def tiny_train_config(**kw) -> TrainConfig:
     """A TrainConfig for a tiny run on the CPU (4 streams of 16 characters, 5 warm-up steps); kw sets the rest."""
-    from charrnn.training.loop import TrainConfig
+    from charrnn.config.train import TrainConfig
 
     return TrainConfig(**{"seq_len": 16, "batch_size": 4, "warmup_steps": 5, "device": "cpu", "eval_streams": 2, **kw})
 

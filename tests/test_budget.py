@@ -15,11 +15,11 @@ import torch
 from rich.console import Console
 
 from charrnn.checkpoint.files import load_checkpoint
+from charrnn.config.train import TrainConfig
 from charrnn.model import ModelConfig
 from charrnn.text.corpus import load_corpus
 from charrnn.training import autosize
 from charrnn.training.job import MAX_BUDGET, MIN_BUDGET, default_budget, train
-from charrnn.training.loop import TrainConfig
 from charrnn.training.progress import Reporter
 from tests.conftest import TINY_TRAIN, cli, cli_start, flags, word_text
 
@@ -192,7 +192,7 @@ def test_init_from_starts_a_new_run_from_the_weights(tmp_path, small_corpus, tra
 
 def test_evaluation_scores_at_most_eval_chars_of_the_validation_text():
     from charrnn.model import CharRNN, ModelConfig
-    from charrnn.training.loop import evaluate
+    from charrnn.training.evaluation import evaluate
 
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(vocab_size=5, hidden_size=8, num_layers=1))

@@ -24,8 +24,8 @@ import torch
 
 from charrnn import runtime
 from charrnn.checkpoint.files import load_checkpoint
+from charrnn.config.train import TrainConfig
 from charrnn.model import CharRNN, ModelConfig
-from charrnn.training.loop import TrainConfig
 from tests.conftest import charrnn_cmd, cli, flags, spawn, wait_for_line, word_text
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")

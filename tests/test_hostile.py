@@ -22,9 +22,9 @@ import torch
 from charrnn.checkpoint.files import load_checkpoint, load_model
 from charrnn.checkpoint.rules import check_resume_state
 from charrnn.checkpoint.state import RunFacts
+from charrnn.config.train import TrainConfig
 from charrnn.errors import CheckpointError
 from charrnn.fields import MAX_TEXT
-from charrnn.training.loop import TrainConfig
 from charrnn.training.step import make_optimizer
 from tests.conftest import word_text
 

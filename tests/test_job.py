@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from charrnn.config.train import TrainConfig
 from charrnn.errors import UsageError
 from charrnn.text.corpus import load_corpus
 from charrnn.training import job
 from charrnn.training.job import ModelOptions, TrainJob, prepared
-from charrnn.training.loop import TrainConfig
 from tests.conftest import word_text
 
 

@@ -19,7 +19,7 @@ from charrnn.generation import sample as sample_mod
 from charrnn.generation import score as score_mod
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.text.data import min_corpus_chars, min_train_chars
-from charrnn.training import loop as train_mod
+from charrnn.training import evaluation, setup
 from tests.conftest import TINY_TRAIN, cli
 from tests.test_cli import assert_one_error, run
 from tests.test_hostile import UNDER_LIMIT
@@ -200,7 +200,7 @@ def test_a_vocabulary_too_large_for_one_step_is_refused_with_the_limit(tmp_path)
         ]
     )
     err = assert_one_error(r, 1)
-    assert f"{train_mod.MAX_LOGITS:,}" in err and "--batch-size" in err
+    assert f"{setup.MAX_LOGITS:,}" in err and "--batch-size" in err
     assert not (tmp_path / "r" / "last.pt").exists()
 
 
@@ -211,10 +211,10 @@ def test_evaluation_bounds_its_logits_whatever_the_vocabulary(monkeypatch):
     monkeypatch.setattr(model, "forward", lambda x, state=None: (seen.append(tuple(x.shape)), forward(x, state))[1])
     monkeypatch.setattr(score_mod, "EVAL_LOGITS", 8 * 5000 * 10)  # room for 10 positions of 8 streams
     ids = np.random.default_rng(0).integers(0, 5000, 4001).astype(np.uint16)
-    loss = train_mod.evaluate(model, ids, 8, 256, torch.device("cpu"))
+    loss = evaluation.evaluate(model, ids, 8, 256, torch.device("cpu"))
     assert max(t for _, t in seen) == 10
     monkeypatch.setattr(score_mod, "EVAL_LOGITS", 1 << 30)
-    assert math.isclose(loss, train_mod.evaluate(model, ids, 8, 256, torch.device("cpu")), rel_tol=1e-5)
+    assert math.isclose(loss, evaluation.evaluate(model, ids, 8, 256, torch.device("cpu")), rel_tol=1e-5)
 
 
 EVAL_UNDER_LIMIT = """

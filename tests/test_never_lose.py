@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from charrnn.checkpoint.files import load_checkpoint
-from charrnn.training.loop import TrainConfig
+from charrnn.config.train import TrainConfig
 from tests.conftest import REPO, TINY_TRAIN, cli, cli_env, cli_start, flags, wait_for_line, word_text
 from tests.test_cli import assert_one_error, digest, run
 

@@ -9,7 +9,7 @@ import torch
 
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.text.vocab import Vocab
-from charrnn.training.loop import preview_text
+from charrnn.training.evaluation import preview_text
 from tests.conftest import TINY_TRAIN, cli
 
 

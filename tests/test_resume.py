@@ -15,11 +15,12 @@ import torch
 import charrnn.training.loop as train_mod
 from charrnn.checkpoint.files import load_checkpoint, save_checkpoint
 from charrnn.cli.signals import StopFlag
+from charrnn.config.train import TrainConfig
 from charrnn.errors import CorpusError, DivergedError
 from charrnn.model import ModelConfig
 from charrnn.text.corpus import load_corpus
+from charrnn.training import evaluation
 from charrnn.training.job import ModelOptions, TrainJob, prepared, train
-from charrnn.training.loop import TrainConfig
 from tests.conftest import cli, cli_env, cli_start, flags, tiny_train_config, wait_for_line, word_text
 
 N_STEPS = 40
@@ -372,6 +373,6 @@ def test_previews_change_nothing_in_training_and_resume_stays_bit_exact(corpus, 
 
 def test_the_preview_test_has_teeth(corpus, uninterrupted, tmp_path, monkeypatch):
     """Control: a preview that draws one random number from the global RNG does change the run."""
-    real = train_mod.preview_text
-    monkeypatch.setattr(train_mod, "preview_text", lambda *a: (torch.rand(1), real(*a))[1])
+    real = evaluation.preview_text
+    monkeypatch.setattr(evaluation, "preview_text", lambda *a: (torch.rand(1), real(*a))[1])
     assert run_losses(corpus, tmp_path / "P", **PREVIEWS) != uninterrupted[0]

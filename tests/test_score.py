@@ -29,7 +29,7 @@ from charrnn.generation.whole import score_text
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.text.utf8 import decode_stream, read_text
 from charrnn.text.vocab import Vocab
-from charrnn.training.loop import evaluate
+from charrnn.training.evaluation import evaluate
 from tests.conftest import REPO, word_text
 
 try:

@@ -20,10 +20,10 @@ from charrnn.checkpoint.state import (
     check_format,
     checkpoint_dict,
 )
+from charrnn.config.train import TrainConfig
 from charrnn.errors import CheckpointError
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.text.vocab import Vocab
-from charrnn.training.loop import TrainConfig
 
 FORMAT1 = Path(__file__).resolve().parent / "fixtures" / "format1" / "best.pt"
 

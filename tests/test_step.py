@@ -6,9 +6,9 @@ import math
 
 import torch
 
+from charrnn.config.train import TrainConfig
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.training import autosize
-from charrnn.training.loop import TrainConfig
 from charrnn.training.step import TrainStep, make_optimizer
 
 CPU = torch.device("cpu")

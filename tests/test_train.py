@@ -5,11 +5,13 @@ import pytest
 import torch
 
 from charrnn.checkpoint.files import load_checkpoint, load_model
+from charrnn.config.train import TrainConfig
 from charrnn.generation.sample import SampleConfig, generate
 from charrnn.model import ModelConfig
 from charrnn.text.corpus import load_corpus
+from charrnn.training.evaluation import evaluate
 from charrnn.training.job import train
-from charrnn.training.loop import TrainConfig, budget_progress, evaluate, lr_at
+from charrnn.training.schedule import budget_progress, lr_at
 from tests.conftest import tiny_train_config
 
 PHRASE = "hello world, hello there, hello charrnn.\n"

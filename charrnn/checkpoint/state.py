@@ -234,7 +234,7 @@ class CorpusInfo:
 
 @dataclass
 class TrainState:
-    """Everything beyond the model that resuming exactly needs. `train_config` is TrainConfig.to_dict() (training.py
+    """Everything beyond the model that resuming exactly needs. `train_config` is TrainConfig.to_dict() (config/train.py
     owns that type); `hidden` is this process's carried state, and under torchrun `hidden_ranks` / `rng_ranks`
     hold every rank's, so a resume with the same world size is bit-exact on each rank."""
 

@@ -120,12 +120,12 @@ def flag_defaults(cls: Any) -> dict[str, Any]:
 
 
 def parsed(cls: Any, values: Mapping[str, Any]) -> dict[str, Any]:
-    """`values` with each setting's parse applied (a duration string -> seconds); None stays None."""
+    """`values` with each setting's parse applied to a string (a duration -> seconds); a number is taken as it is."""
     settings = settings_of(cls)
     out = dict(values)
     for name, value in values.items():
         parse = settings[name].parse if name in settings else None
-        if parse is not None and value is not None:
+        if parse is not None and isinstance(value, str):
             out[name] = parse(value)
     return out
 

@@ -4,8 +4,8 @@
         -> (resume: the run's checkpoint, read once the directory is locked; without a corpus argument its
             sources are read before, to find the corpus) -> torchrun, device, threads -> the model size -> Trainer
 
-Each decision is made here exactly once and handed on; training.py's Trainer receives a ready `Setup` and only
-builds the model, the optimizer and the loop from it.
+Each decision is made here exactly once and handed on; loop.py's Trainer receives a ready `Setup` (setup.py)
+and only builds the model, the optimizer and the loop from it.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from charrnn.fields import RESUME_ADVICE
 from charrnn.text.corpus import Corpus, load_corpus
 from charrnn.text.vocab import Vocab, listed
 from charrnn.training.autosize import choose_model_size, dropout_for
-from charrnn.training.loop import Trainer, TrainResult, check_corpus_size
+from charrnn.training.loop import Trainer
+from charrnn.training.setup import Resumed, Setup, Start, TrainResult, check_corpus_size
 
 Reporter = Callable[[str, dict], None]
 
@@ -128,43 +129,6 @@ class TrainJob:
         if self.init_from is not None:
             self.init_from = checkpoint_in(self.init_from)  # a run directory: its best.pt, as sample takes it
             verify_checkpoint(self.init_from)
-
-
-@dataclass
-class Resumed:
-    """The checkpoint a resume starts from, read once: its model part, its training part, where it was."""
-
-    checkpoint: dict
-    bundle: ModelBundle
-    state: TrainState
-    path: Path
-
-
-@dataclass
-class Start:
-    """What the model starts from: the corpus in the model's vocabulary, and a resumed run or fine-tuning's
-    weights (`init`) when there is one."""
-
-    ids: np.ndarray  # (N,) the corpus in `vocab`'s ids
-    vocab: Vocab
-    model_config: ModelConfig | None = None
-    resumed: Resumed | None = None
-    init: ModelBundle | None = None
-    init_path: Path | None = None
-
-
-@dataclass
-class Setup:
-    """Everything Trainer needs, each decided once."""
-
-    corpus: Corpus
-    start: Start
-    cfg: TrainConfig
-    run_dir: RunDir
-    dist: runtime.Dist
-    device: torch.device
-    given: set[str] | None = None  # the options typed on the command line (None: a library caller)
-    started: float = 0.0  # time.perf_counter() at the command's start
 
 
 def run(

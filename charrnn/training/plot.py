@@ -161,7 +161,7 @@ def _records(text: str) -> tuple[list[dict], int]:
 
 def _parse(line: str) -> dict | None:
     """One evaluation, or None for a line that is not one: torn, or not a flat object of finite numbers (null
-    where training.py wrote a NaN) with a whole step. Whatever a crafted line holds (nesting deep enough to exhaust
+    where training wrote a NaN) with a whole step. Whatever a crafted line holds (nesting deep enough to exhaust
     the stack, 1e308, a 4000-digit step, Infinity) it is skipped here, so no drawing ever overflows."""
     try:
         record = json.loads(line, parse_constant=_not_a_number)

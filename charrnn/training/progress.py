@@ -1,6 +1,6 @@
 """The stderr side of training: a Rich progress bar in a terminal, plain periodic lines otherwise, metrics.jsonl.
 
-training.py reports events through a callback (`reporter(event, info)`); this module decides how they look.
+The Trainer (loop.py) reports events through a callback (`reporter(event, info)`); this module decides how they look.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -224,3 +225,23 @@ class Reporter:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+def plan_line(model, cfg, batches_per_epoch: int, step: int, elapsed: float, device) -> str:
+    """One line before the first step: the model, the batch, the device and the budget, so a user knows what
+    is about to run and for how long before any progress line."""
+    c = model.config
+    limits = []
+    if cfg.max_time:
+        ends = time.strftime("%H:%M", time.localtime(time.time() + max(0.0, cfg.max_time - elapsed)))
+        limits.append(f"{format_duration(cfg.max_time)} (ends about {ends})")
+    if cfg.max_steps:
+        limits.append(f"{cfg.max_steps:,} steps")
+    if cfg.max_epochs:
+        limits.append(f"{cfg.max_epochs:g} passes ({math.ceil(cfg.max_epochs * batches_per_epoch):,} steps)")
+    start = f"from step {step:,} " if step else ""
+    return (
+        f"training {c.num_layers}x{c.hidden_size} {c.model.upper()} ({model.num_params():,} parameters, "
+        f"dropout {c.dropout:g}) on {device}, batch {cfg.batch_size}x{cfg.seq_len}, {start}for "
+        f"{' or '.join(limits)}{', whichever comes first' if len(limits) > 1 else ''}"
+    )

@@ -31,6 +31,17 @@ def make_optimizer(model: CharRNN, cfg, device: torch.device) -> torch.optim.Opt
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99), fused=fused, foreach=None if fused else True)
 
 
+def data_parallel(model: CharRNN, dist: runtime.Dist, device: torch.device, seed: int) -> torch.nn.Module | None:
+    """The DDP wrapper under torchrun (what the step calls), else None: the model itself."""
+    if not dist.enabled:
+        return None
+    from torch.nn.parallel import DistributedDataParallel  # lazy: only torchrun runs need it
+
+    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    runtime.seed_everything(seed + 1_000_003 * dist.rank)  # distinct dropout masks per rank
+    return net
+
+
 @dataclass
 class StepCounts:
     """What the steps since the last read did: the mean loss of the good ones, and the skipped count."""
