@@ -154,7 +154,10 @@ class Model:
         seed: int | None,
     ) -> SampleConfig:  # fmt: skip
         seed = draw_seed() if seed is None else seed
-        cfg = SampleConfig(temperature, top_k, top_p, length, num_samples, seed, self.precision)
+        cfg = SampleConfig(
+            temperature=temperature, top_k=top_k, top_p=top_p, length=length, num_samples=num_samples, seed=seed,
+            precision=self.precision,
+        )  # fmt: skip
         cfg.validate()
         return cfg
 

@@ -111,3 +111,19 @@ def test_a_new_flag_is_one_declaration():
     )
     with pytest.raises(UsageError, match=r"^--label-smoothing must be at least 1, not 0\.$"):
         check_settings(WithNewFlag(label_smoothing=0))
+
+
+def test_the_python_api_takes_the_declared_defaults():
+    """Model.generate/stream spell their keywords out for editors and help(); their defaults are the
+    declarations' (a flag's default: None draws a seed), and train() takes exactly the declared settings."""
+    from charrnn import api
+    from charrnn.config.settings import flag_defaults, settings_of
+
+    declared = flag_defaults(SampleConfig)
+    for method in (api.Model.generate, api.Model.stream):
+        params = inspect.signature(method).parameters
+        shared = [name for name in params if name in declared]
+        assert len(shared) >= 5, method
+        assert {n: params[n].default for n in shared} == {n: declared[n] for n in shared}, method
+    assert set(api.TRAIN_OPTIONS) == set(settings_of(TrainConfig))
+    assert set(api.MODEL_OPTIONS) == set(flag_defaults(ModelConfig))

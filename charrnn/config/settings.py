@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from charrnn.errors import UsageError
-from charrnn.fields import BOOL, TEXT, Rule, int_in, is_int, is_real, optional, real_in
+from charrnn.fields import BOOL, Rule, int_in, is_int, is_real, optional, real_in
 
 DATA, MODEL, OPTIM, STOP, OUTPUT, RUNTIME = "Data", "Model", "Optimization", "Stopping", "Output", "Runtime"
 SAME = object()  # a flag whose default is its field's
@@ -62,7 +62,6 @@ LIMIT_CHECK = Check(
     "; leave it out for no limit from that side",
 )
 FLAG = Check(BOOL, "true or false")
-STRING = Check(TEXT, TEXT[1])
 
 
 @dataclass(frozen=True)
