@@ -1,4 +1,4 @@
-"""The Typer app: the commands (one module each: train, sample, score, plot, export, corpus, info) registered
+"""The Typer app: the commands (one module each: train, sample, score, plot, export, corpus, info, serve) registered
 in the order --help lists them, --version, and the console entry point.
 """
 
@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from charrnn.cli import corpus, export, info, plot, sample, score, train
+from charrnn.cli import corpus, export, info, plot, sample, score, serve, train
 from charrnn.cli.console import QuietStream, write_out
 
 app = typer.Typer(
@@ -82,6 +82,7 @@ app.command(epilog=plot.PLOT_EPILOG)(plot.plot)
 app.command(epilog=export.EXPORT_EPILOG)(export.export)
 app.add_typer(corpus.corpus_app, name="corpus")
 app.command(epilog=info.INFO_EPILOG)(info.info)
+app.command(epilog=serve.SERVE_EPILOG)(serve.serve)
 
 
 def main() -> None:

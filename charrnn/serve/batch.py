@@ -1,0 +1,222 @@
+"""The Batch: every active stream of one model stepped as one batch, streams joining and leaving between steps.
+
+It is generate()'s loop (sample.py) with rows that come and go, built from the same pieces, so a seeded stream
+gives Model.generate's text: the prime runs alone through the fused model (sample.run_prime), the Stepper steps
+the batch, and sample.Sampler turns logits into ids with the stream's own uniforms (sample.stream_generator and
+sample.draw_uniforms, UNIFORM_BLOCK at a time; character t uses uniform t, the first one from the prime's
+logits). As with --num-samples, a batch differs from a stream alone only by float rounding in the logits.
+
+    slots:   [ s3 | s0 | -- | s7 ]    cap = 4, a power of two >= the active streams: a Stepper per cap, kept
+    hs, cs:  (cap, L*H)               row b is slot b's state; a free row is stepped too, and ignored
+    ublock:  (cap, UNIFORM_BLOCK)     row b holds slot b's current block of uniforms, cols (cap, 1) its place
+
+One step: resize (grow to fit, or shrink at a quarter full, moving rows), step the rows that sampled last time,
+put the joiners' prime state and logits into free rows, sample every row (one Sampler call per distinct
+temperature / top-k / top-p), and hand back each slot's id. Runs on the scheduler's thread only.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+
+from charrnn.generation.sample import (
+    UNIFORM_BLOCK,
+    SampleConfig,
+    Sampler,
+    check_prime,
+    choose_precision,
+    draw_uniforms,
+    run_prime,
+    stream_generator,
+)
+from charrnn.generation.stepper import Stepper
+from charrnn.model import CharRNN, State
+
+MAX_SAMPLERS = 256  # (settings, size) samplers kept; past it the cache starts again (a Sampler is cheap to make)
+
+
+class Primed(NamedTuple):
+    """A stream ready to join: its prime's logits (1, V) and state ((L, 1, H) tensors), and its generator."""
+
+    stream: Any
+    logits: torch.Tensor
+    state: State
+    gen: torch.Generator
+    key: tuple[float, int | None, float | None]  # (temperature, top_k, top_p)
+
+
+def bucket(n: int) -> int:
+    """The batch size that holds n streams: the next power of two."""
+    return 1 << max(0, n - 1).bit_length()
+
+
+class Batch:
+    """The rows of one model's step. Streams are opaque keys here; the scheduler maps ids to characters."""
+
+    # Made by the first _resize, for its cap:
+    stepper: Stepper
+    tok: torch.Tensor  # (cap, 1) int64: the last sampled ids, fed to the next step
+    tok_flat: torch.Tensor  # (cap,) view of tok
+    ublock: torch.Tensor  # (cap, UNIFORM_BLOCK)
+    cols: torch.Tensor  # (cap, 1) int64
+    u: torch.Tensor  # (cap, 1): this step's uniforms
+
+    def __init__(self, model: CharRNN, device: torch.device, precision: str) -> None:
+        self.model, self.device, self.precision = model, torch.device(device), precision
+        self.vocab_size = model.config.vocab_size
+        self.steppers: dict[int, Stepper] = {}  # cap -> its Stepper, made on first use (weights laid out for it)
+        self.samplers: dict[tuple, Sampler] = {}
+        self.cap = 0
+        self.slots: list[Any | None] = []
+        self.keys: list[tuple | None] = []  # each slot's sampler key
+        self.gens: list[torch.Generator | None] = []
+        self.pos: list[int] = []  # each slot's next character index t
+        self.sampled: list[bool] = []  # the slot sampled an id last step, so the next step feeds it
+        self.host_u = torch.empty(UNIFORM_BLOCK)  # (UNIFORM_BLOCK,) one stream's fresh block, drawn on the CPU
+
+    @property
+    def active(self) -> int:
+        return sum(s is not None for s in self.slots)
+
+    # ---- joining and leaving
+
+    def prime(self, prime_ids: list[int]) -> tuple[torch.Tensor, State]:
+        """A new request's prime run alone through the fused model, as generate() runs it: logits (1, V) and
+        the state ((L, 1, H) tensors). Its n streams all start from these."""
+        check_prime(prime_ids, self.vocab_size)
+        with torch.inference_mode():
+            return run_prime(self.model, prime_ids, self.device)
+
+    @staticmethod
+    def joiner(stream: Any, primed: tuple[torch.Tensor, State], cfg: SampleConfig) -> Primed:
+        """`stream` ready to join from its request's prime, with the generator of its seed."""
+        key = (cfg.temperature, cfg.top_k, cfg.top_p)
+        return Primed(stream, primed[0], primed[1], stream_generator(cfg.seed), key)
+
+    def leave(self, stream: Any) -> None:
+        b = self.slots.index(stream)
+        self.slots[b], self.keys[b], self.gens[b], self.sampled[b] = None, None, None, False
+        with torch.inference_mode():
+            self.cols[b] = 0  # a free row is still gathered from: keep its column in range
+            self.tok[b] = 0
+
+    # ---- one step
+
+    def step(self, joiners: list[Primed]) -> list[tuple[Any, int]]:
+        """Advance every active stream one character and start the joiners: (stream, id) for each."""
+        self._fit(self.active + len(joiners))
+        with torch.inference_mode():
+            if any(self.sampled):
+                self.stepper.step(self.tok_flat)  # (cap,) -> logits (cap, V)
+            for primed in joiners:
+                self._join(primed)
+            torch.gather(self.ublock, 1, self.cols, out=self.u)  # (cap, 1): each row's uniform t
+            self._sample()
+            self.tok.clamp_(0, self.vocab_size - 1)  # a free row's logits are never read, but its id is fed next step
+            ids = self.tok_flat.tolist()
+            self.cols.add_(1).remainder_(UNIFORM_BLOCK)  # a free row's too, so it never runs off its block
+        out = []
+        for b, stream in enumerate(self.slots):
+            if stream is None:
+                continue
+            out.append((stream, ids[b]))
+            self.sampled[b] = True
+            self.pos[b] += 1
+            if self.pos[b] % UNIFORM_BLOCK == 0:
+                self._refill(b)
+        return out
+
+    def _join(self, primed: Primed) -> None:
+        b = self.slots.index(None)
+        L, H = self.model.config.num_layers, self.model.config.hidden_size
+        self.stepper.hs.view(self.cap, L, H)[b].copy_(primed.state[0][:, 0])
+        if self.stepper.cs is not None:
+            self.stepper.cs.view(self.cap, L, H)[b].copy_(primed.state[1][:, 0])
+        self.stepper.logits[b].copy_(primed.logits[0])  # character 0 comes from the prime's logits
+        self.slots[b], self.keys[b], self.gens[b], self.pos[b] = primed.stream, primed.key, primed.gen, 0
+        self.sampled[b] = False
+        self._refill(b)
+
+    def _refill(self, b: int) -> None:
+        gen = self.gens[b]
+        assert gen is not None
+        draw_uniforms(gen, self.host_u)
+        with torch.inference_mode():
+            self.ublock[b].copy_(self.host_u)
+            self.cols[b] = 0
+
+    def _sample(self) -> None:
+        """tok <- ids sampled from logits with u: one Sampler call for each distinct setting in the batch."""
+        logits = self.stepper.logits  # (cap, V)
+        groups: dict[tuple, list[int]] = {}
+        for b, key in enumerate(self.keys):
+            if key is not None:
+                groups.setdefault(key, []).append(b)
+        if len(groups) == 1:  # the common case: every row through one call, free rows too (they are ignored)
+            (key,) = groups
+            self._sampler(key, self.cap)(logits, self.u, self.tok)
+            return
+        for key, rows in groups.items():
+            index = torch.tensor(rows, dtype=torch.int64, device=self.device)  # (n,)
+            out = torch.empty(len(rows), 1, dtype=torch.int64, device=self.device)  # (n, 1)
+            self._sampler(key, len(rows))(logits.index_select(0, index), self.u.index_select(0, index), out)
+            self.tok.index_copy_(0, index, out)
+
+    def _sampler(self, key: tuple, size: int) -> Sampler:
+        sampler = self.samplers.get((key, size))
+        if sampler is None:
+            if len(self.samplers) >= MAX_SAMPLERS:
+                self.samplers.clear()
+            temperature, top_k, top_p = key
+            cfg = SampleConfig(temperature=temperature, top_k=top_k, top_p=top_p)
+            with torch.inference_mode(False):
+                sampler = self.samplers[(key, size)] = Sampler(cfg, size, self.vocab_size, self.device)
+        return sampler
+
+    # ---- sizing
+
+    def _fit(self, needed: int) -> None:
+        """A cap that holds `needed` streams: grow past it, shrink once a quarter full, carrying the rows over."""
+        if needed == 0 or (self.cap >= needed and not (self.cap > 1 and needed <= self.cap // 4)):
+            return
+        self._resize(bucket(needed))
+
+    def _resize(self, cap: int) -> None:
+        kept = [b for b, s in enumerate(self.slots) if s is not None]
+        stepper = self._stepper(cap)
+        with torch.inference_mode(False):  # plain tensors, so that in-place updates work in any mode
+            tok = torch.zeros(cap, 1, dtype=torch.int64, device=self.device)  # (cap, 1) last sampled ids
+            ublock = torch.zeros(cap, UNIFORM_BLOCK, device=self.device)  # (cap, UNIFORM_BLOCK)
+            cols = torch.zeros(cap, 1, dtype=torch.int64, device=self.device)  # (cap, 1)
+            u = torch.zeros(cap, 1, device=self.device)  # (cap, 1)
+        if kept:
+            with torch.inference_mode():
+                old = torch.tensor(kept, dtype=torch.int64, device=self.device)
+                n = len(kept)
+                stepper.hs[:n].copy_(self.stepper.hs.index_select(0, old))
+                if stepper.cs is not None and self.stepper.cs is not None:  # an LSTM's cell states
+                    stepper.cs[:n].copy_(self.stepper.cs.index_select(0, old))
+                tok[:n].copy_(self.tok.index_select(0, old))
+                ublock[:n].copy_(self.ublock.index_select(0, old))
+                cols[:n].copy_(self.cols.index_select(0, old))
+        free = cap - len(kept)
+        self.slots = [self.slots[b] for b in kept] + [None] * free
+        self.keys = [self.keys[b] for b in kept] + [None] * free
+        self.gens = [self.gens[b] for b in kept] + [None] * free
+        self.pos = [self.pos[b] for b in kept] + [0] * free
+        self.sampled = [self.sampled[b] for b in kept] + [False] * free
+        self.stepper, self.cap = stepper, cap
+        self.tok, self.tok_flat, self.ublock, self.cols, self.u = tok, tok.view(cap), ublock, cols, u
+
+    def _stepper(self, cap: int) -> Stepper:
+        stepper = self.steppers.get(cap)
+        if stepper is None:
+            with torch.inference_mode(False):
+                if self.precision == "auto":  # timed at this batch size, as generate() does for its batch
+                    stepper = choose_precision(self.model, cap, self.device).stepper
+                else:
+                    stepper = Stepper(self.model, cap, self.device, precision=self.precision)
+            self.steppers[cap] = stepper
+        return stepper

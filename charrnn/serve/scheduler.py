@@ -1,0 +1,225 @@
+"""The Scheduler: one model's thread. It owns the model: it primes new requests, steps the Batch, hands each
+stream its character, and scores texts between steps. The HTTP side only submits and reads; it never runs torch.
+
+    loop:  take new jobs ─▶ drop cancelled / stalled streams ─▶ prime queued ones into free places
+           ─▶ one Batch.step ─▶ characters into their Streams ─▶ wake the event loop once
+
+Capacity is counted when a request arrives (submit): the streams in the batch (max_streams) plus those waiting
+(max_queue); a request past both is refused at once (429), so nothing waits unbounded.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+import torch
+
+from charrnn.api import Model
+from charrnn.generation.sample import SampleConfig
+from charrnn.serve.batch import Batch, Primed
+from charrnn.serve.metrics import Metrics
+from charrnn.serve.stream import ABORT, Job, Stream, wake_all
+
+PRIME_BUDGET = 4096  # prompt characters primed between two steps at most (one prompt always), so a long
+# prompt delays the batch's next character by about one PRIME_CHUNK's run through the fused model
+
+
+class ScoreTask:
+    def __init__(self, text: str, per_line: bool) -> None:
+        self.text, self.per_line = text, per_line
+        self.future: Future = Future()
+
+
+class Scheduler:
+    def __init__(
+        self,
+        name: str,
+        model: Model,
+        max_streams: int,
+        max_queue: int,
+        metrics: Metrics,
+        on_error: Callable[[str], None] = lambda message: None,
+    ) -> None:
+        self.name, self.model = name, model
+        self.max_streams, self.max_queue = max_streams, max_queue
+        self.metrics, self.on_error = metrics, on_error
+        self.batch = Batch(model.net, model.device, model.precision)
+        self.chars = model.vocab
+        self.cond = threading.Condition()
+        self.inbox: deque[Job | ScoreTask] = deque()
+        self.reserved = 0  # streams queued or in the batch, under cond
+        self.stopping = False
+        self.queued: deque[Stream] = deque()  # the scheduler thread's own
+        self.primes: dict[Job, tuple[torch.Tensor, Any]] = {}  # a job's prime, run once for its n streams
+        self.thread = threading.Thread(target=self._run, name=f"charrnn-scheduler-{name}", daemon=True)
+
+    # ---- the HTTP side
+
+    def submit(self, job: Job) -> bool:
+        """Queue `job`'s streams; False (refuse it: 429) when the batch and the queue are full."""
+        n = len(job.streams)
+        with self.cond:
+            if self.stopping or self.reserved + n > self.max_streams + self.max_queue:
+                return False
+            self.reserved += n
+            self.inbox.append(job)
+            self.cond.notify()
+        return True
+
+    def score(self, text: str, per_line: bool) -> Future:
+        """Model.score's result, computed on the scheduler's thread between two steps."""
+        task = ScoreTask(text, per_line)
+        with self.cond:
+            self.inbox.append(task)
+            self.cond.notify()
+        return task.future
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        """End every stream with finish_reason "abort" (their clients get a final event) and stop the thread;
+        returns at once (safe in a signal handler), join() waits."""
+        with self.cond:
+            self.stopping = True
+            self.cond.notify()
+
+    def join(self, timeout: float = 2.0) -> None:
+        self.stop()
+        self.thread.join(timeout)
+
+    # ---- the scheduler's thread
+
+    def _run(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            with self.cond:
+                while not (self.inbox or self.batch.active or self.queued or self.stopping):
+                    self.cond.wait()
+                if self.stopping:
+                    break
+                work = list(self.inbox)
+                self.inbox.clear()
+            try:
+                self._iteration(work)
+            except Exception as e:  # noqa: BLE001 - a bug must not leave clients hanging: end what is in flight
+                self.on_error(f"scheduler of {self.name}: {type(e).__name__}: {e}")
+                self._end_all()
+        self._end_all()
+
+    def _iteration(self, work: list[Job | ScoreTask]) -> None:
+        for item in work:
+            if isinstance(item, ScoreTask):
+                self._score(item)
+            else:
+                self.queued.extend(item.streams)
+        touched: set[Job] = set()
+        self._drop_gone(touched)
+        joiners = self._admit(touched)
+        if not (self.batch.active or joiners):
+            self._publish(0, 0, touched)
+            return
+        results = self.batch.step(joiners)
+        now = time.perf_counter()
+        for stream, i in results:
+            job = stream.job
+            touched.add(job)
+            if job.first_char is None:
+                job.first_char = now
+                self.metrics.first_char(self.name, now - job.received)
+            if stream.cancelled:
+                continue  # left at the top of the next iteration
+            if stream.put(self.chars[i]):
+                self._leave(stream)
+        self._publish(len(results), len(results), touched)
+
+    def _drop_gone(self, touched: set[Job]) -> None:
+        """Free the places of streams whose clients went away or stopped reading; forget cancelled queued ones."""
+        for stream in [s for s in self.batch.slots if s is not None]:
+            assert isinstance(stream, Stream)
+            if stream.cancelled or stream.stalled:
+                stream.finish(ABORT)
+                touched.add(stream.job)
+                self._leave(stream)
+        gone = [s for s in self.queued if s.cancelled]
+        for stream in gone:
+            self.queued.remove(stream)
+            self.primes.pop(stream.job, None)  # a job is cancelled whole: none of its streams needs it now
+            stream.finish(ABORT)
+            self._release(1)
+
+    def _admit(self, touched: set[Job]) -> list[Primed]:
+        """Queued streams into free places, their prompts primed, up to PRIME_BUDGET characters of priming."""
+        joiners: list[Primed] = []
+        primed_chars = 0
+        while self.queued and self.batch.active + len(joiners) < self.max_streams:
+            stream = self.queued[0]
+            job = stream.job
+            if job not in self.primes:
+                if joiners and primed_chars + len(job.prompt) > PRIME_BUDGET:
+                    break
+                primed_chars += len(job.prompt)
+                self.primes[job] = self.batch.prime(self.model.prime_ids(job.prompt))
+            self.queued.popleft()
+            s = stream.settings
+            cfg = SampleConfig(s.temperature, s.top_k, s.top_p, s.length, 1, s.seed)
+            if s.length == 0:  # nothing to sample: done before it starts
+                stream.finish("length")
+                touched.add(job)
+                self._release(1)
+            else:
+                joiners.append(Batch.joiner(stream, self.primes[job], cfg))
+            if stream is job.streams[-1]:
+                del self.primes[job]  # every stream of the job has it now
+        return joiners
+
+    def _leave(self, stream: Stream) -> None:
+        self.batch.leave(stream)
+        self._release(1)
+        job = stream.job
+        if job.done:
+            self.metrics.completed(self.name, time.perf_counter() - job.received)
+
+    def _release(self, n: int) -> None:
+        with self.cond:
+            self.reserved -= n
+
+    def _publish(self, batch: int, chars: int, touched: set[Job]) -> None:
+        if batch:
+            self.metrics.step(self.name, batch, chars, self.batch.active, len(self.queued))
+        else:
+            self.metrics.streams(self.name, self.batch.active, len(self.queued))
+        if touched:
+            wake_all(touched)
+
+    def _score(self, task: ScoreTask) -> None:
+        if not task.future.set_running_or_notify_cancel():
+            return
+        try:
+            task.future.set_result(self.model.score(task.text, per_line=task.per_line))
+        except Exception as e:  # noqa: BLE001 - handed to the request that asked, which answers for it
+            task.future.set_exception(e)
+
+    def _end_all(self) -> None:
+        """Finish every stream in the batch and the queue with "abort" and tell their clients."""
+        touched: set[Job] = set()
+        for stream in [s for s in self.batch.slots if s is not None]:
+            assert isinstance(stream, Stream)
+            stream.finish(ABORT)
+            touched.add(stream.job)
+            self._leave(stream)
+        with self.cond:
+            pending = [item for item in self.inbox if isinstance(item, Job)]
+            self.inbox.clear()
+        for stream in [*self.queued, *(s for job in pending for s in job.streams)]:
+            stream.finish(ABORT)
+            touched.add(stream.job)
+            self._release(1)
+        self.queued.clear()
+        self.primes.clear()
+        self._publish(0, 0, touched)

@@ -1,0 +1,362 @@
+"""`charrnn serve`: a live server on a free port, talked to with the real `openai` client and raw HTTP.
+
+Seeded text equals Model.generate's, alone and beside 63 other requests; SSE framing; every bad input's status
+and error shape; 429 at capacity; a disconnect freeing its slot (charrnn_active_streams); auth; the refused
+public bind; SIGTERM with a stream in flight ending it with a final event and exit 0 within 5 s.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from conftest import charrnn_cmd, cli, cli_env, wait_for_line
+
+import charrnn
+
+httpx = pytest.importorskip("httpx")
+openai = pytest.importorskip("openai")
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+
+
+class Server:
+    """`charrnn serve ARGS --port 0` in a subprocess; its stderr is read all along (lines), so it never blocks."""
+
+    def __init__(self, args, cwd, env=None) -> None:
+        cmd = charrnn_cmd("serve", *args, "--port", "0", "--device", "cpu")
+        self.proc = subprocess.Popen(
+            cmd, cwd=cwd, env=env or cli_env(cwd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        self.lines = wait_for_line(self.proc, lambda line: line.startswith("listening on "), timeout=90)
+        self.url = self.lines[-1].split()[-1]
+        self.port = int(self.url.rsplit(":", 1)[1])
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def client(self, **kw) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=kw.pop("api_key", "none"), max_retries=0, **kw)
+
+    def post(self, path: str, body, **kw) -> httpx.Response:
+        content = body if isinstance(body, bytes | str) else json.dumps(body)
+        return httpx.post(self.url + path, content=content, **{"timeout": 30, **kw})
+
+    def active(self) -> int:
+        text = httpx.get(self.url + "/metrics", timeout=10).text
+        return int(re.search(r"^charrnn_active_streams\{[^}]*\} (\d+)$", text, re.M).group(1))
+
+    def stop(self) -> tuple[int, str]:
+        """SIGTERM, then (exit code, stdout)."""
+        self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=10)
+        self._reader.join(timeout=5)
+        return self.proc.returncode, out
+
+
+@pytest.fixture(scope="module")
+def model(trained_run):
+    return charrnn.load(trained_run, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def server(trained_run, tmp_path_factory):
+    s = Server([trained_run, "--max-tokens", "2000"], cwd=tmp_path_factory.mktemp("serve"))
+    yield s
+    s.stop()
+
+
+# ---- the same text as Model.generate
+
+
+def test_completion_is_generates_text_for_its_seed(server, model, trained_run):
+    client = server.client()
+    r = client.completions.create(
+        model=trained_run.name, prompt="the ", max_tokens=120, temperature=0.8, top_p=0.9, seed=11, n=2
+    )
+    texts = model.generate("the ", length=120, temperature=0.8, top_p=0.9, seed=11, num_samples=2)
+    assert [c.text for c in r.choices] == texts  # choice i is stream seed + i, as --num-samples
+    assert [c.finish_reason for c in r.choices] == ["length", "length"]
+    assert r.object == "text_completion" and r.model == trained_run.name and r.id.startswith("cmpl-")
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (4, 240, 244)
+
+
+def test_streamed_completion_is_the_same_text(server, model):
+    client = server.client()
+    events = list(
+        client.completions.create(model=server_model(server), prompt="a ", max_tokens=200, temperature=0, stream=True)
+    )
+    assert len(events) > 1
+    assert "".join(e.choices[0].text for e in events) == model.generate("a ", length=200, temperature=0.0)
+    assert [e.choices[0].finish_reason for e in events][-1] == "length"
+
+
+def test_model_may_be_left_out_when_one_is_loaded(server, model):
+    r = server.post("/v1/completions", {"prompt": "dog", "max_tokens": 50, "seed": 4, "top_k": 5})
+    assert r.status_code == 200
+    assert r.json()["choices"][0]["text"] == model.generate("dog", length=50, temperature=1.0, top_k=5, seed=4)
+
+
+def test_stop_strings_cut_the_text_before_them(server, model):
+    full = model.generate("the ", length=300, temperature=1.0, seed=2)
+    stop = full[40:42]
+    r = server.post("/v1/completions", {"prompt": "the ", "max_tokens": 300, "seed": 2, "stop": [stop, "zzzz"]})
+    choice = r.json()["choices"][0]
+    assert choice["text"] == full[: full.index(stop)] and choice["finish_reason"] == "stop"
+    streamed = raw_events(server, {"prompt": "the ", "max_tokens": 300, "seed": 2, "stop": stop, "stream": True})
+    assert "".join(e["choices"][0]["text"] for e in streamed) == full[: full.index(stop)]
+
+
+def raw_events(server, body) -> list:
+    """The SSE stream read as bytes, framing checked: every event `data: ...` and a blank line, [DONE] last."""
+    with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=30) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        raw = b"".join(r.iter_bytes()).decode()
+    assert raw.endswith("data: [DONE]\n\n")
+    blocks = raw.split("\n\n")[:-1]
+    assert all(b.startswith("data: ") and "\n" not in b for b in blocks)
+    return [json.loads(b[6:]) for b in blocks[:-1]]
+
+
+def test_sse_framing_as_curl_sees_it(server, model):
+    events = raw_events(server, {"prompt": "the ", "max_tokens": 60, "seed": 9, "stream": True, "n": 2,
+                                 "stream_options": {"include_usage": True}})  # fmt: skip
+    usage = events.pop()
+    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == 120
+    texts = model.generate("the ", length=60, temperature=1.0, seed=9, num_samples=2)
+    for i in (0, 1):
+        mine = [e["choices"][0] for e in events if e["choices"][0]["index"] == i]
+        assert "".join(c["text"] for c in mine) == texts[i]
+        assert [c["finish_reason"] for c in mine][-1] == "length"
+        assert all(c["finish_reason"] is None for c in mine[:-1])
+
+
+def test_64_requests_at_once_each_give_their_text_alone(server, model):
+    """Beside 63 others, with different settings in one batch, each request's text is its text alone."""
+    name = server_model(server)
+    temperatures, top_ks = [1.0, 0.8, 0.0, 0.5], [None, 6]
+
+    def one(i):
+        extra = {"top_k": top_ks[i % 2]} if top_ks[i % 2] else None
+        pieces = server.client().completions.create(
+            model=name, prompt="the "[: 1 + i % 4], max_tokens=80 + i, seed=100 + i, temperature=temperatures[i % 4],
+            stream=True, extra_body=extra,
+        )  # fmt: skip
+        return "".join(p.choices[0].text for p in pieces)
+
+    with ThreadPoolExecutor(64) as pool:
+        got = list(pool.map(one, range(64)))
+    for i, text in enumerate(got):
+        alone = model.generate(
+            "the "[: 1 + i % 4], length=80 + i, seed=100 + i, temperature=temperatures[i % 4], top_k=top_ks[i % 2]
+        )
+        assert len(text) == 80 + i
+        assert text == alone, i
+
+
+def server_model(server) -> str:
+    return httpx.get(server.url + "/v1/models", timeout=10).json()["data"][0]["id"]
+
+
+def test_models_lists_charrnns_facts(server, model, trained_run):
+    r = server.client().models.list()
+    (m,) = r.data
+    assert m.id == trained_run.name and m.object == "model"
+    facts = m.model_dump()
+    assert (facts["vocab_size"], facts["num_layers"], facts["hidden_size"]) == (len(model.vocab), 1, 32)
+    assert facts["steps"] == 20 and facts["best_val_loss"] == pytest.approx(model.info["best_val_loss"])
+
+
+def test_score_gives_model_scores_numbers(server, model):
+    text = "the quick brown fox\nover a lazy dog\n"
+    whole = server.post("/v1/score", {"text": text}).json()
+    assert whole["bits_per_char"] == pytest.approx(model.score(text).bits_per_char)
+    lines = server.post("/v1/score", {"text": text, "per_line": True}).json()["lines"]
+    assert [line["nats"] for line in lines] == pytest.approx([s.nats for s in model.score(text, per_line=True)])
+
+
+def test_health_and_metrics(server):
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+    text = httpx.get(server.url + "/metrics").text
+    for name in ("charrnn_requests_total", "charrnn_active_streams", "charrnn_queued_streams",
+                 "charrnn_generated_chars_total", "charrnn_time_to_first_char_seconds_bucket",
+                 "charrnn_request_duration_seconds_count", "charrnn_batch_size_bucket"):  # fmt: skip
+        assert name in text
+
+
+# ---- bad input: one OpenAI-shaped error naming the field
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        (b"{not json", 400, None),
+        (b"[1, 2]", 400, None),
+        ({"max_tokens": 5}, 400, "prompt"),
+        ({"prompt": ""}, 400, "prompt"),
+        ({"prompt": 7}, 400, "prompt"),
+        ({"prompt": "t" * 40_000}, 400, "prompt"),
+        ({"prompt": "the", "max_tokens": "5"}, 400, "max_tokens"),
+        ({"prompt": "the", "max_tokens": 2001}, 400, "max_tokens"),
+        ({"prompt": "the", "max_tokens": True}, 400, "max_tokens"),
+        ({"prompt": "the", "temperature": -1}, 400, "temperature"),
+        ({"prompt": "the", "temperature": 3}, 400, "temperature"),
+        ({"prompt": "the", "top_p": 0}, 400, "top_p"),
+        ({"prompt": "the", "top_k": 0}, 400, "top_k"),
+        ({"prompt": "the", "n": 0}, 400, "n"),
+        ({"prompt": "the", "n": 65}, 400, "n"),
+        ({"prompt": "the", "seed": -1}, 400, "seed"),
+        ({"prompt": "the", "stop": 5}, 400, "stop"),
+        ({"prompt": "the", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+        ({"prompt": "the", "stream": "yes"}, 400, "stream"),
+        ({"prompt": "the", "echo": True}, 400, "echo"),
+        ({"prompt": "the", "model": 3}, 400, "model"),
+        ({"prompt": "the", "model": "nope"}, 404, "model"),
+    ],
+)
+def test_bad_input_is_a_4xx_naming_the_field(server, body, status, param):
+    r = server.post("/v1/completions", body)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["param"] == param
+    assert error["message"].endswith(".") and "Traceback" not in r.text
+
+
+def test_unknown_characters_are_listed(server):
+    r = server.post("/v1/completions", {"prompt": "thé€"})
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "prompt" and "'é' '€'" in r.json()["error"]["message"]
+
+
+def test_a_body_over_1_mb_is_413_and_unknown_routes_404(server):
+    r = server.post("/v1/completions", b'{"prompt": "' + b"t" * (1 << 20) + b'"}')
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    r = server.post("/v1/score", {"text": "t" * (1 << 20)})
+    assert r.status_code == 413
+    r = httpx.get(server.url + "/v1/nothing")
+    assert r.status_code == 404 and r.json()["error"]["message"].startswith("there is no")
+    assert httpx.get(server.url + "/v1/completions").status_code == 405
+
+
+def test_the_openai_client_sees_errors_as_its_exceptions(server):
+    with pytest.raises(openai.BadRequestError) as e:
+        server.client().completions.create(model=server_model(server), prompt="the", max_tokens=-1)
+    assert e.value.body["param"] == "max_tokens"
+    with pytest.raises(openai.NotFoundError):
+        server.client().completions.create(model="missing", prompt="the")
+
+
+# ---- capacity, disconnects, auth, the public bind, signals
+
+
+def test_429_at_capacity_and_a_disconnect_frees_its_slot(trained_run, tmp_path):
+    s = Server([trained_run, "--max-streams", "1", "--max-queue", "0", "--max-tokens", "10000000"], cwd=tmp_path)
+    try:
+        with httpx.stream("POST", s.url + "/v1/completions", timeout=30,
+                          json={"prompt": "the ", "max_tokens": 10_000_000, "stream": True}) as r:  # fmt: skip
+            chunks = r.iter_bytes()  # held: a dropped iterator would close the response
+            next(chunks)
+            assert s.active() == 1
+            busy = s.post("/v1/completions", {"prompt": "the ", "max_tokens": 5})
+            assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
+            assert busy.json()["error"]["type"] == "rate_limit_error"
+        deadline = time.monotonic() + 5
+        while s.active() != 0:
+            assert time.monotonic() < deadline, "the disconnected stream still holds its slot"
+            time.sleep(0.05)
+        assert s.post("/v1/completions", {"prompt": "the ", "max_tokens": 5}).status_code == 200
+        # a whole (not streamed) request whose client leaves frees its slot too
+        with pytest.raises(httpx.ReadTimeout):
+            s.post("/v1/completions", {"prompt": "the ", "max_tokens": 10_000_000}, timeout=0.5)
+        deadline = time.monotonic() + 5
+        while s.active() != 0:
+            assert time.monotonic() < deadline, "the departed client's stream still holds its slot"
+            time.sleep(0.05)
+    finally:
+        s.stop()
+
+
+def test_an_api_key_guards_v1_but_not_health(trained_run, tmp_path):
+    env = dict(cli_env(tmp_path), CHARRNN_API_KEY="sesame")
+    s = Server([trained_run, "--host", "0.0.0.0"], cwd=tmp_path, env=env)  # a key: a public bind is allowed
+    try:
+        url = f"http://127.0.0.1:{s.port}"
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "sesame"}):
+            r = httpx.post(url + "/v1/completions", json={"prompt": "the"}, headers=headers)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        assert httpx.get(url + "/v1/models").status_code == 401
+        assert httpx.get(url + "/health").status_code == 200
+        client = openai.OpenAI(base_url=url + "/v1", api_key="sesame", max_retries=0)
+        assert len(client.completions.create(model=trained_run.name, prompt="the", max_tokens=7).choices[0].text) == 7
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url + "/v1", api_key="nope", max_retries=0).models.list()
+    finally:
+        s.stop()
+
+
+def test_a_public_host_without_a_key_is_refused(trained_run, tmp_path):
+    proc = cli(["serve", trained_run, "--host", "0.0.0.0"], cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "--api-key" in proc.stderr and "--no-auth" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_without_the_extra_it_says_what_to_install(trained_run, tmp_path):
+    code = "import sys; sys.modules['uvicorn'] = None; from charrnn.cli.app import main; main()"
+    proc = subprocess.run([sys.executable, "-c", code, "serve", str(trained_run)], cwd=tmp_path,
+                          env=cli_env(tmp_path), capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert "pip install 'charrnn[serve]'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sigterm_ends_a_stream_in_flight_and_exits_0(trained_run, tmp_path):
+    s = Server([trained_run, "--max-tokens", "10000000"], cwd=tmp_path)
+    events, done = [], threading.Event()
+
+    def read():
+        with httpx.stream("POST", s.url + "/v1/completions", timeout=30,
+                          json={"prompt": "the ", "max_tokens": 10_000_000, "stream": True}) as r:  # fmt: skip
+            for line in r.iter_lines():
+                if line:
+                    events.append(line)
+                    done.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert done.wait(30)
+    start = time.monotonic()
+    code, out = s.stop()
+    assert time.monotonic() - start < 5 and code == 0 and out == ""
+    reader.join(timeout=5)
+    assert events[-1] == "data: [DONE]"
+    assert json.loads(events[-2][6:])["choices"][0]["finish_reason"] == "abort"
+    log = "".join(s.lines)
+    assert "SIGTERM: stopping" in log and re.search(r"^POST /v1/completions 200 \d+ chars ", log, re.M)
+
+
+@pytest.mark.gpu
+def test_the_cuda_path_gives_generates_text(trained_run, tmp_path):
+    cuda_model = charrnn.load(trained_run, device="cuda")
+    env = cli_env(tmp_path)
+    proc = subprocess.Popen(charrnn_cmd("serve", trained_run, "--port", "0", "--device", "cuda"), cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        url = wait_for_line(proc, lambda line: line.startswith("listening on "))[-1].split()[-1]
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda i: client.completions.create(
+                model=trained_run.name, prompt="the ", max_tokens=100, seed=i).choices[0].text, range(8)))  # fmt: skip
+        assert got == [cuda_model.generate("the ", length=100, temperature=1.0, seed=i) for i in range(8)]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+    assert proc.returncode == 0
