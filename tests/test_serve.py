@@ -79,6 +79,48 @@ def server(trained_run, tmp_path_factory):
 # ---- the same text as Model.generate
 
 
+def test_batch_rows_that_join_and_leave_keep_their_text(model):
+    """The scheduler's Batch alone: streams join at different steps (the batch grows 1 -> 8), run past a block
+    of uniforms, leave (it shrinks again, rows moved), and each gives Model.generate's text for its seed."""
+    from charrnn.config.sample import SampleConfig
+    from charrnn.serve.batch import Batch
+
+    batch = Batch(model.net, model.device, "fp32")
+    plan = {0: [(0, 300)], 5: [(1, 600), (2, 40)], 7: [(3, 500), (4, 30), (5, 700)], 400: [(6, 300)]}  # step: (id, n)
+    lengths, texts, caps, step = {}, {}, [], 0
+    while step in plan or any(len(texts[i]) < lengths[i] for i in texts):
+        joiners = []
+        for i, n in plan.get(step, []):
+            prime = model.prime_ids("the "[: 1 + i % 4])
+            cfg = SampleConfig(temperature=[1.0, 0.7, 0.0][i % 3], top_k=[None, 5][i % 2], seed=50 + i)
+            joiners.append(Batch.joiner(i, batch.prime(prime), cfg))
+            lengths[i], texts[i] = n, ""
+        for i, token in batch.step(joiners):
+            texts[i] += model.vocab[token]
+            if len(texts[i]) == lengths[i]:
+                batch.leave(i)
+        caps.append(batch.cap)
+        step += 1
+    assert caps[0] == 1 and max(caps) == 8 and caps[-1] == 1  # it grew, and shrank back to one
+    for i, text in texts.items():
+        alone = model.generate(
+            "the "[: 1 + i % 4], length=lengths[i], temperature=[1.0, 0.7, 0.0][i % 3], top_k=[None, 5][i % 2],
+            seed=50 + i,
+        )  # fmt: skip
+        assert text == alone, i
+
+
+def test_stop_matcher_holds_back_what_may_become_a_stop():
+    from charrnn.serve.stream import StopMatcher
+
+    m = StopMatcher(("abc", "bd"))
+    out = [m.feed(c) for c in "xabxab"]
+    assert out == [("x", False), ("", False), ("", False), ("abx", False), ("", False), ("", False)]
+    assert m.feed("d") == ("a", True)  # "ab" + "d": the stop "bd" begins at b
+    m = StopMatcher(("abc",))
+    assert [m.feed(c)[0] for c in "xab"] == ["x", "", ""] and m.flush() == "ab"
+
+
 def test_completion_is_generates_text_for_its_seed(server, model, trained_run):
     client = server.client()
     r = client.completions.create(

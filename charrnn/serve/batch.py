@@ -178,8 +178,9 @@ class Batch:
     # ---- sizing
 
     def _fit(self, needed: int) -> None:
-        """A cap that holds `needed` streams: grow past it, shrink once a quarter full, carrying the rows over."""
-        if needed == 0 or (self.cap >= needed and not (self.cap > 1 and needed <= self.cap // 4)):
+        """A cap that holds `needed` streams: grow past it, shrink once a quarter full (or down to one stream, which
+        then steps as generate() steps one), carrying the rows over."""
+        if needed == 0 or (self.cap >= needed and not (self.cap > 1 and needed <= max(1, self.cap // 4))):
             return
         self._resize(bucket(needed))
 
