@@ -192,8 +192,7 @@ async def _collect(job: Job, request: Request) -> list[str] | None:
 
     async def drain() -> None:
         while True:
-            await job.news.wait()
-            job.news.clear()
+            await job.news_after()  # the whole text is wanted: no need to wake at every step
             over = True
             for s, p in zip(job.streams, parts, strict=True):
                 text, finish = s.take()
@@ -224,8 +223,7 @@ async def _events(job: Job, req: CompletionRequest, cid: str, created: int, log:
     sent = [False] * len(job.streams)  # the choice's final chunk is out
     try:
         while not all(sent):
-            await job.news.wait()
-            job.news.clear()
+            await job.news_after()
             out = []
             for s in job.streams:
                 if sent[s.index]:

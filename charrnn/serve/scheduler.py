@@ -56,7 +56,7 @@ class Scheduler:
         self.stopping = False
         self.queued: deque[Stream] = deque()  # the scheduler thread's own
         self.primes: dict[Job, tuple[torch.Tensor, Any]] = {}  # a job's prime, run once for its n streams
-        self.thread = threading.Thread(target=self._run, name=f"charrnn-scheduler-{name}", daemon=True)
+        self.thread = threading.Thread(target=self.run, name=f"charrnn-scheduler-{name}", daemon=True)
 
     # ---- the HTTP side
 
@@ -80,6 +80,7 @@ class Scheduler:
         return task.future
 
     def start(self) -> None:
+        """run() on a thread of its own."""
         self.thread.start()
 
     def stop(self) -> None:
@@ -91,16 +92,18 @@ class Scheduler:
 
     def join(self, timeout: float = 2.0) -> None:
         self.stop()
-        self.thread.join(timeout)
+        if self.thread.is_alive():
+            self.thread.join(timeout)
 
     # ---- the scheduler's thread
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """The scheduler's loop, on the calling thread, until stop()."""
         torch.set_grad_enabled(False)
         while True:
             with self.cond:
                 while not (self.inbox or self.batch.active or self.queued or self.stopping):
-                    self.cond.wait()
+                    self.cond.wait(0.5)  # a timeout, so a signal's handler runs soon on the main thread
                 if self.stopping:
                     break
                 work = list(self.inbox)

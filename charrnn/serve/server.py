@@ -1,8 +1,10 @@
 """Running the server: ServeConfig, the models loaded by name, the refused public bind, and uvicorn on a socket
 bound here (so --port 0 works and a taken port is one sentence), stopped by SIGINT/SIGTERM within seconds.
 
-A signal stops accepting connections, ends every in-flight stream with a final event (finish_reason "abort"),
-lets those responses finish, and returns normally: the command exits 0.
+The first model's scheduler runs on the main thread (torch steps slower from any other) and uvicorn's event loop
+on a thread of its own; further models' schedulers get threads. A signal stops accepting connections, ends every
+in-flight stream with a final event (finish_reason "abort"), lets those responses finish, and returns
+normally: the command exits 0.
 """
 
 from __future__ import annotations
@@ -107,34 +109,54 @@ def serve(models: dict[str, Model], cfg: ServeConfig, log: Callable[[str], None]
         created={name: _mtime(m.path) for name, m in models.items()},
     )  # fmt: skip
     sock = _bind(cfg.host, cfg.port)
-    for scheduler in schedulers.values():
-        scheduler.start()
-
-    def stopping(signum: int) -> None:
-        if not state.stopping:
-            log(f"{signal.Signals(signum).name}: stopping; streams in flight end now")
-        state.stopping = True
-        for scheduler in schedulers.values():
-            scheduler.stop()
-
     config = uvicorn.Config(
         build_app(state, cfg.cors_origins), log_config=None, access_log=False, lifespan="off",
         timeout_graceful_shutdown=int(GRACE_S), ws="none",
     )  # fmt: skip
     _quiet_uvicorn()
-    server = _server(config, stopping, lambda: log(f"listening on {_url(sock)}"))
-    try:
-        asyncio.run(server.serve(sockets=[sock]))
-    finally:
+    server = _server(config, lambda: log(f"listening on {_url(sock)}"))
+
+    def stop_all() -> None:
+        state.stopping = True
         for scheduler in schedulers.values():
+            scheduler.stop()
+
+    def on_signal(signum: int, frame) -> None:
+        if not state.stopping:
+            log(f"{signal.Signals(signum).name}: stopping; streams in flight end now")
+        server.force_exit = server.should_exit  # a second signal: stop waiting for anything
+        server.should_exit = True
+        stop_all()
+
+    def http() -> None:
+        try:
+            asyncio.run(server.serve(sockets=[sock]))
+        finally:
+            stop_all()  # however the loop ended, the schedulers end too
+
+    # torch steps at about 60% of its speed from a thread other than the main one (2-core CPU, OpenMP, measured
+    # with generate() itself), so the first model's scheduler runs here, and the event loop in a thread.
+    first, *others = schedulers.values()
+    for scheduler in others:
+        scheduler.start()
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    loop_thread = threading.Thread(target=http, name="charrnn-http", daemon=True)
+    loop_thread.start()
+    try:
+        first.run()
+        loop_thread.join(GRACE_S + 2)
+    finally:
+        for s_, handler in previous.items():
+            signal.signal(s_, handler)
+        stop_all()
+        for scheduler in others:
             scheduler.join()
         sock.close()
 
 
-def _server(config, on_signal: Callable[[int], None], on_listening: Callable[[], None]) -> Any:
-    """uvicorn.Server with charrnn's signals: the first SIGINT/SIGTERM ends the streams and shuts down
-    gracefully, a second forces it; unlike uvicorn's own, it does not raise the signal again on the way out
-    (which would turn a clean stop into exit 143). It says when it listens."""
+def _server(config, on_listening: Callable[[], None]) -> Any:
+    """uvicorn.Server that says when it listens and leaves signals to serve(): in its thread it installs none,
+    and it never raises a signal again on the way out (uvicorn's own would turn a clean stop into exit 143)."""
     import uvicorn
 
     # The class is made here, where uvicorn (an optional extra) is known to be importable.
@@ -146,20 +168,7 @@ def _server(config, on_signal: Callable[[int], None], on_listening: Callable[[],
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
-            if threading.current_thread() is not threading.main_thread():
-                yield
-                return
-            previous = {s: signal.signal(s, self.stop_on) for s in (signal.SIGINT, signal.SIGTERM)}
-            try:
-                yield
-            finally:
-                for s, handler in previous.items():
-                    signal.signal(s, handler)
-
-        def stop_on(self, signum: int, frame) -> None:
-            self.force_exit = self.should_exit  # a second signal: stop waiting for anything
-            self.should_exit = True
-            on_signal(signum)
+            yield
 
     return Server(config)
 

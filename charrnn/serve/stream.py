@@ -1,8 +1,10 @@
 """A request as the scheduler sees it: a Job of n Streams, each one choice of a completion. No torch here.
 
 The scheduler thread appends characters to a Stream and sets its finish; the HTTP side drains them. A deque
-carries them across threads (append and popleft are atomic), and one wake-up a step tells the event loop which
-jobs have news (Job.wake), so a step costs the loop one call, not one per stream.
+carries them across threads (append and popleft are atomic). The handler takes what is there at most every
+FLUSH_INTERVAL_S (Job.news_after), so a fast stream's characters go out a few to an event rather than one event,
+one JSON and one client parse a character; between takes it is not armed, and the scheduler wakes only armed
+jobs, with one call to the event loop a step for all of them (wake_all).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 
 MAX_BUFFERED_CHARS = 1 << 16  # characters a stream holds for a client that stopped reading; past it, dropped
+FLUSH_INTERVAL_S = 0.02  # a stream's events are at least this far apart (the first goes out at once)
 ABORT = "abort"  # finish_reason of a stream the server ended (shutdown, or a client too slow), as vLLM says
 
 
@@ -75,6 +78,7 @@ class Stream:
         self.generated = 0  # characters sampled so far (the stop matcher may hold some back)
         self.finish_reason: str | None = None  # set last, after the final characters
         self.cancelled = False  # the client went away: the scheduler frees the slot at the next step
+        self.closed = False  # take() has handed out the finish
         self.matcher = StopMatcher(settings.stop)
 
     def take(self) -> tuple[str, str | None]:
@@ -85,7 +89,12 @@ class Stream:
             parts.append(self.chars.popleft())
         text = "".join(parts)
         self.sent += len(text)
+        self.closed = finish is not None
         return text, finish
+
+    @property
+    def has_news(self) -> bool:
+        return bool(self.chars) or (self.finish_reason is not None and not self.closed)
 
     # ---- the scheduler's side
 
@@ -122,12 +131,27 @@ class Job:
         self.streams = [Stream(self, i, s) for i, s in enumerate(settings)]
         self.loop = loop
         self.news = asyncio.Event()  # set on the loop's thread only
+        self.armed = False  # the handler waits on news: the scheduler must wake it
+        self.next_take = 0.0  # loop time before which the handler does not take again
         self.received = time.perf_counter()
         self.first_char: float | None = None  # when the first character was sampled
 
     @property
     def done(self) -> bool:
         return all(s.finish_reason is not None for s in self.streams)
+
+    async def news_after(self, interval: float = FLUSH_INTERVAL_S) -> None:
+        """Returns when some stream has news, and not sooner than `interval` after the last return."""
+        loop = asyncio.get_running_loop()
+        wait = self.next_take - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self.armed = True  # before looking: a character put after this is seen, or wakes us
+        if not any(s.has_news for s in self.streams):
+            await self.news.wait()
+        self.armed = False
+        self.news.clear()
+        self.next_take = loop.time() + interval
 
     def cancel(self) -> None:
         """The client went away (or the response is over): nothing more is wanted from these streams."""
@@ -142,10 +166,13 @@ def wake(jobs: list[Job]) -> None:
 
 
 def wake_all(jobs: set[Job]) -> None:
-    """From the scheduler thread: one call_soon_threadsafe per event loop for all of `jobs`."""
+    """From the scheduler thread: one call_soon_threadsafe per event loop for those of `jobs` whose handler
+    waits (the others look for themselves when they next take)."""
     by_loop: dict[asyncio.AbstractEventLoop, list[Job]] = {}
     for job in jobs:
-        by_loop.setdefault(job.loop, []).append(job)
+        if job.armed:
+            job.armed = False
+            by_loop.setdefault(job.loop, []).append(job)
     for loop, group in by_loop.items():
         try:
             loop.call_soon_threadsafe(wake, group)

@@ -1,0 +1,163 @@
+"""Benchmark `charrnn serve`: streaming clients' characters per second against generate() in the same run.
+
+    .venv/bin/python bench/bench_serve.py [--hidden-size 512 --num-layers 2 --length 2000 --clients 1,8,64]
+    .venv/bin/python bench/bench_serve.py --quick      (a small model and short streams: a smoke test, seconds)
+
+A seeded, untrained model (speed does not depend on the weights) is exported to a temporary .safetensors and
+served by `charrnn serve` in a subprocess on a free port. For each client count N, N clients stream a
+completion of --length characters at once over raw SSE (httpx; one event loop, in this process), and then
+generate(num_samples=N) runs here while the server is idle. Prints one JSON object per client count: aggregate
+chars/s, generate()'s, their ratio, time to first character p50/p99 (ms, as the clients see it) and the
+server's resident memory. Best of --repeats for the rates; never asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import add_model_args, model_fields, untrained_model  # noqa: E402
+
+CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # tiny-shakespeare's 65
+
+
+def export_model(args, directory: Path) -> Path:
+    from charrnn.checkpoint.files import export_bundle
+    from charrnn.checkpoint.state import ModelBundle
+    from charrnn.text.vocab import Vocab
+
+    model = untrained_model(args, len(CHARS))
+    return export_bundle(ModelBundle.of(model, Vocab(CHARS)), directory / "bench.safetensors")
+
+
+def start_server(path: Path, args) -> tuple[subprocess.Popen, str]:
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "charrnn", "serve", str(path), "--port", "0", "--device", "cpu",
+           "--precision", args.precision, "--max-tokens", str(args.length), "--max-queue", "1024"]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.startswith("listening on "):
+            url = line.split()[-1]
+            break
+    else:
+        raise SystemExit(f"the server did not start: {proc.wait()}")
+    os.set_blocking(proc.stderr.fileno(), False)  # its request log is never read: keep the pipe from filling
+    return proc, url
+
+
+def drain(proc: subprocess.Popen) -> None:
+    try:
+        assert proc.stderr is not None
+        while proc.stderr.read():
+            pass
+    except (OSError, TypeError):
+        pass
+
+
+async def one_stream(client, url: str, length: int, seed: int) -> tuple[int, float]:
+    """(characters received, seconds to the first one) for one streamed completion."""
+    body = {"prompt": "\n", "max_tokens": length, "temperature": 0.8, "seed": seed, "stream": True}
+    start, first, chars = time.perf_counter(), None, 0
+    async with client.stream("POST", url + "/v1/completions", json=body) as r:
+        async for line in r.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            text = json.loads(line[6:])["choices"][0]["text"]
+            if text and first is None:
+                first = time.perf_counter() - start
+            chars += len(text)
+    return chars, first if first is not None else float("nan")
+
+
+async def clients(url: str, n: int, length: int) -> tuple[float, list[float], int]:
+    """(seconds for all n streams, their times to first character, characters received)."""
+    import httpx
+
+    limits = httpx.Limits(max_connections=n + 4)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        start = time.perf_counter()
+        results = await asyncio.gather(*(one_stream(client, url, length, seed) for seed in range(n)))
+        seconds = time.perf_counter() - start
+    return seconds, [t for _, t in results], sum(c for c, _ in results)
+
+
+def generate_rate(model, n: int, length: int) -> float:
+    start = time.perf_counter()
+    texts = model.generate("\n", length=length, temperature=0.8, num_samples=n, seed=0)
+    chars = sum(map(len, texts)) if isinstance(texts, list) else len(texts)
+    return chars / (time.perf_counter() - start)
+
+
+def rss_mb(pid: int) -> float | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    m = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+    return int(m.group(1)) / 1024 if m else None
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_args(parser, length=2000)
+    parser.add_argument("--clients", default="1,8,64", help="comma-separated concurrent client counts")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--precision", default="fp32", help="the server's and generate()'s --precision")
+    parser.add_argument("--quick", action="store_true", help="a 1x64 model, 200 characters, 1 and 8 clients")
+    args = parser.parse_args()
+    if args.quick:
+        args.hidden_size, args.num_layers, args.length, args.clients, args.repeats = 64, 1, 200, "1,8", 1
+    import charrnn
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_model(args, Path(tmp))
+        model = charrnn.load(path, device="cpu", precision=args.precision)
+        proc, url = start_server(path, args)
+        try:
+            for n in (int(c) for c in args.clients.split(",")):
+                best, ttfc, received, base = 0.0, [], 0, 0.0
+                for _ in range(args.repeats):  # interleaved: the server's run, then generate()'s
+                    seconds, firsts, received = asyncio.run(clients(url, n, args.length))
+                    drain(proc)
+                    if received / seconds > best:
+                        best, ttfc = received / seconds, firsts
+                    base = max(base, generate_rate(model, n, args.length))
+                line = {
+                    "bench": "serve",
+                    "clients": n,
+                    "precision": args.precision,
+                    "chars_per_s": round(best),
+                    "generate_chars_per_s": round(base),
+                    "ratio": round(best / base, 3),
+                    "ttfc_p50_ms": round(1000 * statistics.median(ttfc), 1),
+                    "ttfc_p99_ms": round(1000 * percentile(ttfc, 0.99), 1),
+                    "complete": received == n * args.length,
+                    "server_rss_mb": rss_mb(proc.pid),
+                    **model_fields(args, len(CHARS), args.length),
+                }
+                print(json.dumps(line), flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()
