@@ -94,20 +94,11 @@ def serve(models: dict[str, Model], cfg: ServeConfig, log: Callable[[str], None]
     """Serve `models` until SIGINT or SIGTERM. `log` hears every line for stderr: listening, one per request."""
     import uvicorn
 
-    from charrnn.serve.app import ServerState, build_app
-    from charrnn.serve.metrics import Metrics
-    from charrnn.serve.scheduler import Scheduler
+    from charrnn.serve.app import build_app
 
     cfg.validate()
-    metrics = Metrics(list(models))
-    schedulers = {
-        name: Scheduler(name, model, cfg.max_streams, cfg.max_queue, metrics, on_error=log)
-        for name, model in models.items()
-    }
-    state = ServerState(
-        models, schedulers, metrics, cfg.api_key, cfg.max_tokens, min(MAX_N, cfg.max_streams), log,
-        created={name: _mtime(m.path) for name, m in models.items()},
-    )  # fmt: skip
+    state = _state(models, cfg, log)
+    schedulers = state.schedulers
     sock = _bind(cfg.host, cfg.port)
     config = uvicorn.Config(
         build_app(state, cfg.cors_origins), log_config=None, access_log=False, lifespan="off",
@@ -152,6 +143,23 @@ def serve(models: dict[str, Model], cfg: ServeConfig, log: Callable[[str], None]
         for scheduler in others:
             scheduler.join()
         sock.close()
+
+
+def _state(models: dict[str, Model], cfg: ServeConfig, log: Callable[[str], None]):
+    """The app's ServerState: the metrics and a Scheduler per model."""
+    from charrnn.serve.app import ServerState
+    from charrnn.serve.metrics import Metrics
+    from charrnn.serve.scheduler import Scheduler
+
+    metrics = Metrics(list(models))
+    schedulers = {
+        name: Scheduler(name, model, cfg.max_streams, cfg.max_queue, metrics, on_error=log)
+        for name, model in models.items()
+    }
+    return ServerState(
+        models, schedulers, metrics, cfg.api_key, cfg.max_tokens, min(MAX_N, cfg.max_streams), log,
+        created={name: _mtime(m.path) for name, m in models.items()},
+    )  # fmt: skip
 
 
 def _server(config, on_listening: Callable[[], None]) -> Any:
