@@ -20,7 +20,7 @@ SERVE_EPILOG = """Examples:\n
 ServeCheckpoints = Annotated[
     Optional[list[Path]],
     typer.Argument(
-        metavar="[CHECKPOINT]...",
+        metavar="CHECKPOINT",
         help="Models to serve, each a checkpoint or run directory, named by its run directory (or file stem) "
         "\\[default: the newest run under ./checkpoints].",
         show_default=False,
