@@ -32,6 +32,7 @@ from charrnn.config.settings import parsed, settings_of
 from charrnn.config.train import TrainConfig
 from charrnn.errors import CorpusError, UsageError
 from charrnn.generation.beam import BeamConfig, BeamEvent, BeamResult, beam_search
+from charrnn.generation.heatmap import CharScore, char_scores
 from charrnn.generation.lines import score_lines
 from charrnn.generation.sample import generate
 from charrnn.generation.score import LineScore, Score, ScoreConfig
@@ -199,6 +200,12 @@ class Model:
         if per_line:
             return list(score_lines(self.net, self.bundle.vocab, [text], self.device, cfg))
         return score_text(self.net, self.bundle.vocab, [text], self.device, cfg)
+
+    def char_scores(self, text: str, *, top_k: int = 5) -> list[CharScore]:
+        """Per-character surprise, as `charrnn score --html` draws it: one CharScore per character of `text`
+        (.char, .surprise in bits, .prob, .top: the model's `top_k` likeliest characters there, .known), scored
+        in context as one stream. The first character is context only; one the model never saw is marked."""
+        return char_scores(self.net, self.bundle.vocab, text, self.device, top_k=top_k)
 
 
 def check_prime_text(prime: str, vocab: Vocab) -> None:

@@ -227,6 +227,23 @@ def test_score_gives_model_scores_numbers(server, model):
     assert [line["nats"] for line in lines] == pytest.approx([s.nats for s in model.score(text, per_line=True)])
 
 
+def test_score_per_char_gives_each_characters_surprise_and_top_choices(server, model):
+    text = "the fox\u00e9 ran"  # \u00e9: a character the model never saw, marked and charged, not refused
+    r = server.post("/v1/score", {"text": text, "per_char": True}).json()
+    assert r["bits_per_char"] == pytest.approx(model.score(text).bits_per_char)
+    chars, expected = r["per_char"], model.char_scores(text)
+    assert "".join(c["char"] for c in chars) == text and len(chars) == len(expected)
+    assert chars[0]["bits"] is None and chars[0]["prob"] is None  # the first is context only
+    for got, want in zip(chars[1:], expected[1:], strict=True):
+        assert got["known"] == want.known and got["bits"] == pytest.approx(want.surprise, abs=1e-3)
+        assert [c for c, _ in got["top"]] == [c for c, _ in want.top] and len(got["top"]) == 5
+    unknown = chars[text.index("\u00e9")]
+    assert unknown["known"] is False and unknown["prob"] is None and unknown["bits"] > 0
+    r = server.post("/v1/score", {"text": "t" * 100_001, "per_char": True})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "text"
+    assert "100,000" in r.json()["error"]["message"]
+
+
 def test_health_and_metrics(server):
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
     text = httpx.get(server.url + "/metrics").text

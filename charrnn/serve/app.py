@@ -2,7 +2,7 @@
 
     POST /v1/completions   OpenAI completions, streamed (text/event-stream) or whole
     GET  /v1/models        the loaded models, with charrnn's facts as extra fields
-    POST /v1/score         charrnn's own: nats/char, bits/char, perplexity, per line when asked
+    POST /v1/score         charrnn's own: nats/char, bits/char, perplexity, per line and per character when asked
     GET  /health           200 while serving (no key needed), GET /metrics  Prometheus text
 
 It runs on the event loop and never runs torch: a completion is a Job handed to its model's Scheduler, whose
@@ -30,6 +30,7 @@ from starlette.routing import Route
 
 from charrnn.api import Model
 from charrnn.errors import CharRNNError
+from charrnn.generation.heatmap import CharScore
 from charrnn.serve import protocol
 from charrnn.serve.metrics import Metrics
 from charrnn.serve.protocol import ApiError, CompletionRequest
@@ -140,8 +141,13 @@ async def list_models(request: Request, state: ServerState) -> Response:
 
 async def score(request: Request, state: ServerState) -> Response:
     req = protocol.parse_score(protocol.parse_json(await read_body(request)), list(state.models))
+
+    def scored(model: Model) -> tuple[Any, list[CharScore] | None]:
+        result = model.score(req.text, per_line=req.per_line)
+        return result, model.char_scores(req.text) if req.per_char else None
+
     try:
-        result = await asyncio.wrap_future(state.schedulers[req.model].score(req.text, req.per_line))
+        result, chars = await asyncio.wrap_future(state.schedulers[req.model].call(scored))
     except CharRNNError as e:
         raise ApiError(400, str(e), param="text", code="invalid_value") from None
     body: dict[str, Any] = {"object": "score", "model": req.model}
@@ -153,6 +159,8 @@ async def score(request: Request, state: ServerState) -> Response:
         ]  # fmt: skip
     else:
         body.update(result.to_dict())
+    if chars is not None:
+        body["per_char"] = [protocol.char_score(c) for c in chars]
     return JSONResponse(body)
 
 

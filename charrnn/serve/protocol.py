@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from charrnn.config.seed import MAX_SEED, MIN_SEED, draw_seed
+from charrnn.generation.heatmap import CharScore
 from charrnn.serve.stream import Settings
 from charrnn.text.vocab import Vocab, listed
 
 MAX_BODY_BYTES = 1 << 20  # a request body past 1 MiB is refused (413) before it is parsed
+MAX_PER_CHAR = 100_000  # characters scored one by one (per_char): its answer is ~150 bytes a character
 MAX_PROMPT_CHARS = 32_768  # a prompt is primed between two steps of everyone else's streams: keep it short
 MAX_N = 64  # choices per request (each is a stream of the batch), and at most --max-streams
 MAX_STOPS, MAX_STOP_CHARS = 4, 256  # OpenAI's limit on stop strings; their length, so matching stays cheap
@@ -187,12 +189,14 @@ class ScoreRequest:
     model: str
     text: str
     per_line: bool
+    per_char: bool = False
 
 
 def parse_score(body: dict, models: list[str]) -> ScoreRequest:
     model = model_name(body, models)
-    text = _text(body, "text", None, MAX_BODY_BYTES)
-    return ScoreRequest(model, text, _bool(body, "per_line", False))
+    per_char = _bool(body, "per_char", False)
+    text = _text(body, "text", None, MAX_PER_CHAR if per_char else MAX_BODY_BYTES)
+    return ScoreRequest(model, text, _bool(body, "per_line", False), per_char)
 
 
 # ---- responses
@@ -214,6 +218,15 @@ def completion(
         ],
         "usage": usage(prompt_chars, completion_chars),
     }
+
+
+def char_score(c: CharScore) -> dict[str, Any]:
+    """One character of a per_char score: its surprise in bits (null for the first, which is context only), its
+    probability (null for it and for a character the model never saw), and the model's top choices there."""
+    bits = None if c.surprise is None else round(c.surprise, 4)
+    prob = None if c.prob is None else round(c.prob, 6)
+    top = [[ch, round(p, 6)] for ch, p in c.top]
+    return {"char": c.char, "bits": bits, "prob": prob, "top": top, "known": c.known}
 
 
 def chunk(id: str, created: int, model: str, index: int, text: str, finish: str | None) -> dict[str, Any]:

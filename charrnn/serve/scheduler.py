@@ -29,9 +29,11 @@ PRIME_BUDGET = 4096  # prompt characters primed between two steps at most (one p
 # prompt delays the batch's next character by about one PRIME_CHUNK's run through the fused model
 
 
-class ScoreTask:
-    def __init__(self, text: str, per_line: bool) -> None:
-        self.text, self.per_line = text, per_line
+class Task:
+    """Work on the model between two steps (a score): fn(model), its result or exception in `future`."""
+
+    def __init__(self, fn: Callable[[Model], Any]) -> None:
+        self.fn = fn
         self.future: Future = Future()
 
 
@@ -51,7 +53,7 @@ class Scheduler:
         self.batch = Batch(model.net, model.device, model.precision)
         self.chars = model.vocab
         self.cond = threading.Condition()
-        self.inbox: deque[Job | ScoreTask] = deque()
+        self.inbox: deque[Job | Task] = deque()
         self.reserved = 0  # streams queued or in the batch, under cond
         self.stopping = False
         self.queued: deque[Stream] = deque()  # the scheduler thread's own
@@ -71,9 +73,9 @@ class Scheduler:
             self.cond.notify()
         return True
 
-    def score(self, text: str, per_line: bool) -> Future:
-        """Model.score's result, computed on the scheduler's thread between two steps."""
-        task = ScoreTask(text, per_line)
+    def call(self, fn: Callable[[Model], Any]) -> Future:
+        """fn(model)'s result, computed on the scheduler's thread between two steps (torch stays on it)."""
+        task = Task(fn)
         with self.cond:
             self.inbox.append(task)
             self.cond.notify()
@@ -115,10 +117,10 @@ class Scheduler:
                 self._end_all()
         self._end_all()
 
-    def _iteration(self, work: list[Job | ScoreTask]) -> None:
+    def _iteration(self, work: list[Job | Task]) -> None:
         for item in work:
-            if isinstance(item, ScoreTask):
-                self._score(item)
+            if isinstance(item, Task):
+                self._call(item)
             else:
                 self.queued.extend(item.streams)
         touched: set[Job] = set()
@@ -200,11 +202,11 @@ class Scheduler:
         if touched:
             wake_all(touched)
 
-    def _score(self, task: ScoreTask) -> None:
+    def _call(self, task: Task) -> None:
         if not task.future.set_running_or_notify_cancel():
             return
         try:
-            task.future.set_result(self.model.score(task.text, per_line=task.per_line))
+            task.future.set_result(task.fn(self.model))
         except Exception as e:  # noqa: BLE001 - handed to the request that asked, which answers for it
             task.future.set_exception(e)
 
