@@ -110,6 +110,45 @@ def test_batch_rows_that_join_and_leave_keep_their_text(model):
         assert text == alone, i
 
 
+def test_a_swapped_model_serves_new_requests_while_streams_in_flight_finish_on_the_old(trained_run):
+    """Scheduler.swap (serve --watch's reload), driven step by step: a stream started before the swap gives the
+    old model's text for its seed, one queued after it the new model's, and both batches empty out."""
+    import asyncio
+
+    import torch
+
+    from charrnn.serve.metrics import Metrics
+    from charrnn.serve.scheduler import Scheduler
+    from charrnn.serve.stream import Job, Settings
+
+    old, new = charrnn.load(trained_run, device="cpu"), charrnn.load(trained_run, device="cpu")
+    with torch.no_grad():
+        for p in new.net.parameters():
+            p.mul_(1.5)  # other weights: another text for the same seed
+    sched = Scheduler("m", old, max_streams=8, max_queue=8, metrics=Metrics(["m"]))
+    loop = asyncio.new_event_loop()  # never run: no handler waits, so nothing is woken
+    before = Job("m", "the ", [Settings(0.8, None, None, 300, 7)], loop)
+    after = Job("m", "the ", [Settings(0.8, None, None, 300, 7)], loop)
+    assert sched.submit(before)
+    for _ in range(20):
+        sched._iteration([*sched.inbox])
+        sched.inbox.clear()
+    swapped = sched.swap(new)
+    assert sched.submit(after)
+    texts = {before: "", after: ""}
+    for _ in range(400):
+        work = [*sched.inbox]
+        sched.inbox.clear()
+        sched._iteration(work)
+        for job in texts:
+            texts[job] += job.streams[0].take()[0]
+    assert swapped.done() and sched.model is new and sched.retiring == [] and sched.active == 0
+    assert texts[before] == old.generate("the ", length=300, temperature=0.8, seed=7)
+    assert texts[after] == new.generate("the ", length=300, temperature=0.8, seed=7)
+    assert texts[before] != texts[after]
+    loop.close()
+
+
 def test_stop_matcher_holds_back_what_may_become_a_stop():
     from charrnn.serve.stream import StopMatcher
 

@@ -52,6 +52,7 @@ class Scheduler:
         self.metrics, self.on_error = metrics, on_error
         self.batch = Batch(model.net, model.device, model.precision)
         self.chars = model.vocab
+        self.retiring: list[tuple[Batch, list[str]]] = []  # batches of replaced models, stepped until empty
         self.cond = threading.Condition()
         self.inbox: deque[Job | Task] = deque()
         self.reserved = 0  # streams queued or in the batch, under cond
@@ -81,6 +82,12 @@ class Scheduler:
             self.cond.notify()
         return task.future
 
+    def swap(self, model: Model) -> Future:
+        """Serve `model` from the next step on (a reloaded checkpoint): streams in flight finish on the weights
+        they started with, in a batch of their own; queued ones and new requests use `model`. The future is
+        done once the scheduler has switched."""
+        return self.call(lambda old: self._swap(model))
+
     def start(self) -> None:
         """run() on a thread of its own."""
         self.thread.start()
@@ -104,7 +111,7 @@ class Scheduler:
         torch.set_grad_enabled(False)
         while True:
             with self.cond:
-                while not (self.inbox or self.batch.active or self.queued or self.stopping):
+                while not (self.inbox or self.active or self.queued or self.stopping):
                     self.cond.wait(0.5)  # a timeout, so a signal's handler runs soon on the main thread
                 if self.stopping:
                     break
@@ -126,10 +133,21 @@ class Scheduler:
         touched: set[Job] = set()
         self._drop_gone(touched)
         joiners = self._admit(touched)
-        if not (self.batch.active or joiners):
-            self._publish(0, 0, touched)
-            return
-        results = self.batch.step(joiners)
+        stepped = 0
+        if self.batch.active or joiners:
+            results = self.batch.step(joiners)
+            self._deliver(results, self.chars, touched)
+            stepped = len(results)
+        for batch, chars in self.retiring:  # a replaced model's streams, each still on its own weights
+            if batch.active:
+                old = batch.step([])
+                self._deliver(old, chars, touched)
+                stepped += len(old)
+        self.retiring = [(b, c) for b, c in self.retiring if b.active]
+        self._publish(stepped, stepped, touched)
+
+    def _deliver(self, results: list[tuple[Any, int]], chars: list[str], touched: set[Job]) -> None:
+        """Each stream's new character into its Stream; a stream that is done leaves its batch."""
         now = time.perf_counter()
         for stream, i in results:
             job = stream.job
@@ -139,14 +157,29 @@ class Scheduler:
                 self.metrics.first_char(self.name, now - job.received)
             if stream.cancelled:
                 continue  # left at the top of the next iteration
-            if stream.put(self.chars[i]):
+            if stream.put(chars[i]):
                 self._leave(stream)
-        self._publish(len(results), len(results), touched)
+
+    def _swap(self, model: Model) -> None:
+        if self.batch.active:
+            self.retiring.append((self.batch, self.chars))
+        self.model, self.chars = model, model.vocab
+        self.batch = Batch(model.net, model.device, model.precision)
+        self.primes.clear()  # queued streams have not started: they are primed again, by the new model
+
+    @property
+    def active(self) -> int:
+        """Streams with a place in a batch (the replaced models' included)."""
+        return self.batch.active + sum(b.active for b, _ in self.retiring)
+
+    def _in_flight(self) -> list[Any]:
+        """Every stream with a place in a batch, the current model's and the replaced ones'."""
+        batches = [self.batch, *(b for b, _ in self.retiring)]
+        return [s for b in batches for s in b.slots if s is not None]
 
     def _drop_gone(self, touched: set[Job]) -> None:
         """Free the places of streams whose clients went away or stopped reading; forget cancelled queued ones."""
-        for stream in [s for s in self.batch.slots if s is not None]:
-            assert isinstance(stream, Stream)
+        for stream in self._in_flight():
             if stream.cancelled or stream.stalled:
                 stream.finish(ABORT)
                 touched.add(stream.job)
@@ -162,7 +195,7 @@ class Scheduler:
         """Queued streams into free places, their prompts primed, up to PRIME_BUDGET characters of priming."""
         joiners: list[Primed] = []
         primed_chars = 0
-        while self.queued and self.batch.active + len(joiners) < self.max_streams:
+        while self.queued and self.active + len(joiners) < self.max_streams:
             stream = self.queued[0]
             job = stream.job
             if job not in self.primes:
@@ -184,7 +217,8 @@ class Scheduler:
         return joiners
 
     def _leave(self, stream: Stream) -> None:
-        self.batch.leave(stream)
+        batch = next(b for b in [self.batch, *(b for b, _ in self.retiring)] if stream in b.slots)
+        batch.leave(stream)
         self._release(1)
         job = stream.job
         if job.done:
@@ -196,9 +230,9 @@ class Scheduler:
 
     def _publish(self, batch: int, chars: int, touched: set[Job]) -> None:
         if batch:
-            self.metrics.step(self.name, batch, chars, self.batch.active, len(self.queued))
+            self.metrics.step(self.name, batch, chars, self.active, len(self.queued))
         else:
-            self.metrics.streams(self.name, self.batch.active, len(self.queued))
+            self.metrics.streams(self.name, self.active, len(self.queued))
         if touched:
             wake_all(touched)
 
@@ -213,8 +247,7 @@ class Scheduler:
     def _end_all(self) -> None:
         """Finish every stream in the batch and the queue with "abort" and tell their clients."""
         touched: set[Job] = set()
-        for stream in [s for s in self.batch.slots if s is not None]:
-            assert isinstance(stream, Stream)
+        for stream in self._in_flight():
             stream.finish(ABORT)
             touched.add(stream.job)
             self._leave(stream)
