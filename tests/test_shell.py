@@ -92,3 +92,32 @@ def test_no_color_is_respected_on_a_terminal(tmp_path):
     assert COLOUR.search(coloured)  # control: on a terminal the warning is yellow
     plain = _stderr_on_a_terminal(tmp_path, {**cli_env(tmp_path), "NO_COLOR": "1"})
     assert "skipped 1 file" in plain and not COLOUR.search(plain)
+
+
+def test_paced_output_flushes_a_stream_of_steps_a_few_times_and_at_the_end(monkeypatch):
+    """A sampler's character-a-step output reaches a pipe ~50 times a second, not at every step, and all of it
+    once the stream ends."""
+    import io
+
+    from charrnn.cli import console
+
+    class Pipe(io.StringIO):
+        flushes = 0
+        flushed = ""
+
+        def flush(self) -> None:
+            self.flushes += 1
+            self.flushed = self.getvalue()
+
+    pipe = Pipe()
+    monkeypatch.setattr(sys, "stdout", pipe)
+    out = console.PacedOut()
+    for _ in range(2000):
+        out.write("x")
+    assert pipe.flushes < 50  # not one per step (2000), however loaded the machine is
+    time.sleep(console.FLUSH_EVERY_S * 1.5)
+    out.write("y")  # past due: this one goes out at once
+    assert pipe.flushed.endswith("y")
+    out.write("z")
+    out.flush()
+    assert pipe.flushed == "x" * 2000 + "yz"

@@ -10,6 +10,7 @@ import contextlib
 import io
 import os
 import sys
+import time
 from collections.abc import Iterator
 
 from rich.console import Console
@@ -104,8 +105,12 @@ class OutputError(CharRNNError):
     """stdout cannot be written (closed, or its disk is full)."""
 
 
-def write_out(text: str) -> None:
-    """Data to stdout, flushed; a failure other than a closed pipe becomes OutputError (exit 1)."""
+FLUSH_EVERY_S = 0.02  # paced writes reach stdout at least this often: live to the eye, few wake-ups for a pipe
+
+
+def write_out(text: str, flush: bool = True) -> None:
+    """Data to stdout, flushed unless told otherwise; a failure other than a closed pipe becomes OutputError
+    (exit 1)."""
     out = sys.stdout
     if out is None:
         raise OutputError(
@@ -114,7 +119,8 @@ def write_out(text: str) -> None:
         )
     try:
         out.write(text)
-        out.flush()
+        if flush:
+            out.flush()
     except BrokenPipeError:
         raise
     except (OSError, ValueError) as e:
@@ -123,6 +129,24 @@ def write_out(text: str) -> None:
         raise OutputError(
             f"cannot write to standard output ({reason}); free some space or redirect it elsewhere."
         ) from None
+
+
+class PacedOut:
+    """write_out for a stream of small pieces (a character a step): flushed once FLUSH_EVERY_S has passed since
+    the last flush, and at the end, so text still appears live while a reading pipe is woken ~50 times a second
+    rather than at every step (which took ~5 % of a 64-stream sampler's time on 2 cores)."""
+
+    def __init__(self) -> None:
+        self.due = time.monotonic() + FLUSH_EVERY_S
+
+    def write(self, text: str) -> None:
+        now = time.monotonic()
+        write_out(text, flush=now >= self.due)
+        if now >= self.due:
+            self.due = now + FLUSH_EVERY_S
+
+    def flush(self) -> None:
+        write_out("")
 
 
 def _silence_stdout() -> None:
