@@ -2,13 +2,16 @@
 
     .venv/bin/python bench/bench_serve.py [--hidden-size 512 --num-layers 2 --length 2000 --clients 1,8,64]
     .venv/bin/python bench/bench_serve.py --quick      (a small model and short streams: a smoke test, seconds)
+    .venv/bin/python bench/bench_serve.py --clients 64 --churn 10000   (then 10,000 requests, one in ten leaving)
 
 A seeded, untrained model (speed does not depend on the weights) is exported to a temporary .safetensors and
 served by `charrnn serve` in a subprocess on a free port. For each client count N, N clients stream a
 completion of --length characters at once over raw SSE (httpx; one event loop, in this process), and then
 generate(num_samples=N) runs here while the server is idle. Prints one JSON object per client count: aggregate
 chars/s, generate()'s, their ratio, time to first character p50/p99 (ms, as the clients see it) and the
-server's resident memory. Best of --repeats for the rates; never asserts.
+server's resident memory. Best of --repeats for the rates; never asserts. --churn then sends that many
+requests from 64 clients, one in ten hanging up halfway, and counts errors, completed texts that are short or
+differ from their seed's text alone, active streams afterwards, and the server's memory after the first 1000.
 """
 
 from __future__ import annotations
@@ -94,6 +97,65 @@ async def clients(url: str, n: int, length: int) -> tuple[float, list[float], in
     return seconds, [t for _, t in results], sum(c for c, _ in results)
 
 
+async def churn_stream(client, url: str, length: int, seed: int, leave: bool) -> str | None:
+    """One streamed completion's text; with `leave`, the client hangs up halfway (None)."""
+    body = {"prompt": "\n", "max_tokens": length, "temperature": 0.8, "seed": seed, "stream": True}
+    parts: list[str] = []
+    got = 0
+    async with client.stream("POST", url + "/v1/completions", json=body) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"status {r.status_code}: {(await r.aread())[:200]!r}")
+        async for line in r.aiter_lines():
+            if line.startswith("data: {"):
+                text = json.loads(line[6:])["choices"][0]["text"]
+                parts.append(text)
+                got += len(text)
+                if leave and got >= length // 2:
+                    return None  # leaving the block closes the connection mid-stream
+    return "".join(parts)
+
+
+async def churn(url: str, pid: int, requests: int, n: int, length: int, expected: list[str]) -> dict:
+    """`requests` streamed completions from `n` clients, one in ten hanging up halfway: errors, completed texts
+    that differ from their seed's text alone, and the server's memory after the first thousand and at the end."""
+    import httpx
+
+    counter = iter(range(requests))
+    tally = {"completed": 0, "left": 0, "errors": 0, "mismatched": 0, "truncated": 0}
+    rss: dict[str, float | None] = {}
+
+    async def client_loop(client) -> None:
+        for i in counter:
+            seed = i % len(expected)
+            try:
+                text = await churn_stream(client, url, length, seed, leave=i % 10 == 9)
+            except Exception:  # noqa: BLE001 - counted: the benchmark reports every kind of failure
+                tally["errors"] += 1
+                continue
+            if text is None:
+                tally["left"] += 1
+            else:
+                tally["completed"] += 1
+                tally["truncated"] += len(text) != length
+                tally["mismatched"] += text != expected[seed]
+            if i == 999:
+                rss["after_1000_mb"] = rss_mb(pid)
+
+    start = time.perf_counter()
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=n + 4)) as client:
+        await asyncio.gather(*(client_loop(client) for _ in range(n)))
+        await asyncio.sleep(0.5)  # the last hang-ups reach the scheduler
+        metrics = (await client.get(url + "/metrics")).text
+    active = re.search(r"^charrnn_active_streams\{[^}]*\} (\d+)$", metrics, re.M)
+    return {
+        **tally,
+        "seconds": round(time.perf_counter() - start, 1),
+        "active_streams_after": int(active.group(1)) if active else None,
+        "rss_after_1000_mb": rss.get("after_1000_mb"),
+        "rss_end_mb": rss_mb(pid),
+    }
+
+
 def generate_rate(model, n: int, length: int) -> float:
     start = time.perf_counter()
     texts = model.generate("\n", length=length, temperature=0.8, num_samples=n, seed=0)
@@ -115,6 +177,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def churn_line(model, url: str, proc: subprocess.Popen, args) -> dict:
+    length, clients_n = 200, 64
+    expected = [model.generate("\n", length=length, temperature=0.8, seed=s) for s in range(16)]
+    result = asyncio.run(churn(url, proc.pid, args.churn, clients_n, length, expected))
+    drain(proc)
+    return {"bench": "serve_churn", "requests": args.churn, "clients": clients_n, "precision": args.precision,
+            **result, **model_fields(args, len(CHARS), length)}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_args(parser, length=2000)
@@ -122,6 +193,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precision", default="fp32", help="the server's and generate()'s --precision")
     parser.add_argument("--quick", action="store_true", help="a 1x64 model, 200 characters, 1 and 8 clients")
+    parser.add_argument("--churn", type=int, default=0, help="then this many requests of 200 characters from 64 "
+                        "clients, one in ten hanging up halfway (the issue's figure: 10000)")  # fmt: skip
     args = parser.parse_args()
     if args.quick:
         args.hidden_size, args.num_layers, args.length, args.clients, args.repeats = 64, 1, 200, "1,8", 1
@@ -154,6 +227,8 @@ def main() -> None:
                     **model_fields(args, len(CHARS), args.length),
                 }
                 print(json.dumps(line), flush=True)
+            if args.churn:
+                print(json.dumps(churn_line(model, url, proc, args)), flush=True)
         finally:
             proc.terminate()
             proc.wait(timeout=10)
