@@ -14,6 +14,7 @@ from charrnn.cli.signals import user_errors
 
 SERVE_EPILOG = """Examples:\n
   charrnn serve checkpoints/notes           (http://127.0.0.1:8000/v1, the model named "notes")\n
+  charrnn serve checkpoints/notes --watch   (open http://127.0.0.1:8000/ for the playground page; it follows the run)\n
   curl -N localhost:8000/v1/completions -d '{"prompt": "ROMEO:", "max_tokens": 200, "stream": true}'\n
   CHARRNN_API_KEY=secret charrnn serve --host 0.0.0.0 checkpoints/a checkpoints/b"""
 
@@ -48,6 +49,12 @@ ServePrecision = Annotated[
 ServeMaxStreams = Annotated[int, typer.Option(help="Streams stepped together in one model's batch at most.")]
 ServeMaxQueue = Annotated[int, typer.Option(help="Streams waiting for a place in the batch; past both, 429.")]
 ServeMaxTokens = Annotated[int, typer.Option(help="The most characters (max_tokens) a request may ask for.")]
+ServeWatch = Annotated[
+    bool,
+    typer.Option(
+        "--watch", help="Reload a model when its checkpoint changes (a training run's new best.pt), between requests."
+    ),
+]
 
 
 def serve(
@@ -62,13 +69,17 @@ def serve(
     max_streams: ServeMaxStreams = 256,
     max_queue: ServeMaxQueue = 256,
     max_tokens: ServeMaxTokens = 4096,
+    watch: ServeWatch = False,
 ) -> None:
-    """Serve models over an OpenAI-compatible HTTP API (completions, streamed or not), batching every request."""
+    """Serve models over an OpenAI-compatible HTTP API (completions, streamed or not), batching every request; the
+    page at / is a playground: generate, score a text, see the run's curve."""
     with user_errors():
         from charrnn.serve.server import ServeConfig, model_names, require_http
 
         require_http()
-        cfg = ServeConfig(host, port, api_key, no_auth, list(cors_origin or []), max_streams, max_queue, max_tokens)
+        cfg = ServeConfig(
+            host, port, api_key, no_auth, list(cors_origin or []), max_streams, max_queue, max_tokens, watch
+        )
         cfg.validate()  # before the models load: a refused bind is said at once
 
         from charrnn import api

@@ -3,6 +3,7 @@
     POST /v1/completions   OpenAI completions, streamed (text/event-stream) or whole
     GET  /v1/models        the loaded models, with charrnn's facts as extra fields
     POST /v1/score         charrnn's own: nats/char, bits/char, perplexity, per line and per character when asked
+    GET  /                 the playground page (playground.py), GET /v1/models/{id}/run  the curve it draws
     GET  /health           200 while serving (no key needed), GET /metrics  Prometheus text
 
 It runs on the event loop and never runs torch: a completion is a Job handed to its model's Scheduler, whose
@@ -31,7 +32,7 @@ from starlette.routing import Route
 from charrnn.api import Model
 from charrnn.errors import CharRNNError
 from charrnn.generation.heatmap import CharScore
-from charrnn.serve import protocol
+from charrnn.serve import playground, protocol
 from charrnn.serve.metrics import Metrics
 from charrnn.serve.protocol import ApiError, CompletionRequest
 from charrnn.serve.scheduler import Scheduler
@@ -39,7 +40,7 @@ from charrnn.serve.stream import Job
 
 RETRY_AFTER_S = 1  # what a 429 tells the client to wait
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy may buffer the stream
-ROUTES = ("/v1/completions", "/v1/models", "/v1/score", "/health", "/metrics")
+ROUTES = ("/v1/completions", "/v1/models", "/v1/score", "/health", "/metrics", *playground.ASSETS)
 
 
 @dataclass
@@ -62,6 +63,8 @@ def build_app(state: ServerState, cors_origins: list[str]) -> Starlette:
         Route("/v1/score", _endpoint(state, score), methods=["POST"]),
         Route("/health", _endpoint(state, health, auth=False), methods=["GET"]),
         Route("/metrics", _endpoint(state, metrics, auth=False), methods=["GET"]),
+        Route("/v1/models/{model}/run", _endpoint(state, playground.model_run), methods=["GET"]),
+        *(Route(path, _endpoint(state, playground.page, auth=False), methods=["GET"]) for path in playground.ASSETS),
     ]
     middleware = [Middleware(RequestLog, state=state)]
     if cors_origins:

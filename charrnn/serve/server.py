@@ -40,6 +40,7 @@ class ServeConfig:
     max_streams: int = 256  # streams in one model's batch
     max_queue: int = 256  # streams waiting for a place; past both, 429
     max_tokens: int = 4096  # max_tokens a request may ask for
+    watch: bool = False  # reload a model when its checkpoint file changes (serve/watch.py)
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -98,6 +99,10 @@ def serve(models: dict[str, Model], cfg: ServeConfig, log: Callable[[str], None]
 
     cfg.validate()
     state = _state(models, cfg, log)
+    if cfg.watch:
+        from charrnn.serve.watch import Watcher
+
+        Watcher(state, log).start()  # a daemon thread: it ends when state.stopping does, or with the process
     schedulers = state.schedulers
     sock = _bind(cfg.host, cfg.port)
     config = uvicorn.Config(
