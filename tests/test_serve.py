@@ -149,6 +149,69 @@ def test_a_swapped_model_serves_new_requests_while_streams_in_flight_finish_on_t
     loop.close()
 
 
+def _drive(sched, jobs, iterations):
+    """Run the scheduler's loop by hand; each job's text, and which jobs got characters at each iteration."""
+    texts, got = {job: "" for job in jobs}, []
+    for _ in range(iterations):
+        work = [*sched.inbox]
+        sched.inbox.clear()
+        sched._iteration(work)
+        new = {job: job.streams[0].take()[0] for job in jobs}
+        for job, text in new.items():
+            texts[job] += text
+        got.append({job for job, text in new.items() if text})
+    return texts, got
+
+
+def test_a_long_prompt_is_primed_a_piece_at_a_time_while_the_batch_goes_on(model):
+    """A 2,000-character prompt is primed PRIME_BUDGET characters between two steps: the stream already in the
+    batch gets a character at every iteration meanwhile, and the long prompt's text is still generate()'s."""
+    import asyncio
+
+    from charrnn.serve.metrics import Metrics
+    from charrnn.serve.scheduler import PRIME_BUDGET, Scheduler
+    from charrnn.serve.stream import Job, Settings
+
+    sched = Scheduler("m", model, max_streams=8, max_queue=8, metrics=Metrics(["m"]))
+    loop = asyncio.new_event_loop()
+    chars = [c for c in model.vocab if c.isprintable()]
+    long_prompt = "".join(chars[(i * 7) % len(chars)] for i in range(2000))
+    running = Job("m", "the ", [Settings(0.8, None, None, 100, 3)], loop)
+    late = Job("m", long_prompt, [Settings(0.8, None, None, 50, 4)], loop)
+    assert sched.submit(running)
+    _drive(sched, [running], 2)
+    assert sched.submit(late)
+    texts, got = _drive(sched, [running, late], 60)
+    pieces = -(-len(long_prompt) // PRIME_BUDGET)  # iterations that prime it
+    assert all(running in g for g in got[:pieces])  # the running stream never waited for the long prompt
+    assert all(late not in g for g in got[: pieces - 1]) and late in got[pieces - 1]
+    assert texts[late] == model.generate(long_prompt, length=50, temperature=0.8, seed=4)
+    loop.close()
+
+
+def test_prompts_of_one_length_are_primed_together_and_keep_their_text(model):
+    import asyncio
+
+    from charrnn.serve.metrics import Metrics
+    from charrnn.serve.scheduler import Scheduler
+    from charrnn.serve.stream import Job, Settings
+
+    sched = Scheduler("m", model, max_streams=16, max_queue=16, metrics=Metrics(["m"]))
+    loop = asyncio.new_event_loop()
+    prompts = ["the ", "and ", "to t", "a do", "the", "an"]
+    jobs = [Job("m", p, [Settings(0.8, None, None, 80, 20 + i)], loop) for i, p in enumerate(prompts)]
+    groups = []
+    priming = sched.batch.priming
+    sched.batch.priming = lambda keys, ids: groups.append(len(keys)) or priming(keys, ids)  # type: ignore[method-assign]
+    for job in jobs:
+        assert sched.submit(job)
+    texts, _ = _drive(sched, jobs, 100)
+    assert sorted(groups) == [1, 1, 4]  # four prompts of 4 characters as one batch, then the 3 and the 2
+    for i, (job, p) in enumerate(zip(jobs, prompts, strict=True)):
+        assert texts[job] == model.generate(p, length=80, temperature=0.8, seed=20 + i), p
+    loop.close()
+
+
 def test_stop_matcher_holds_back_what_may_become_a_stop():
     from charrnn.serve.stream import StopMatcher
 

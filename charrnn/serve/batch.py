@@ -47,6 +47,38 @@ class Primed(NamedTuple):
     key: tuple[float, int | None, float | None]  # (temperature, top_k, top_p)
 
 
+class Priming:
+    """Prompts of one length run through the fused model together (one forward of (k, t) instead of k), at most
+    a given number of characters an iteration, so a long prompt delays the others' next character by about one
+    PRIME_STEP's run, not by its whole length. Alone (k == 1) it is run_prime's computation, chunk by chunk."""
+
+    def __init__(self, keys: list[Any], prompts: list[list[int]], device: torch.device) -> None:
+        self.keys = keys  # what each row primes (a Job); row i is keys[i]'s
+        self.ids = torch.tensor(prompts, dtype=torch.int64, device=device)  # (k, T)
+        self.pos = 0
+        self.state: State | None = None
+        self.logits: torch.Tensor | None = None  # (k, V) once done
+
+    @property
+    def remaining(self) -> int:
+        return self.ids.shape[1] - self.pos
+
+    def advance(self, model: CharRNN, chars: int) -> int:
+        """Run up to `chars` more characters of every row; how many it ran."""
+        take = min(chars, self.remaining)
+        with torch.inference_mode():
+            logits, self.state = model(self.ids[:, self.pos : self.pos + take], self.state)  # (k, take, V)
+        self.pos += take
+        if not self.remaining:
+            self.logits = logits[:, -1].float()  # (k, V)
+        return take
+
+    def result(self, row: int) -> tuple[torch.Tensor, State]:
+        """Row `row`'s prime as Batch.prime gives it: logits (1, V) and the state ((L, 1, H) tensors)."""
+        assert self.logits is not None and self.state is not None
+        return self.logits[row : row + 1], tuple(s[:, row : row + 1].float() for s in self.state)
+
+
 def bucket(n: int) -> int:
     """The batch size that holds n streams: the next power of two."""
     return 1 << max(0, n - 1).bit_length()
@@ -69,6 +101,7 @@ class Batch:
         self.steppers: dict[int, Stepper] = {}  # cap -> its Stepper, made on first use (weights laid out for it)
         self.samplers: dict[tuple, Sampler] = {}
         self.cap = 0
+        self.free = 0  # slots holding no stream
         self.slots: list[Any | None] = []
         self.keys: list[tuple | None] = []  # each slot's sampler key
         self.gens: list[torch.Generator | None] = []
@@ -78,9 +111,15 @@ class Batch:
 
     @property
     def active(self) -> int:
-        return sum(s is not None for s in self.slots)
+        return self.cap - self.free
 
     # ---- joining and leaving
+
+    def priming(self, keys: list[Any], prompts: list[list[int]]) -> Priming:
+        """Prompts of one length (ids), to prime together a few characters at a time (Priming.advance)."""
+        for ids in prompts:
+            check_prime(ids, self.vocab_size)
+        return Priming(keys, prompts, self.device)
 
     def prime(self, prime_ids: list[int]) -> tuple[torch.Tensor, State]:
         """A new request's prime run alone through the fused model, as generate() runs it: logits (1, V) and
@@ -98,6 +137,7 @@ class Batch:
     def leave(self, stream: Any) -> None:
         b = self.slots.index(stream)
         self.slots[b], self.keys[b], self.gens[b], self.sampled[b] = None, None, None, False
+        self.free += 1
         with torch.inference_mode():
             self.cols[b] = 0  # a free row is still gathered from: keep its column in range
             self.tok[b] = 0
@@ -136,6 +176,7 @@ class Batch:
             self.stepper.cs.view(self.cap, L, H)[b].copy_(primed.state[1][:, 0])
         self.stepper.logits[b].copy_(primed.logits[0])  # character 0 comes from the prime's logits
         self.slots[b], self.keys[b], self.gens[b], self.pos[b] = primed.stream, primed.key, primed.gen, 0
+        self.free -= 1
         self.sampled[b] = False
         self._refill(b)
 
@@ -208,7 +249,7 @@ class Batch:
         self.gens = [self.gens[b] for b in kept] + [None] * free
         self.pos = [self.pos[b] for b in kept] + [0] * free
         self.sampled = [self.sampled[b] for b in kept] + [False] * free
-        self.stepper, self.cap = stepper, cap
+        self.stepper, self.cap, self.free = stepper, cap, free
         self.tok, self.tok_flat, self.ublock, self.cols, self.u = tok, tok.view(cap), ublock, cols, u
 
     def _stepper(self, cap: int) -> Stepper:

@@ -21,12 +21,13 @@ import torch
 
 from charrnn.api import Model
 from charrnn.generation.sample import SampleConfig
-from charrnn.serve.batch import Batch, Primed
+from charrnn.serve.batch import Batch, Primed, Priming
 from charrnn.serve.metrics import Metrics
 from charrnn.serve.stream import ABORT, Job, Stream, wake_all
 
-PRIME_BUDGET = 4096  # prompt characters primed between two steps at most (one prompt always), so a long
-# prompt delays the batch's next character by about one PRIME_CHUNK's run through the fused model
+PRIME_BUDGET = 512  # prompt characters primed between two steps at most, so a long prompt delays the batch's
+# next character by one 512-character run through the fused model (~50 ms at 2x512 on 2 cores), not its whole
+# length; prompts of one length are primed together, as one batch
 
 
 class Task:
@@ -59,6 +60,7 @@ class Scheduler:
         self.stopping = False
         self.queued: deque[Stream] = deque()  # the scheduler thread's own
         self.primes: dict[Job, tuple[torch.Tensor, Any]] = {}  # a job's prime, run once for its n streams
+        self.priming: list[Priming] = []  # prompts being primed, oldest first
         self.thread = threading.Thread(target=self.run, name=f"charrnn-scheduler-{name}", daemon=True)
 
     # ---- the HTTP side
@@ -166,6 +168,7 @@ class Scheduler:
         self.model, self.chars = model, model.vocab
         self.batch = Batch(model.net, model.device, model.precision)
         self.primes.clear()  # queued streams have not started: they are primed again, by the new model
+        self.priming.clear()
 
     @property
     def active(self) -> int:
@@ -192,18 +195,17 @@ class Scheduler:
             self._release(1)
 
     def _admit(self, touched: set[Job]) -> list[Primed]:
-        """Queued streams into free places, their prompts primed, up to PRIME_BUDGET characters of priming."""
+        """Queued streams whose prompts are primed into free places, in order; prompts advanced first."""
+        self._prime()
         joiners: list[Primed] = []
-        primed_chars = 0
-        while self.queued and self.active + len(joiners) < self.max_streams:
-            stream = self.queued[0]
+        if self.active >= self.max_streams:
+            return joiners
+        waiting: deque[Stream] = deque()
+        for stream in self.queued:
             job = stream.job
-            if job not in self.primes:
-                if joiners and primed_chars + len(job.prompt) > PRIME_BUDGET:
-                    break
-                primed_chars += len(job.prompt)
-                self.primes[job] = self.batch.prime(self.model.prime_ids(job.prompt))
-            self.queued.popleft()
+            if job not in self.primes or self.active + len(joiners) >= self.max_streams:
+                waiting.append(stream)
+                continue
             s = stream.settings
             cfg = SampleConfig(s.temperature, s.top_k, s.top_p, s.length, 1, s.seed)
             if s.length == 0:  # nothing to sample: done before it starts
@@ -214,7 +216,32 @@ class Scheduler:
                 joiners.append(Batch.joiner(stream, self.primes[job], cfg))
             if stream is job.streams[-1]:
                 del self.primes[job]  # every stream of the job has it now
+        self.queued = waiting
         return joiners
+
+    def _prime(self) -> None:
+        """New prompts into Primings (those of one length together), then PRIME_BUDGET characters of priming,
+        oldest first; a finished Priming's prompts are ready to join."""
+        started = self.primes.keys() | {job for p in self.priming for job in p.keys}
+        fresh: dict[int, list[tuple[Job, list[int]]]] = {}
+        for stream in self.queued:
+            job = stream.job
+            if job not in started:
+                started.add(job)
+                ids = self.model.prime_ids(job.prompt)
+                fresh.setdefault(len(ids), []).append((job, ids))
+        for group in fresh.values():
+            self.priming.append(self.batch.priming([job for job, _ in group], [ids for _, ids in group]))
+        budget = PRIME_BUDGET
+        while self.priming and budget > 0:
+            priming = self.priming[0]
+            budget -= priming.advance(self.model.net, budget)
+            if priming.remaining:
+                break
+            self.priming.pop(0)
+            for row, job in enumerate(priming.keys):
+                if not job.streams[0].cancelled:
+                    self.primes[job] = priming.result(row)
 
     def _leave(self, stream: Stream) -> None:
         batch = next(b for b in [self.batch, *(b for b, _ in self.retiring)] if stream in b.slots)
@@ -260,4 +287,5 @@ class Scheduler:
             self._release(1)
         self.queued.clear()
         self.primes.clear()
+        self.priming.clear()
         self._publish(0, 0, touched)
