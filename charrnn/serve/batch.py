@@ -8,11 +8,14 @@ logits). As with --num-samples, a batch differs from a stream alone only by floa
 
     slots:   [ s3 | s0 | -- | s7 ]    cap = 4, a power of two >= the active streams: a Stepper per cap, kept
     hs, cs:  (cap, L*H)               row b is slot b's state; a free row is stepped too, and ignored
-    ublock:  (cap, UNIFORM_BLOCK)     row b holds slot b's current block of uniforms, cols (cap, 1) its place
+    ublock:  (cap, UNIFORM_BLOCK)     row b holds slot b's current block of uniforms, rotated so that every row's
+                                      next uniform is in the same column, t % UNIFORM_BLOCK: a view, no gather
 
-One step: resize (grow to fit, or shrink at a quarter full, moving rows), step the rows that sampled last time,
-put the joiners' prime state and logits into free rows, sample every row (one Sampler call per distinct
-temperature / top-k / top-p), and hand back each slot's id. Runs on the scheduler's thread only.
+One step: resize (grow to fit, or shrink at a quarter full, moving rows), step the rows (if any sampled last
+time), put the joiners' prime state and logits into free rows, refill the rows whose block ran out, sample every
+row (one Sampler call per distinct temperature / top-k / top-p), and hand back each slot's id. The per-stream
+work in Python is one list comprehension a step: at 64 streams anything more shows in the rate. Runs on the
+scheduler's thread only.
 """
 
 from __future__ import annotations
@@ -92,8 +95,6 @@ class Batch:
     tok: torch.Tensor  # (cap, 1) int64: the last sampled ids, fed to the next step
     tok_flat: torch.Tensor  # (cap,) view of tok
     ublock: torch.Tensor  # (cap, UNIFORM_BLOCK)
-    cols: torch.Tensor  # (cap, 1) int64
-    u: torch.Tensor  # (cap, 1): this step's uniforms
 
     def __init__(self, model: CharRNN, device: torch.device, precision: str) -> None:
         self.model, self.device, self.precision = model, torch.device(device), precision
@@ -105,8 +106,9 @@ class Batch:
         self.slots: list[Any | None] = []
         self.keys: list[tuple | None] = []  # each slot's sampler key
         self.gens: list[torch.Generator | None] = []
-        self.pos: list[int] = []  # each slot's next character index t
-        self.sampled: list[bool] = []  # the slot sampled an id last step, so the next step feeds it
+        self.t = 0  # steps taken: this step's uniforms are column t % UNIFORM_BLOCK of every row
+        self.start: list[int] = []  # each slot's column of its first uniform; its block runs out there again
+        self.due: dict[int, set[int]] = {}  # column -> slots whose block runs out at it
         self.host_u = torch.empty(UNIFORM_BLOCK)  # (UNIFORM_BLOCK,) one stream's fresh block, drawn on the CPU
 
     @property
@@ -136,60 +138,55 @@ class Batch:
 
     def leave(self, stream: Any) -> None:
         b = self.slots.index(stream)
-        self.slots[b], self.keys[b], self.gens[b], self.sampled[b] = None, None, None, False
+        self.slots[b], self.keys[b], self.gens[b] = None, None, None
+        self.due[self.start[b]].discard(b)
         self.free += 1
-        with torch.inference_mode():
-            self.cols[b] = 0  # a free row is still gathered from: keep its column in range
-            self.tok[b] = 0
 
     # ---- one step
 
     def step(self, joiners: list[Primed]) -> list[tuple[Any, int]]:
         """Advance every active stream one character and start the joiners: (stream, id) for each."""
+        stepping = self.active > 0  # every active row sampled last step: its id is fed now
         self._fit(self.active + len(joiners))
+        col = self.t % UNIFORM_BLOCK
         with torch.inference_mode():
-            if any(self.sampled):
+            if stepping:
                 self.stepper.step(self.tok_flat)  # (cap,) -> logits (cap, V)
+            for b in list(self.due.get(col, ())):
+                self._refill(b, col)  # UNIFORM_BLOCK uniforms used since it last drew: the next block
             for primed in joiners:
-                self._join(primed)
-            torch.gather(self.ublock, 1, self.cols, out=self.u)  # (cap, 1): each row's uniform t
-            self._sample()
-            self.tok.clamp_(0, self.vocab_size - 1)  # a free row's logits are never read, but its id is fed next step
+                self._join(primed, col)
+            self._sample(self.ublock[:, col : col + 1])  # (cap, 1): each row's uniform t
+            if self.free:
+                self.tok.clamp_(0, self.vocab_size - 1)  # a free row's logits are garbage, but its id is fed
             ids = self.tok_flat.tolist()
-            self.cols.add_(1).remainder_(UNIFORM_BLOCK)  # a free row's too, so it never runs off its block
-        out = []
-        for b, stream in enumerate(self.slots):
-            if stream is None:
-                continue
-            out.append((stream, ids[b]))
-            self.sampled[b] = True
-            self.pos[b] += 1
-            if self.pos[b] % UNIFORM_BLOCK == 0:
-                self._refill(b)
-        return out
+        self.t += 1
+        return [(stream, i) for stream, i in zip(self.slots, ids, strict=True) if stream is not None]
 
-    def _join(self, primed: Primed) -> None:
+    def _join(self, primed: Primed, col: int) -> None:
         b = self.slots.index(None)
         L, H = self.model.config.num_layers, self.model.config.hidden_size
         self.stepper.hs.view(self.cap, L, H)[b].copy_(primed.state[0][:, 0])
         if self.stepper.cs is not None:
             self.stepper.cs.view(self.cap, L, H)[b].copy_(primed.state[1][:, 0])
         self.stepper.logits[b].copy_(primed.logits[0])  # character 0 comes from the prime's logits
-        self.slots[b], self.keys[b], self.gens[b], self.pos[b] = primed.stream, primed.key, primed.gen, 0
+        self.slots[b], self.keys[b], self.gens[b], self.start[b] = primed.stream, primed.key, primed.gen, col
+        self.due.setdefault(col, set()).add(b)
         self.free -= 1
-        self.sampled[b] = False
-        self._refill(b)
+        self._refill(b, col)
 
-    def _refill(self, b: int) -> None:
+    def _refill(self, b: int, col: int) -> None:
+        """Row b's next UNIFORM_BLOCK uniforms from its stream's generator, the first one in column `col`."""
         gen = self.gens[b]
         assert gen is not None
         draw_uniforms(gen, self.host_u)
+        k = UNIFORM_BLOCK - col
         with torch.inference_mode():
-            self.ublock[b].copy_(self.host_u)
-            self.cols[b] = 0
+            self.ublock[b, col:].copy_(self.host_u[:k])
+            self.ublock[b, :col].copy_(self.host_u[k:])
 
-    def _sample(self) -> None:
-        """tok <- ids sampled from logits with u: one Sampler call for each distinct setting in the batch."""
+    def _sample(self, u: torch.Tensor) -> None:
+        """tok <- ids sampled from logits with u (cap, 1): one Sampler call for each distinct setting."""
         logits = self.stepper.logits  # (cap, V)
         groups: dict[tuple, list[int]] = {}
         for b, key in enumerate(self.keys):
@@ -197,12 +194,12 @@ class Batch:
                 groups.setdefault(key, []).append(b)
         if len(groups) == 1:  # the common case: every row through one call, free rows too (they are ignored)
             (key,) = groups
-            self._sampler(key, self.cap)(logits, self.u, self.tok)
+            self._sampler(key, self.cap)(logits, u, self.tok)
             return
         for key, rows in groups.items():
             index = torch.tensor(rows, dtype=torch.int64, device=self.device)  # (n,)
             out = torch.empty(len(rows), 1, dtype=torch.int64, device=self.device)  # (n, 1)
-            self._sampler(key, len(rows))(logits.index_select(0, index), self.u.index_select(0, index), out)
+            self._sampler(key, len(rows))(logits.index_select(0, index), u.index_select(0, index), out)
             self.tok.index_copy_(0, index, out)
 
     def _sampler(self, key: tuple, size: int) -> Sampler:
@@ -231,8 +228,6 @@ class Batch:
         with torch.inference_mode(False):  # plain tensors, so that in-place updates work in any mode
             tok = torch.zeros(cap, 1, dtype=torch.int64, device=self.device)  # (cap, 1) last sampled ids
             ublock = torch.zeros(cap, UNIFORM_BLOCK, device=self.device)  # (cap, UNIFORM_BLOCK)
-            cols = torch.zeros(cap, 1, dtype=torch.int64, device=self.device)  # (cap, 1)
-            u = torch.zeros(cap, 1, device=self.device)  # (cap, 1)
         if kept:
             with torch.inference_mode():
                 old = torch.tensor(kept, dtype=torch.int64, device=self.device)
@@ -242,15 +237,16 @@ class Batch:
                     stepper.cs[:n].copy_(self.stepper.cs.index_select(0, old))
                 tok[:n].copy_(self.tok.index_select(0, old))
                 ublock[:n].copy_(self.ublock.index_select(0, old))
-                cols[:n].copy_(self.cols.index_select(0, old))
         free = cap - len(kept)
         self.slots = [self.slots[b] for b in kept] + [None] * free
         self.keys = [self.keys[b] for b in kept] + [None] * free
         self.gens = [self.gens[b] for b in kept] + [None] * free
-        self.pos = [self.pos[b] for b in kept] + [0] * free
-        self.sampled = [self.sampled[b] for b in kept] + [False] * free
+        self.start = [self.start[b] for b in kept] + [0] * free
+        self.due = {}
+        for b in range(len(kept)):
+            self.due.setdefault(self.start[b], set()).add(b)
         self.stepper, self.cap, self.free = stepper, cap, free
-        self.tok, self.tok_flat, self.ublock, self.cols, self.u = tok, tok.view(cap), ublock, cols, u
+        self.tok, self.tok_flat, self.ublock = tok, tok.view(cap), ublock
 
     def _stepper(self, cap: int) -> Stepper:
         stepper = self.steppers.get(cap)

@@ -23,7 +23,7 @@ from charrnn.api import Model
 from charrnn.generation.sample import SampleConfig
 from charrnn.serve.batch import Batch, Primed, Priming
 from charrnn.serve.metrics import Metrics
-from charrnn.serve.stream import ABORT, Job, Stream, wake_all
+from charrnn.serve.stream import ABORT, MAX_BUFFERED_CHARS, Job, Stream, wake_all
 
 PRIME_BUDGET = 512  # prompt characters primed between two steps at most, so a long prompt delays the batch's
 # next character by one 512-character run through the fused model (~50 ms at 2x512 on 2 cores), not its whole
@@ -182,11 +182,10 @@ class Scheduler:
 
     def _drop_gone(self, touched: set[Job]) -> None:
         """Free the places of streams whose clients went away or stopped reading; forget cancelled queued ones."""
-        for stream in self._in_flight():
-            if stream.cancelled or stream.stalled:
-                stream.finish(ABORT)
-                touched.add(stream.job)
-                self._leave(stream)
+        for stream in [s for s in self._in_flight() if s.cancelled or len(s.chars) > MAX_BUFFERED_CHARS]:
+            stream.finish(ABORT)
+            touched.add(stream.job)
+            self._leave(stream)
         gone = [s for s in self.queued if s.cancelled]
         for stream in gone:
             self.queued.remove(stream)

@@ -80,6 +80,7 @@ class Stream:
         self.cancelled = False  # the client went away: the scheduler frees the slot at the next step
         self.closed = False  # take() has handed out the finish
         self.matcher = StopMatcher(settings.stop)
+        self.length = settings.length
 
     def take(self) -> tuple[str, str | None]:
         """(the text ready now, the finish reason if the stream is over and all of its text is in that)."""
@@ -101,12 +102,17 @@ class Stream:
     def put(self, ch: str) -> bool:
         """One sampled character; True when the stream is over (its length reached or a stop string met)."""
         self.generated += 1
+        if not self.matcher.stops:  # the common case, kept short: it runs for every stream at every step
+            self.chars.append(ch)
+            if self.generated >= self.length:
+                self.finish("length")
+            return self.finish_reason is not None
         text, stopped = self.matcher.feed(ch)
         if text:
             self.chars.append(text)
         if stopped:
             self.finish("stop")
-        elif self.generated >= self.settings.length:
+        elif self.generated >= self.length:
             self.finish("length")
         return self.finish_reason is not None
 
@@ -116,11 +122,6 @@ class Stream:
             if rest:
                 self.chars.append(rest)
             self.finish_reason = reason
-
-    @property
-    def stalled(self) -> bool:
-        """Its client stopped reading: more characters wait than a client can be owed."""
-        return len(self.chars) > MAX_BUFFERED_CHARS
 
 
 class Job:
