@@ -360,10 +360,10 @@ def test_the_model_picker_shows_each_models_facts(tab, servers, runs):
     assert tab.generate("the ", 50, seed="2") == more_model.generate("the ", length=50, temperature=0.8, seed=2)
 
 
-def test_the_page_is_readable_on_a_phone_and_every_control_is_labelled(browser, servers, tmp_path):
+def test_the_page_is_readable_on_a_phone_and_every_control_is_labelled(browser, servers):
     t = Tab(browser, 375, 740).open(servers.main.url + "/")
     page = t.page
-    t.wait("() => document.getElementById('fact-steps') !== null")
+    t.wait("() => document.querySelector('#chart svg') !== null")
     t.generate("the <b>", 300, seed="3")
     page.get_by_label("Text to score").fill('the quick <b>brown</b> fox & "dog" jumps €')
     page.get_by_role("button", name="Score").click()
@@ -377,19 +377,17 @@ def test_the_page_is_readable_on_a_phone_and_every_control_is_labelled(browser, 
     assert unnamed == []
     for name in ("Prime", "Temperature", "Top-p", "Length", "Seed", "Text to score"):
         assert page.get_by_label(name).is_visible()
-    # CHARRNN_SCREENSHOTS=docs keeps the pictures docs/playground.md shows; otherwise they are only taken.
-    out = Path(os.environ.get("CHARRNN_SCREENSHOTS") or tmp_path)
-    page.locator('#heat span[data-i="12"]').hover()
-    page.screenshot(path=out / "playground-phone.png", full_page=True)
+    page.locator('#heat span[data-i="30"]').click()  # a tap shows the tooltip, inside the screen
+    box = page.locator("#tip").bounding_box()
+    assert page.locator("#tip").is_visible() and box["x"] >= 0 and box["x"] + box["width"] <= 375
+    assert page.eval_on_selector("#chart svg", "e => e.getAttribute('viewBox')").split()[2] == str(
+        round(page.locator("#chart").bounding_box()["width"])
+    )  # drawn at its width: the labels stay readable
     t.close()
     wide = Tab(browser, 1280, 800).open(servers.main.url + "/")
     wide.wait("() => document.querySelector('#chart svg') !== null")
-    wide.generate("the <b>", 600, seed="3")
-    wide.page.get_by_label("Text to score").fill('the quick <b>brown</b> fox & "dog" jumps €')
-    wide.page.get_by_role("button", name="Score").click()
-    wide.wait("() => document.querySelectorAll('#heat span').length > 0")
-    wide.page.locator('#heat span[data-i="12"]').hover()
-    wide.page.screenshot(path=out / "playground.png", full_page=True)
+    generate, run = (wide.page.locator(f"section.{name}").bounding_box() for name in ("generate", "run"))
+    assert run["x"] > generate["x"] + generate["width"]  # two columns on a desktop
     wide.close()
 
 
@@ -403,6 +401,8 @@ def test_the_page_asks_for_the_key_once_and_keeps_it_in_the_tab(browser, servers
     page = t.page
     key_box = page.get_by_label("API key")
     assert key_box.is_visible() and key_box.get_attribute("type") == "password"
+    page.get_by_role("button", name="Generate").click()
+    assert t.text("#gen-status") == "Give the API key first."
     key_box.fill("wrong")
     page.get_by_role("button", name="Use key").click()
     t.wait("() => /refused/.test(document.getElementById('key-why').textContent)")  # a 401 asks again

@@ -197,8 +197,14 @@
     return { temperature, topP, length, seed: String(BigInt(seed)) };
   }
 
+  function noModel(id) {
+    if (!$("keyform").hidden) $("key").focus();
+    setStatus(id, $("keyform").hidden ? "No model to ask yet: the server has not answered." : "Give the API key first.", true);
+  }
+
   async function generate() {
-    if (state.controller || !state.model) return;
+    if (state.controller) return;
+    if (!state.model) return noModel("gen-status");
     let s;
     try {
       s = settings();
@@ -285,7 +291,7 @@
   async function score() {
     const text = $("score-text").value;
     if (!text) return setStatus("score-status", "Paste a text to score first.", true);
-    if (!state.model) return;
+    if (!state.model) return noModel("score-status");
     setStatus("score-status", "Scoring…");
     try {
       const r = await api("/v1/score", {
@@ -523,6 +529,7 @@
         return li;
       }),
     );
+    $("samples").scrollTop = $("samples").scrollHeight; // the newest preview in view; the earlier ones above it
   }
 
   // ---- wiring
