@@ -436,7 +436,9 @@ def test_the_page_and_its_files_are_served_with_security_headers(servers):
         assert r.headers["x-content-type-options"] == "nosniff"
         csp = r.headers["content-security-policy"]
         assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
-    assert 'data-auth="key"' in servers.keyed.get("/").text and 'data-auth="none"' in servers.main.get("/").text
+    keyed, main = servers.keyed.get("/").text, servers.main.get("/").text
+    assert 'data-auth="key"' in keyed and 'data-auth="none"' in main  # the page asks for a key before any 401
+    assert 'data-watch="no"' in keyed and 'data-watch="yes"' in main  # and polls /v1/models only under --watch
     assert servers.main.get("/static/../app.py").status_code == 404
     assert servers.main.get("/static/index.html").status_code == 404  # only the page's own names
     js = servers.main.get("/static/playground.js").text

@@ -53,6 +53,7 @@ class ServerState:
     max_n: int
     log: Callable[[str], None]
     created: dict[str, int] = field(default_factory=dict)  # model -> its checkpoint's mtime
+    watch: bool = False  # --watch: models may be reloaded (serve/watch.py), so the page asks for them again
     stopping: bool = False
 
 

@@ -2,7 +2,8 @@
 run endpoint it draws a model's training curve from.
 
     GET /                       the page; it holds no data, so it needs no key (it says whether the API needs
-                                one, so the page asks for it at once; and again on a 401)
+                                one, so the page asks for it at once, and again on a 401; and whether --watch
+                                may reload the models, so the page polls /v1/models)
     GET /static/playground.js   its script, GET /static/playground.css  its style
     GET /v1/models/{id}/run     the model's run: evaluations and previews (run_info), with the API key
 
@@ -56,9 +57,20 @@ async def page(request: Request, state: ServerState) -> Response:
     """The page, its script or its style, by the request's path (one of ASSETS)."""
     name, media_type = ASSETS[request.url.path]
     body = asset(name)
-    if name == "index.html" and state.api_key is not None:
-        body = body.replace(b'data-auth="none"', b'data-auth="key"', 1)  # ask for the key before any 401
+    if name == "index.html":
+        body = page_for(body, key=state.api_key is not None, watch=state.watch)
     return Response(body, media_type=media_type, headers=PAGE_HEADERS)
+
+
+def page_for(html: bytes, key: bool, watch: bool) -> bytes:
+    """The page with what it needs to know of this server: whether the API needs a key (so the page asks for it
+    before any request is refused), and whether models may be reloaded (--watch: the page asks for them again
+    every few seconds; otherwise once, and the server's log holds no line every few seconds)."""
+    if key:
+        html = html.replace(b'data-auth="none"', b'data-auth="key"', 1)
+    if watch:
+        html = html.replace(b'data-watch="no"', b'data-watch="yes"', 1)
+    return html
 
 
 async def model_run(request: Request, state: ServerState) -> Response:

@@ -102,6 +102,7 @@ def serve(models: dict[str, Model], cfg: ServeConfig, log: Callable[[str], None]
     if cfg.watch:
         from charrnn.serve.watch import Watcher
 
+        state.watch = True
         Watcher(state, log).start()  # a daemon thread: it ends when state.stopping does, or with the process
     schedulers = state.schedulers
     sock = _bind(cfg.host, cfg.port)

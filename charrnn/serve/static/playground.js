@@ -17,6 +17,7 @@
   const state = {
     key: sessionStorage.getItem(KEY_STORE),
     needsKey: document.body.dataset.auth === "key",
+    watched: document.body.dataset.watch === "yes", // the server may reload its models (--watch): poll them
     models: new Map(), // id -> the /v1/models entry
     model: null, // the id picked
     shown: null, // "step/val" of the model whose facts and run are on the page
@@ -572,5 +573,5 @@
   wire();
   if (state.needsKey && !state.key) askKey("This server needs an API key.");
   else refresh(true);
-  poll();
+  if (state.watched) poll();
 })();
