@@ -15,7 +15,8 @@ from collections import deque
 from dataclasses import dataclass
 
 MAX_BUFFERED_CHARS = 1 << 16  # characters a stream holds for a client that stopped reading; past it, dropped
-FLUSH_INTERVAL_S = 0.02  # a stream's events are at least this far apart (the first goes out at once)
+FLUSH_INTERVAL_S = 0.05  # a stream's events are at least this far apart (the first goes out at once): 20 a second
+# reads as live text, and at 64 streams on 2 cores it gave 0.85-0.89x generate() where 20 ms gave 0.81-0.82x
 ABORT = "abort"  # finish_reason of a stream the server ended (shutdown, or a client too slow), as vLLM says
 
 
