@@ -462,6 +462,10 @@ def test_run_endpoint_shape_auth_and_unknown_models(servers, runs):
     assert servers.keyed.get("/v1/models/html/run").status_code == 401
     assert servers.keyed.get("/v1/models/html/run", "wrong").status_code == 401
     assert servers.keyed.get("/v1/models/html/run", KEY).json()["metrics"][-1]["step"] == 20
+    with open(servers.served / "metrics.jsonl", "a", encoding="utf-8") as f:  # damage, and a run writing a line
+        f.write('{"step": "x"}\n\x00\x01 not json\n{"step": 40, "train_loss": 1.0, "val_l')
+    damaged = servers.main.get("/v1/models/html/run").json()
+    assert damaged["skipped_lines"] == 3 and [m["step"] for m in damaged["metrics"]] == [10, 20]
 
 
 def test_run_info_survives_torn_corrupt_resumed_and_huge_files(tmp_path, monkeypatch):
@@ -556,6 +560,7 @@ def test_watch_picks_up_a_new_best_and_the_page_shows_it(tab, servers, runs):
     """Last of the module: it replaces the main server's html model (its best.pt) with the 30-step one."""
     main = servers.main
     assert main.model("html")["steps"] == 20 and tab.text("#fact-steps") == "20"
+    before = tab.text("#fact-val")
     _replace(servers.served / "best.pt", b"not a checkpoint at all")
     deadline = time.monotonic() + 10
     while not any("did not load" in line for line in main.lines):
@@ -568,5 +573,6 @@ def test_watch_picks_up_a_new_best_and_the_page_shows_it(tab, servers, runs):
         time.sleep(0.1)
     tab.wait("() => document.getElementById('fact-steps').textContent === '30'", timeout=10)  # the page polls
     tab.wait("() => document.getElementById('run-status').textContent.startsWith('Reloaded: step 30.')")
+    assert tab.text("#fact-val") == f"{main.model('html')['val_loss'] / LN2:.3f} bits/char" != before
     more = charrnn.load(runs.more, device="cpu")
     assert tab.generate("the ", 200, seed="8") == more.generate("the ", length=200, temperature=0.8, seed=8)
