@@ -128,7 +128,7 @@ async def churn(url: str, pid: int, requests: int, n: int, length: int, expected
 
     counter = iter(range(requests))
     tally = {"completed": 0, "left": 0, "errors": 0, "mismatched": 0, "truncated": 0}
-    rss: dict[str, float | None] = {}
+    rss: dict[int, float | None] = {}  # requests sent -> the server's resident MB then
 
     async def client_loop() -> None:
         for i in counter:
@@ -144,8 +144,8 @@ async def churn(url: str, pid: int, requests: int, n: int, length: int, expected
                 tally["completed"] += 1
                 tally["truncated"] += len(text) != length
                 tally["mismatched"] += text != expected[seed]
-            if i == 999:
-                rss["after_1000_mb"] = rss_mb(pid)
+            if i % 1000 == 999:
+                rss[i + 1] = rss_mb(pid)
 
     start = time.perf_counter()
     await asyncio.gather(*(client_loop() for _ in range(n)))
@@ -157,8 +157,9 @@ async def churn(url: str, pid: int, requests: int, n: int, length: int, expected
         **tally,
         "seconds": round(time.perf_counter() - start, 1),
         "active_streams_after": int(active.group(1)) if active else None,
-        "rss_after_1000_mb": rss.get("after_1000_mb"),
+        "rss_after_1000_mb": rss.get(1000),
         "rss_end_mb": rss_mb(pid),
+        "rss_by_thousand_mb": [round(v, 1) if v else v for _, v in sorted(rss.items())],
     }
 
 

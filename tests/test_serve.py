@@ -346,6 +346,14 @@ def test_score_per_char_gives_each_characters_surprise_and_top_choices(server, m
     assert "100,000" in r.json()["error"]["message"]
 
 
+def test_metrics_count_paths_by_route_so_clients_cannot_grow_them():
+    from charrnn.serve.app import _route_label
+
+    assert _route_label("/v1/completions") == "/v1/completions"
+    assert _route_label("/v1/models/notes/run") == "/v1/models/{model}/run"
+    assert _route_label("/v1/models//run") == _route_label("/v1/models/a/b/run") == _route_label("/x/1") == "other"
+
+
 def test_health_and_metrics(server):
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
     text = httpx.get(server.url + "/metrics").text

@@ -277,6 +277,17 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(err.body(), 500)
 
 
+def _route_label(path: str) -> str:
+    """The path as /metrics counts it: a route's own path, the run route's template, or "other" (a client may
+    send any path: counting each would let it grow the metrics without bound)."""
+    if path in ROUTES:
+        return path
+    parts = path.split("/")
+    if len(parts) == 5 and parts[:3] == ["", "v1", "models"] and parts[3] and parts[4] == "run":
+        return "/v1/models/{model}/run"
+    return "other"
+
+
 class RequestLog:
     """ASGI middleware: one line per request on the server's log (method, path, status, characters, seconds),
     written when the response ends, and the request counted in /metrics."""
@@ -300,7 +311,7 @@ class RequestLog:
             self.state.log(f"error in {scope['method']} {scope['path']}: {type(e).__name__}: {e}")
             raise
         finally:
-            path = scope["path"] if scope["path"] in ROUTES else "other"
+            path = _route_label(scope["path"])
             status = seen["status"]
             self.state.metrics.request(scope["method"], path, status)
             chars = scope.get("charrnn", {}).get("chars")

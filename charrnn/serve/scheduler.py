@@ -195,8 +195,10 @@ class Scheduler:
 
     def _admit(self, touched: set[Job]) -> list[Primed]:
         """Queued streams whose prompts are primed into free places, in order; prompts advanced first."""
-        self._prime()
         joiners: list[Primed] = []
+        if not self.queued:
+            return joiners  # the usual step: nothing waits
+        self._prime()
         if self.active >= self.max_streams:
             return joiners
         waiting: deque[Stream] = deque()
