@@ -51,6 +51,8 @@ def main() -> None:
                 "--repeats",
                 "1",
             ],
+            [py, HERE / "bench_serve.py", "--quick", "--churn", "200"],
+            [py, HERE / "bench_cli_sample.py", "--hidden-size", "64", "--length", "50", "--repeats", "1"],
         ]
     else:
         jobs = [
@@ -60,6 +62,9 @@ def main() -> None:
             [py, HERE / "bench_breakdown.py", "--hidden-size", "512", "--precisions", "fp32,int8"],
             [py, HERE / "bench_corpus.py", "--size-mb", "1024"],
             [py, HERE / "bench_precision.py", "--max-time", "3m"],
+            [py, HERE / "bench_serve.py", "--clients", "1,8,64", "--length", "1000"],
+            [py, HERE / "bench_serve.py", "--clients", "1", "--length", "200", "--repeats", "1", "--churn", "10000"],
+            [py, HERE / "bench_cli_sample.py"],
         ]
     for job in jobs:
         subprocess.run([str(a) for a in job], check=True)
