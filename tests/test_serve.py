@@ -7,6 +7,7 @@ public bind; SIGTERM with a stream in flight ending it with a final event and ex
 
 from __future__ import annotations
 
+import fcntl
 import json
 import re
 import signal
@@ -25,6 +26,9 @@ httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
+
+
+F_SETPIPE_SZ = 1031  # fcntl's F_SETPIPE_SZ (Linux): a pipe's capacity
 
 
 class Server:
@@ -344,6 +348,39 @@ def test_score_per_char_gives_each_characters_surprise_and_top_choices(server, m
     r = server.post("/v1/score", {"text": "t" * 100_001, "per_char": True})
     assert r.status_code == 400 and r.json()["error"]["param"] == "text"
     assert "100,000" in r.json()["error"]["message"]
+
+
+def test_a_stderr_nobody_reads_does_not_stop_the_server(trained_run, tmp_path):
+    """Past the listening line, stderr is never read again: its pipe fills with request lines, and the
+    server still answers every request at once (before, the event loop blocked in the log write)."""
+    proc = subprocess.Popen(
+        charrnn_cmd("serve", trained_run, "--port", "0", "--device", "cpu"), cwd=tmp_path, env=cli_env(tmp_path),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        lines = wait_for_line(proc, lambda line: line.startswith("listening on "), timeout=90)
+        url = lines[-1].split()[-1]
+        fcntl.fcntl(proc.stderr.fileno(), F_SETPIPE_SZ, 4096)  # the smallest pipe: full after ~120 lines
+        with httpx.Client(timeout=10) as client:  # a hang would be a timeout here
+            for _ in range(1000):  # ~35 bytes of log each: 35 KB
+                assert client.get(url + "/v1/nothing").status_code == 404
+            assert client.post(url + "/v1/completions", json={"prompt": "the ", "max_tokens": 20}).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=20)[1]  # reading at last: the writer catches up and says what it dropped
+    assert proc.returncode == 0
+    assert "GET /v1/nothing 404" in rest
+
+
+def test_requests_on_a_kept_alive_connection_are_not_held_back(server):
+    """The openai client keeps its connection: each request after the first waited 40 ms for a delayed ACK
+    (Nagle) until the server set TCP_NODELAY. 100 requests take ~0.1 s; with the wait, over 4 s."""
+    with httpx.Client(timeout=10) as client:
+        client.get(server.url + "/health")
+        start = time.perf_counter()
+        for _ in range(100):
+            assert client.get(server.url + "/health").status_code == 200
+        assert time.perf_counter() - start < 2.5
 
 
 def test_metrics_count_paths_by_route_so_clients_cannot_grow_them():

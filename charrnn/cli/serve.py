@@ -83,6 +83,7 @@ def serve(
         cfg.validate()  # before the models load: a refused bind is said at once
 
         from charrnn import api
+        from charrnn.serve.log import LogLines
         from charrnn.serve.server import serve as run
 
         paths = list(checkpoints or [])
@@ -94,4 +95,8 @@ def serve(
         for name, path in zip(names, files, strict=True):
             models[name] = api.load(path, device=device, precision=precision)
             say(f"model {name}: {path}")
-        run(models, cfg, say)
+        log = LogLines(say)  # a stderr nobody reads must not stop the server (serve/log.py)
+        try:
+            run(models, cfg, log)
+        finally:
+            log.close()
