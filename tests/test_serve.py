@@ -97,7 +97,9 @@ def test_batch_rows_that_join_and_leave_keep_their_text(model):
         for i, n in plan.get(step, []):
             prime = model.prime_ids("the "[: 1 + i % 4])
             cfg = SampleConfig(temperature=[1.0, 0.7, 0.0][i % 3], top_k=[None, 5][i % 2], seed=50 + i)
-            joiners.append(Batch.joiner(i, batch.prime(prime), cfg))
+            priming = batch.priming([i], [prime])
+            priming.advance(model.net, len(prime))
+            joiners.append(Batch.joiner(i, priming.result(0), cfg))
             lengths[i], texts[i] = n, ""
         for i, token in batch.step(joiners):
             texts[i] += model.vocab[token]

@@ -1,10 +1,11 @@
 """The Batch: every active stream of one model stepped as one batch, streams joining and leaving between steps.
 
 It is generate()'s loop (sample.py) with rows that come and go, built from the same pieces, so a seeded stream
-gives Model.generate's text: the prime runs alone through the fused model (sample.run_prime), the Stepper steps
-the batch, and sample.Sampler turns logits into ids with the stream's own uniforms (sample.stream_generator and
-sample.draw_uniforms, UNIFORM_BLOCK at a time; character t uses uniform t, the first one from the prime's
-logits). As with --num-samples, a batch differs from a stream alone only by float rounding in the logits.
+gives Model.generate's text: the prime runs through the fused model as sample.run_prime runs it (Priming), the
+Stepper steps the batch, and sample.Sampler turns logits into ids with the stream's own uniforms
+(sample.stream_generator and sample.draw_uniforms, UNIFORM_BLOCK at a time; character t uses uniform t, the
+first one from the prime's logits). As with --num-samples, a batch differs from a stream alone only by float
+rounding in the logits.
 
     slots:   [ s3 | s0 | -- | s7 ]    cap = 4, a power of two >= the active streams: a Stepper per cap, kept
     hs, cs:  (cap, L*H)               row b is slot b's state; a free row is stepped too, and ignored
@@ -31,7 +32,6 @@ from charrnn.generation.sample import (
     check_prime,
     choose_precision,
     draw_uniforms,
-    run_prime,
     stream_generator,
 )
 from charrnn.generation.stepper import Stepper
@@ -53,7 +53,8 @@ class Primed(NamedTuple):
 class Priming:
     """Prompts of one length run through the fused model together (one forward of (k, t) instead of k), at most
     a given number of characters an iteration, so a long prompt delays the others' next character by about one
-    PRIME_STEP's run, not by its whole length. Alone (k == 1) it is run_prime's computation, chunk by chunk."""
+    PRIME_BUDGET's run (scheduler.py), not by its whole length. Alone (k == 1) it is run_prime's computation,
+    chunk by chunk."""
 
     def __init__(self, keys: list[Any], prompts: list[list[int]], device: torch.device) -> None:
         self.keys = keys  # what each row primes (a Job); row i is keys[i]'s
@@ -125,13 +126,6 @@ class Batch:
         for ids in prompts:
             check_prime(ids, self.vocab_size)
         return Priming(keys, prompts, self.device)
-
-    def prime(self, prime_ids: list[int]) -> tuple[torch.Tensor, State]:
-        """A new request's prime run alone through the fused model, as generate() runs it: logits (1, V) and
-        the state ((L, 1, H) tensors). Its n streams all start from these."""
-        check_prime(prime_ids, self.vocab_size)
-        with torch.inference_mode():
-            return run_prime(self.model, prime_ids, self.device)
 
     @staticmethod
     def joiner(stream: Any, primed: tuple[torch.Tensor, State], cfg: SampleConfig) -> Primed:
