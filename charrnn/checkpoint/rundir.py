@@ -47,6 +47,7 @@ except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
 LOCK_NAME = ".lock"
+METRICS_NAME, SAMPLES_NAME = "metrics.jsonl", "samples.jsonl"  # a run's evaluations and previews, one JSON a line
 MAX_SUFFIX = 10_000  # checkpoints/<name>-2 ... -10000: past that something is wrong, not busy
 _HELD = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
 _NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL)
@@ -73,8 +74,8 @@ class RunDir:
         self.overwrite = overwrite  # prepare() removes an earlier run's files: only once the new run is ready
         self.last_path = self.path / "last.pt"
         self.best_path = self.path / "best.pt"
-        self.metrics_path = self.path / "metrics.jsonl"
-        self.samples_path = self.path / "samples.jsonl"
+        self.metrics_path = self.path / METRICS_NAME
+        self.samples_path = self.path / SAMPLES_NAME
 
     def prepare(self) -> None:
         """Fail now, not after an hour of training, if checkpoints cannot be written here; remove stale temps."""

@@ -149,7 +149,7 @@ class Batch:
         with torch.inference_mode():
             if stepping:
                 self.stepper.step(self.tok_flat)  # (cap,) -> logits (cap, V)
-            for b in list(self.due.get(col, ())):
+            for b in self.due.get(col, ()):
                 self._refill(b, col)  # UNIFORM_BLOCK uniforms used since it last drew: the next block
             for primed in joiners:
                 self._join(primed, col)

@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from charrnn.config.sample import MIN_TEMPERATURE
 from charrnn.config.seed import MAX_SEED, MIN_SEED, draw_seed
-from charrnn.generation.heatmap import CharScore
 from charrnn.serve.stream import Settings
 from charrnn.text.vocab import Vocab, listed
+
+if TYPE_CHECKING:
+    from charrnn.generation.heatmap import CharScore
 
 MAX_BODY_BYTES = 1 << 20  # a request body past 1 MiB is refused (413) before it is parsed
 MAX_PER_CHAR = 100_000  # characters scored one by one (per_char): its answer is ~150 bytes a character
@@ -23,7 +26,6 @@ MAX_PROMPT_CHARS = 32_768  # a prompt is primed between two steps of everyone el
 MAX_N = 64  # choices per request (each is a stream of the batch), and at most --max-streams
 MAX_STOPS, MAX_STOP_CHARS = 4, 256  # OpenAI's limit on stop strings; their length, so matching stays cheap
 MAX_TEMPERATURE = 2.0  # OpenAI's range is [0, 2]
-MIN_TEMPERATURE = 1e-4  # as charrnn sample: below it 1/T overflows float32 logits, and 0 is greedy anyway
 DEFAULT_MAX_TOKENS = 256  # OpenAI's 16 tokens is a few words; 256 characters is a few lines
 DEFAULT_TEMPERATURE = 1.0  # OpenAI's default
 UNSUPPORTED = {"echo": False, "logprobs": None, "suffix": None, "best_of": 1}  # accepted only at these values

@@ -16,13 +16,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-METRICS_NAME, SAMPLES_NAME = "metrics.jsonl", "samples.jsonl"  # what charrnn.checkpoint.rundir.RunDir writes
+from charrnn.checkpoint.rundir import METRICS_NAME, SAMPLES_NAME
+from charrnn.training.plot import MAX_MAGNITUDE, is_finite_number, refuse_constant
+
 MAX_READ_BYTES = 32 << 20  # a file's tail read at most: ~150,000 evaluations, parsed in well under a second
 MAX_LINE_BYTES = 64 << 10  # an evaluation is ~200 bytes, a preview its text; a longer line is damage or crafted
 MAX_POINTS = 1000  # evaluations in an answer: a curve on a page is at most ~1000 pixels wide
 MAX_SAMPLES = 50  # previews in an answer, spread over the run
 MAX_SAMPLE_CHARS = 2000  # of each preview's text
-MAX_MAGNITUDE = 1e15  # larger than any step, loss or time a run records (charrnn.training.plot's bound)
 METRIC_FIELDS = ("step", "train_loss", "val_loss", "elapsed_s")
 
 
@@ -87,7 +88,7 @@ def _lines(f: BinaryIO, notes: dict) -> Iterator[bytes]:
 
 def _row(line: bytes, parse: Callable[[dict], dict | None]) -> dict | None:
     try:
-        record = json.loads(line.decode("utf-8"), parse_constant=_not_a_number)
+        record = json.loads(line.decode("utf-8"), parse_constant=refuse_constant)
     except (ValueError, RecursionError):  # torn (a run writing it now), invalid UTF-8, or crafted
         return None
     if not isinstance(record, dict):
@@ -98,13 +99,9 @@ def _row(line: bytes, parse: Callable[[dict], dict | None]) -> dict | None:
     return parse(record)
 
 
-def _not_a_number(constant: str) -> float:
-    raise ValueError(f"{constant} is not a finite number")
-
-
 def _evaluation(record: dict) -> dict | None:
     values = {k: record.get(k) for k in METRIC_FIELDS}
-    if not all(v is None or _finite(v) for v in values.values()):
+    if not all(v is None or is_finite_number(v) for v in values.values()):
         return None
     return values
 
@@ -114,16 +111,12 @@ def _preview(record: dict) -> dict | None:
     val, temperature = record.get("val_loss"), record.get("temperature")
     if not isinstance(text, str) or not (prime is None or isinstance(prime, str)):
         return None
-    if not all(v is None or _finite(v) for v in (val, temperature)):
+    if not all(v is None or is_finite_number(v) for v in (val, temperature)):
         return None
     return {
         "step": record["step"], "val_loss": val, "temperature": temperature,
         "prime": None if prime is None else prime[:MAX_SAMPLE_CHARS], "text": text[:MAX_SAMPLE_CHARS],
     }  # fmt: skip
-
-
-def _finite(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and abs(value) <= MAX_MAGNITUDE
 
 
 class Thinned:

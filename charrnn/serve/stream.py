@@ -103,12 +103,7 @@ class Stream:
     def put(self, ch: str) -> bool:
         """One sampled character; True when the stream is over (its length reached or a stop string met)."""
         self.generated += 1
-        if not self.matcher.stops:  # the common case, kept short: it runs for every stream at every step
-            self.chars.append(ch)
-            if self.generated >= self.length:
-                self.finish("length")
-            return self.finish_reason is not None
-        text, stopped = self.matcher.feed(ch)
+        text, stopped = self.matcher.feed(ch) if self.matcher.stops else (ch, False)  # runs for every stream a step
         if text:
             self.chars.append(text)
         if stopped:

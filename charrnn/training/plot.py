@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any, Literal
 from rich.text import Text
 
 from charrnn.checkpoint.outputs import check_output, replace_atomically
+from charrnn.checkpoint.rundir import METRICS_NAME
 from charrnn.errors import CharRNNError, UsageError
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-METRICS_NAME = "metrics.jsonl"
 # Larger than any step, loss, rate or time a run records, and far inside what float arithmetic and matplotlib
 # draw: a value past it can only be crafted, and 1e308 - (-1e308) already overflows.
 MAX_MAGNITUDE = 1e15
@@ -164,10 +164,10 @@ def _parse(line: str) -> dict | None:
     where training wrote a NaN) with a whole step. Whatever a crafted line holds (nesting deep enough to exhaust
     the stack, 1e308, a 4000-digit step, Infinity) it is skipped here, so no drawing ever overflows."""
     try:
-        record = json.loads(line, parse_constant=_not_a_number)
+        record = json.loads(line, parse_constant=refuse_constant)
     except (ValueError, RecursionError):  # a torn line, one appended onto a torn line, or a crafted one
         return None
-    if not isinstance(record, dict) or not all(v is None or _is_finite_number(v) for v in record.values()):
+    if not isinstance(record, dict) or not all(v is None or is_finite_number(v) for v in record.values()):
         return None
     step = record.get("step")
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
@@ -175,11 +175,13 @@ def _parse(line: str) -> dict | None:
     return record
 
 
-def _not_a_number(constant: str) -> float:
+def refuse_constant(constant: str) -> float:
+    """json.loads' parse_constant: NaN and Infinity are refused (ValueError), as damage or a crafted line."""
     raise ValueError(f"{constant} is not a finite number")
 
 
-def _is_finite_number(value: object) -> bool:
+def is_finite_number(value: object) -> bool:
+    """A number (not a bool) a run could have recorded: finite and at most MAX_MAGNITUDE."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return False
     return abs(value) <= MAX_MAGNITUDE  # False for NaN too
