@@ -229,6 +229,53 @@ def test_stop_matcher_holds_back_what_may_become_a_stop():
     assert [m.feed(c)[0] for c in "xab"] == ["x", "", ""] and m.flush() == "ab"
 
 
+def _paced_job(interval: float):
+    """A Job of one stream whose handler has just taken (its next take is `interval` away), and its loop."""
+    import asyncio
+
+    from charrnn.serve.stream import Job, Settings
+
+    loop = asyncio.new_event_loop()
+    job = Job("m", "\n", [Settings(0.8, None, None, 10, 0)], loop)
+    job.streams[0].put("a")
+    loop.run_until_complete(job.news_after(interval))  # the first take goes out at once
+    assert job.streams[0].take() == ("a", None)
+    return job, loop
+
+
+def _from_the_scheduler(job, puts: str, finish: bool) -> None:
+    """What the scheduler's thread does a step: characters into the stream, maybe its end, then wake_all."""
+    from charrnn.serve.stream import wake_all
+
+    time.sleep(0.1)  # the handler is waiting out its interval by now
+    for ch in puts:
+        job.streams[0].put(ch)
+    if finish:
+        job.streams[0].finish("length")
+    wake_all({job})
+
+
+def test_a_streams_end_is_not_held_back_to_the_next_interval():
+    job, loop = _paced_job(interval=10.0)
+    threading.Thread(target=_from_the_scheduler, args=(job, "bc", True)).start()
+    start = time.perf_counter()
+    loop.run_until_complete(job.news_after(10.0))
+    assert time.perf_counter() - start < 5  # woken by the end, not by the 10 s interval
+    assert job.streams[0].take() == ("bc", "length")
+    assert not job.ending and not job.pacing
+    loop.close()
+
+
+def test_characters_without_an_end_wait_for_the_interval():
+    job, loop = _paced_job(interval=0.5)
+    threading.Thread(target=_from_the_scheduler, args=(job, "bc", False)).start()
+    start = time.perf_counter()
+    loop.run_until_complete(job.news_after(0.5))
+    assert time.perf_counter() - start >= 0.45  # characters alone are paced: a few to an event
+    assert job.streams[0].take() == ("bc", None)
+    loop.close()
+
+
 def test_completion_is_generates_text_for_its_seed(server, model, trained_run):
     client = server.client()
     r = client.completions.create(
