@@ -550,6 +550,34 @@ def test_watcher_reloads_a_new_checkpoint_and_keeps_the_old_on_a_bad_one(runs, t
     assert "reloaded" in lines[-1] and "step 30" in lines[-1]
 
 
+def test_watcher_loads_on_a_thread_that_ends(runs, tmp_path, monkeypatch):
+    """The reload runs torch on neither the watcher's thread nor the caller's, but on one that is gone once the
+    model is loaded (a live thread that has run torch halves the scheduler's speed: serve/watch.py)."""
+    from charrnn.api import Model
+    from charrnn.errors import CheckpointError
+    from charrnn.serve.watch import Watcher, load_apart
+
+    run = tmp_path / "run"
+    shutil.copytree(runs.html, run)
+    loaders: list[threading.Thread] = []
+    real = Model.from_file.__func__
+
+    def recording(cls, *args, **kw):
+        loaders.append(threading.current_thread())
+        return real(cls, *args, **kw)
+
+    state = SimpleNamespace(models={"run": charrnn.load(run, device="cpu")}, schedulers={"run": FakeScheduler()},
+                            created={"run": 0}, stopping=False)  # fmt: skip
+    monkeypatch.setattr(Model, "from_file", classmethod(recording))
+    w = Watcher(state, [].append)
+    _replace(run / "best.pt", (runs.more / "best.pt").read_bytes())
+    assert w.check("run") is True and state.models["run"].info["step"] == 30
+    (loader,) = loaders
+    assert loader.name == "charrnn-load" and loader is not threading.current_thread() and not loader.is_alive()
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_apart(tmp_path / "missing.pt", "cpu", "fp32")  # its exception comes back to the caller
+
+
 def _replace(path: Path, data: bytes) -> None:
     """Write `data` over `path` as training does: a temporary file moved over it in one step."""
     tmp = path.with_name(f".{path.name}.tmp")

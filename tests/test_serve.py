@@ -365,6 +365,72 @@ def server_model(server) -> str:
     return httpx.get(server.url + "/v1/models", timeout=10).json()["data"][0]["id"]
 
 
+def test_every_models_scheduler_steps_on_one_thread_and_keeps_its_text(trained_run):
+    """run_all: two models' schedulers on one thread (torch on a second thread would slow both), streams of
+    both at once each giving their text alone; both stop, and the loop returns."""
+    import asyncio
+
+    import torch
+
+    from charrnn.serve.metrics import Metrics
+    from charrnn.serve.scheduler import Scheduler, run_all
+
+    a, b = charrnn.load(trained_run, device="cpu"), charrnn.load(trained_run, device="cpu")
+    with torch.no_grad():
+        for p in b.net.parameters():
+            p.mul_(1.5)  # another model: another text for the same seed
+    cond, metrics = threading.Condition(), Metrics(["a", "b"])
+    scheds = [Scheduler(n, m, 8, 8, metrics, cond=cond) for n, m in (("a", a), ("b", b))]
+    with pytest.raises(ValueError, match="share one"):
+        run_all([scheds[0], Scheduler("c", a, 8, 8, metrics)])
+    loop = asyncio.new_event_loop()  # never run: nothing waits to be woken
+    jobs = {s: [_job(s.name, 90, seed, loop) for seed in (3, 4)] for s in scheds}
+    for s in scheds:
+        assert all(s.submit(job) for job in jobs[s])
+    runner = threading.Thread(target=run_all, args=(scheds,))
+    runner.start()
+    threads = {s.call(lambda model: threading.get_ident()).result(30) for s in scheds}
+    deadline = time.monotonic() + 60
+    while not all(job.done for js in jobs.values() for job in js) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for s in scheds:
+        s.stop()
+    runner.join(10)
+    assert threads == {runner.ident} and not runner.is_alive()
+    for s, model in zip(scheds, (a, b), strict=True):
+        for job, seed in zip(jobs[s], (3, 4), strict=True):
+            assert job.streams[0].take()[0] == model.generate("the ", length=90, temperature=0.8, seed=seed)
+    loop.close()
+
+
+def _job(model: str, length: int, seed: int, loop):
+    from charrnn.serve.stream import Job, Settings
+
+    return Job(model, "the ", [Settings(0.8, None, None, length, seed)], loop)
+
+
+def test_two_models_are_served_at_once(trained_run, tmp_path):
+    """Two checkpoints, one server (both schedulers on its main thread): each model answers, at the same time,
+    with its own text for the seed."""
+    s = Server([trained_run, trained_run / "best.pt"], cwd=tmp_path)
+    try:
+        names = [m["id"] for m in httpx.get(s.url + "/v1/models", timeout=10).json()["data"]]
+        assert sorted(names) == ["best", trained_run.name]
+
+        def one(name):
+            pieces = s.client().completions.create(
+                model=name, prompt="the ", max_tokens=300, seed=5, temperature=0.8, stream=True
+            )
+            return "".join(p.choices[0].text for p in pieces)
+
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(one, names * 2))
+        alone = charrnn.load(trained_run, device="cpu").generate("the ", length=300, temperature=0.8, seed=5)
+        assert got == [alone] * 4
+    finally:
+        assert s.stop()[0] == 0
+
+
 def test_models_lists_charrnns_facts(server, model, trained_run):
     r = server.client().models.list()
     (m,) = r.data

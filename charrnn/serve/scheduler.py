@@ -6,6 +6,13 @@ stream its character, and scores texts between steps. The HTTP side only submits
 
 Capacity is counted when a request arrives (submit): the streams in the batch (max_streams) plus those waiting
 (max_queue); a request past both is refused at once (429), so nothing waits unbounded.
+
+Every model's scheduler runs on one thread, the main one (run_all: each model's iteration in turn). torch runs on
+no other thread for as long as the server lives: each thread that runs torch gets an OpenMP pool of its own, and
+once there are more OpenMP threads than cores, libgomp stops spin-waiting at its barriers and every thread's
+steps slow down, the main one's included (bench/bench_threads.py, 2x512 LSTM, 2 cores: generate() on the main
+thread beside an idle thread that had once run torch ran at 0.50x its speed at 1 stream and 0.70x at 64, and on
+a thread of its own at 0.53x and 0.70x).
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -47,14 +54,16 @@ class Scheduler:
         max_queue: int,
         metrics: Metrics,
         on_error: Callable[[str], None] = lambda message: None,
+        cond: threading.Condition | None = None,
     ) -> None:
+        """`cond`: the condition its thread waits on; schedulers run together by run_all share one."""
         self.name, self.model = name, model
         self.max_streams, self.max_queue = max_streams, max_queue
         self.metrics, self.on_error = metrics, on_error
         self.batch = Batch(model.net, model.device, model.precision)
         self.chars = model.vocab
         self.retiring: list[tuple[Batch, list[str]]] = []  # batches of replaced models, stepped until empty
-        self.cond = threading.Condition()
+        self.cond = cond or threading.Condition()
         self.inbox: deque[Job | Task] = deque()
         self.reserved = 0  # streams queued or in the batch, under cond
         self.stopping = False
@@ -110,21 +119,26 @@ class Scheduler:
 
     def run(self) -> None:
         """The scheduler's loop, on the calling thread, until stop()."""
-        torch.set_grad_enabled(False)
-        while True:
-            with self.cond:
-                while not (self.inbox or self.active or self.queued or self.stopping):
-                    self.cond.wait(0.5)  # a timeout, so a signal's handler runs soon on the main thread
-                if self.stopping:
-                    break
-                work = list(self.inbox)
-                self.inbox.clear()
-            try:
-                self._iteration(work)
-            except Exception as e:  # noqa: BLE001 - a bug must not leave clients hanging: end what is in flight
-                self.on_error(f"scheduler of {self.name}: {type(e).__name__}: {e}")
-                self._end_all()
-        self._end_all()
+        run_all([self])
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.inbox or self.active or self.queued or self.stopping)
+
+    def _take(self) -> list[Job | Task] | None:
+        """Under cond: the inbox's new work, or None once stopping (what is left then is ended, not run)."""
+        if self.stopping:
+            return None
+        work = list(self.inbox)
+        self.inbox.clear()
+        return work
+
+    def _run_once(self, work: list[Job | Task]) -> None:
+        try:
+            self._iteration(work)
+        except Exception as e:  # noqa: BLE001 - a bug must not leave clients hanging: end what is in flight
+            self.on_error(f"scheduler of {self.name}: {type(e).__name__}: {e}")
+            self._end_all()
 
     def _iteration(self, work: list[Job | Task]) -> None:
         for item in work:
@@ -290,3 +304,25 @@ class Scheduler:
         self.primes.clear()
         self.priming.clear()
         self._publish(0, 0, touched)
+
+
+def run_all(schedulers: Sequence[Scheduler]) -> None:
+    """Every scheduler's loop on the calling thread, one iteration of each model in turn, until each is stopped
+    (its streams then end with "abort"). They share one condition, so new work for any of them wakes the
+    thread. One thread for every model, not one each: see the module's docstring."""
+    cond = schedulers[0].cond
+    if any(s.cond is not cond for s in schedulers):
+        raise ValueError("schedulers run together must share one threading.Condition (cond=)")
+    torch.set_grad_enabled(False)
+    live = list(schedulers)
+    while live:
+        with cond:
+            while not any(s.has_work for s in live):
+                cond.wait(0.5)  # a timeout, so a signal's handler runs soon on the main thread
+            works = [s._take() for s in live]
+        for scheduler, work in zip(live, works, strict=True):
+            if work is None:
+                scheduler._end_all()
+            elif work or scheduler.active or scheduler.queued:
+                scheduler._run_once(work)
+        live = [s for s, work in zip(live, works, strict=True) if work is not None]

@@ -1,8 +1,8 @@
 """Running the server: ServeConfig, the models loaded by name, the refused public bind, and uvicorn on a socket
 bound here (so --port 0 works and a taken port is one sentence), stopped by SIGINT/SIGTERM within seconds.
 
-The first model's scheduler runs on the main thread (torch steps slower from any other) and uvicorn's event loop
-on a thread of its own; further models' schedulers get threads. A signal stops accepting connections, ends every
+Every model's scheduler runs on the main thread (scheduler.run_all: torch runs on no other thread, which would
+slow every step) and uvicorn's event loop on a thread of its own. A signal stops accepting connections, ends every
 in-flight stream with a final event (finish_reason "abort"), lets those responses finish, and returns
 normally: the command exits 0.
 """
@@ -96,6 +96,7 @@ def serve(models: dict[str, Model], cfg: ServeConfig, log: Callable[[str], None]
     import uvicorn
 
     from charrnn.serve.app import build_app
+    from charrnn.serve.scheduler import run_all
 
     cfg.validate()
     state = _state(models, cfg, log)
@@ -131,23 +132,19 @@ def serve(models: dict[str, Model], cfg: ServeConfig, log: Callable[[str], None]
         finally:
             stop_all()  # however the loop ended, the schedulers end too
 
-    # torch steps at about 60% of its speed from a thread other than the main one (2-core CPU, OpenMP, measured
-    # with generate() itself), so the first model's scheduler runs here, and the event loop in a thread.
-    first, *others = schedulers.values()
-    for scheduler in others:
-        scheduler.start()
+    # torch steps at about 60% of its speed from a thread other than the main one, and a second thread that runs
+    # torch slows the main one's steps too (2-core CPU, OpenMP: bench/bench_threads.py). So every model's
+    # scheduler runs here, in turn, and the event loop in a thread that never runs torch.
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     loop_thread = threading.Thread(target=http, name="charrnn-http", daemon=True)
     loop_thread.start()
     try:
-        first.run()
+        run_all(list(schedulers.values()))
         loop_thread.join(GRACE_S + 2)
     finally:
         for s_, handler in previous.items():
             signal.signal(s_, handler)
         stop_all()
-        for scheduler in others:
-            scheduler.join()
         sock.close()
 
 
@@ -158,8 +155,9 @@ def _state(models: dict[str, Model], cfg: ServeConfig, log: Callable[[str], None
     from charrnn.serve.scheduler import Scheduler
 
     metrics = Metrics(list(models))
+    cond = threading.Condition()  # one for every model: their schedulers share the main thread (run_all)
     schedulers = {
-        name: Scheduler(name, model, cfg.max_streams, cfg.max_queue, metrics, on_error=log)
+        name: Scheduler(name, model, cfg.max_streams, cfg.max_queue, metrics, on_error=log, cond=cond)
         for name, model in models.items()
     }
     return ServerState(

@@ -1,8 +1,13 @@
 """`charrnn serve --watch`: each model's checkpoint file polled, and the model reloaded when it changes (a
 training run writing a new best.pt), so a page can watch a run learn.
 
-    every POLL_S:  stat the file ─▶ changed? ─▶ load it here (not on the scheduler's thread: it keeps stepping)
+    every POLL_S:  stat the file ─▶ changed? ─▶ load it on a thread of its own, which then ends
                    ─▶ same vocabulary? ─▶ Scheduler.swap ─▶ state.models / state.created (what /v1/models says)
+
+The load runs neither on the scheduler's thread (it keeps stepping meanwhile) nor on the watcher's, which lives as
+long as the server: a live thread that has run torch keeps an OpenMP pool, and the scheduler would step at half
+its speed for the rest of the server's life (scheduler.py, bench/bench_threads.py). A thread's pool goes when
+the thread ends.
 
 Training replaces best.pt atomically (a new hard link moved over it), so a change is a whole file; a file
 copied in place can still be caught half written, and any file may be damaged. A load that fails is one log line,
@@ -71,7 +76,7 @@ class Watcher:
         self.seen[name] = now  # this version is tried once, whether or not it loads
         old = self.state.models[name]
         try:
-            new = Model.from_file(path, old.device, old.precision)
+            new = load_apart(path, old.device, old.precision)
         except Exception as e:  # noqa: BLE001 - a damaged pickle or zip raises anything: the old model stays
             self.log(f"--watch: {name}: {path} did not load ({_first_line(e)}); still serving step {_step(old)}")
             return False
@@ -86,6 +91,26 @@ class Watcher:
         self.state.created[name] = now[2] // 1_000_000_000
         self.log(f"--watch: {name}: reloaded {path} (step {_step(new)}, val {_val(new)})")
         return True
+
+
+def load_apart(path: Path, device, precision: str) -> Model:
+    """Model.from_file on a thread that ends once it has loaded (see the module's docstring); its exception, if
+    it raises one, is raised here."""
+    out: list[Model] = []
+    error: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            out.append(Model.from_file(path, device, precision))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller, on its own thread
+            error.append(e)
+
+    thread = threading.Thread(target=load, name="charrnn-load", daemon=True)
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return out[0]
 
 
 def _step(model: Model) -> str:
