@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from charrnn.cli import corpus, export, info, plot, sample, score, serve, train
+from charrnn.cli import corpus, export, heap, info, plot, sample, score, serve, train
 from charrnn.cli.console import QuietStream, write_out
 
 app = typer.Typer(
@@ -88,6 +88,7 @@ app.command(epilog=serve.SERVE_EPILOG)(serve.serve)
 def main() -> None:
     """The console entry point: stderr that can fail quietly, and no traceback from a late Ctrl-C."""
     sys.stderr = QuietStream(lambda: sys.__stderr__)
+    heap.hold()  # until the command has loaded torch and its model (cli/heap.py)
     try:
         app()
     finally:

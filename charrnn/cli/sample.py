@@ -7,6 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from charrnn.cli import heap
 from charrnn.cli.console import PacedOut, reader_may_leave, say, write_out
 from charrnn.cli.options import flags_of, given, parameter, placed, progress_line, resolve_checkpoint, with_signature
 from charrnn.cli.signals import user_errors
@@ -76,6 +77,7 @@ def sample(ctx: typer.Context, **options: Any) -> None:
         check_precision_on(cfg.precision, dev)
         path = resolve_checkpoint(checkpoint)
         model = api.Model.from_file(path, dev, cfg.precision)
+        heap.release()
         text = stdin.read_text("--prime -") if prime == "-" else (prime or "")
         prime_ids = model.prime_ids(text)  # characters the model never saw: one sentence, before anything prints
         if not quiet:

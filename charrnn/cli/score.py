@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from charrnn.checkpoint.outputs import check_output, replace_atomically
+from charrnn.cli import heap
 from charrnn.cli.console import reader_may_leave, rendered, say, shown, write_out
 from charrnn.cli.options import Force, progress_line, resolve_checkpoint
 from charrnn.cli.sample import SampleDevice, SampleQuiet
@@ -94,6 +95,7 @@ def score(
             inputs = [path] + ([] if checkpoint is None else [checkpoint]) + ([] if source == "-" else [Path(source)])
             check_output(html, "--html", inputs=inputs, force=force)
         model, bundle = load_model(path, dev)
+        heap.release()
         if not quiet:
             say(f"using {path} ({progress_line(bundle.facts)})")
         if heatmap or html is not None:

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from charrnn.cli import heap
 from charrnn.cli.console import say
 from charrnn.cli.options import resolve_checkpoint
 from charrnn.cli.sample import SampleDevice
@@ -95,6 +96,7 @@ def serve(
         for name, path in zip(names, files, strict=True):
             models[name] = api.load(path, device=device, precision=precision)
             say(f"model {name}: {path}")
+        heap.release()
         log = LogLines(say)  # a stderr nobody reads must not stop the server (serve/log.py)
         try:
             run(models, cfg, log)

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from charrnn.cli import heap
 from charrnn.cli.console import err, reader_may_leave, say, write_out
 from charrnn.cli.options import flags_of, given, maybe, option, parameter, placed, say_curve, with_signature
 from charrnn.cli.signals import StopFlag, user_errors
@@ -73,6 +74,7 @@ def train(ctx: typer.Context, **options: Any) -> None:
     reporter = Reporter(quiet=options["quiet"], console=err)
     with user_errors(), reader_may_leave():
         train_job = _train_job(ctx, options, started)
+        heap.release()
         stop = StopFlag()
         with stop.installed():
             result = job.run(train_job, reporter, stop, on_claim=lambda path: stop.on_abort(lambda: remove_temps(path)))
