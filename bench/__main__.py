@@ -7,6 +7,7 @@ Runs, one after another (never in parallel: they would slow each other down):
      in fp32, int8 and bf16; then where a 2x512 step's time goes (products, cell, sampling, loop)
   3. the streaming corpus encoder on a generated 1 GB corpus (MB/s, peak RSS, cached second run)
   4. bf16 and int8 sampling on a model trained for 3 minutes: their validation-loss cost and their speed
+  5. charrnn serve's clients, churn, the CLI's --num-samples 64, and where torch's thread runs (serve, cli, threads)
 Each prints JSON lines; this runner forwards them to stdout unchanged. Run it on an idle machine.
 
 --gpu runs bench/gpu_check.py alone (under 5 minutes on one GPU; see its docstring and bench/README.md's GPU
@@ -53,6 +54,7 @@ def main() -> None:
             ],
             [py, HERE / "bench_serve.py", "--quick", "--churn", "200"],
             [py, HERE / "bench_cli_sample.py", "--hidden-size", "64", "--length", "50", "--repeats", "1"],
+            [py, HERE / "bench_threads.py", "--hidden-size", "64", "--length", "50", "--repeats", "1"],
         ]
     else:
         jobs = [
@@ -65,6 +67,7 @@ def main() -> None:
             [py, HERE / "bench_serve.py", "--clients", "1,8,64", "--length", "1000"],
             [py, HERE / "bench_serve.py", "--clients", "1", "--length", "200", "--repeats", "1", "--churn", "10000"],
             [py, HERE / "bench_cli_sample.py"],
+            [py, HERE / "bench_threads.py", "--length", "1000"],
         ]
     for job in jobs:
         subprocess.run([str(a) for a in job], check=True)

@@ -23,3 +23,16 @@ def test_step_breakdown_accounts_for_every_part_of_a_step():
         assert r["step_us"] <= r["generate_us"]
         shares = sum(r[f"{k}_share"] for k in ("products", "cell", "head", "sample", "loop"))
         assert abs(shares - 1.0) < 0.01  # the parts add up to the whole per-character time
+
+
+def test_threads_bench_times_every_place_torch_runs():
+    cmd = [sys.executable, str(ROOT / "bench" / "bench_threads.py"), "--hidden-size", "16", "--length", "8"]
+    out = subprocess.run([*cmd, "--repeats", "1", "--streams", "1,4"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, check=True).stdout  # fmt: skip
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["streams"] for r in rows] == [1, 4]
+    for r in rows:
+        places = ("main", "thread", "main_beside_idle_torch_thread", "main_after_it_ended")
+        assert r["bench"] == "threads" and min(r[f"{p}_chars_per_s"] for p in places) > 0
+        assert abs(r["thread_ratio"] - r["thread_chars_per_s"] / r["main_chars_per_s"]) < 0.01
+        assert abs(r["beside_ratio"] - r["main_beside_idle_torch_thread_chars_per_s"] / r["main_chars_per_s"]) < 0.01

@@ -360,6 +360,31 @@ def test_stepper_copies_weights_so_later_training_does_not_change_it():
     assert torch.equal(stepper.step(torch.tensor([3])), before)
 
 
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("int8", marks=needs_int8)])
+def test_steppers_of_several_batch_sizes_share_one_packing_and_step_as_their_own(kind, precision):
+    """packed=: the server's Steppers at batch sizes 2..16 hold one copy of the prepacked weights per product
+    and formulation, and each gives the logits a Stepper with its own packing gives, bit for bit."""
+    model = make_model(kind, 2, hidden_size=48, embed_size=24)
+    packed: dict = {}
+    shared = {b: Stepper(model, b, CPU, precision=precision, packed=packed) for b in (2, 4, 16)}
+    products = {len(_products(s)) for s in shared.values()}
+    assert products == {len(packed)} and len(packed) >= 2  # one entry per product, not per batch size
+    for b, stepper in shared.items():
+        own = Stepper(model, b, CPU, precision=precision)
+        assert {id(p.w) for p in _products(stepper)} == {id(w) for w in packed.values()}
+        tokens = torch.arange(b) % V
+        for _ in range(3):
+            assert torch.equal(stepper.step(tokens), own.step(tokens))
+
+
+def _products(stepper: Stepper) -> list:
+    found = []
+    for value in vars(stepper.cell).values():
+        found += [v for v in (value if isinstance(value, list) else [value]) if isinstance(v, stepper_mod._Product)]
+    return found
+
+
 # ---- generate: determinism and streams ----
 
 

@@ -92,7 +92,11 @@ class _Product:
         batch_size: int,
         precision: str,
         staging_out: torch.Tensor | None,
+        packed: dict | None = None,
+        key: tuple = (),
     ) -> None:
+        """packed, key: where Steppers of one model at other batch sizes keep their prepacked weights (Batch's);
+        an int8 or fp32 oneDNN product found there under `key` is not packed again."""
         K = w.shape[0]  # w arrives float32 (K, N)
         self.bias = bias
         on_cpu = w.device.type == "cpu"
@@ -108,14 +112,27 @@ class _Product:
                 self.ys = staging_out  # (B, N) bfloat16, shared by every product of this width
         elif precision == "int8":
             self.kernel = "int8"
-            self.w = kernels.pack_int8_linear(w.t(), bias)  # opaque (N, K) int8, bias folded in
+            self.w = self._shared(packed, key, lambda: kernels.pack_int8_linear(w.t(), bias))  # opaque (N, K) int8
         elif on_cpu and batch_size >= ONEDNN_MIN_BATCH and kernels.onednn_linear_available():
             self.kernel = "onednn"
-            self.w = kernels.pack_linear_weight(w.t().contiguous(), batch_size)  # opaque (N, K)
+            self.w = self._shared(packed, key, lambda: kernels.pack_linear_weight(w.t().contiguous(), batch_size))
         else:
             self.kernel = "addmm"
             self.w = w
         self._call = getattr(self, f"_{self.kernel}")
+
+    def _shared(self, packed: dict | None, key: tuple, pack) -> torch.Tensor:
+        """pack(), or the tensor it gave a Stepper of another batch size. oneDNN's fp32 packing takes the batch
+        size only as a hint: a weight packed for any batch gave bit-identical products at every other, within
+        timing noise of its own packing (bench/bench_packing.py, native and AVX2), and int8 packing takes none.
+        So a server's batch sizes share one copy of the weights instead of one each (~12 MB a batch size at
+        2x512: under churn the server grew 32 MB once a burst drained through batch sizes it had not used)."""
+        if packed is None:
+            return pack()
+        k = (*key, self.kernel)
+        if k not in packed:
+            packed[k] = pack()
+        return packed[k]
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor) -> None:
         self._call(x, out)
@@ -178,10 +195,13 @@ class Cell:
         """The class that steps `rnn` (a formulation or nonlinearity of this kind); this one by default."""
         return cls
 
-    def __init__(self, model: CharRNN, batch_size: int, device: torch.device, precision: str) -> None:
+    def __init__(
+        self, model: CharRNN, batch_size: int, device: torch.device, precision: str, packed: dict | None = None
+    ) -> None:
         c = model.config
         B, L, H = batch_size, c.num_layers, c.hidden_size
         self.batch_size, self.hidden_size, self.device, self.precision = B, H, device, precision
+        self.packed, self.products_made = packed, 0  # prepacked weights shared across batch sizes (_Product)
         self.hs = torch.zeros(B, L * H, device=device, dtype=torch.float32)  # (B, L*H)
         self.cs = torch.zeros(B, L * H, device=device, dtype=torch.float32) if self.HAS_CELL_STATE else None
         self.gates = torch.empty(B, self.GATES * H, device=device, dtype=torch.float32)  # (B, G)
@@ -203,7 +223,11 @@ class Cell:
         return torch.empty(t.shape, device=self.device, dtype=torch.float32).copy_(t)
 
     def product(self, w: torch.Tensor, bias: torch.Tensor | None) -> _Product:
-        return _Product(w, bias, self.batch_size, self.precision, self.bf16_staging)
+        """The next product of lay_out; its key (the cell's formulation, its place in lay_out) names the same
+        weights in a Cell of another batch size."""
+        key = (type(self).__name__, self.products_made)
+        self.products_made += 1
+        return _Product(w, bias, self.batch_size, self.precision, self.bf16_staging, self.packed, key)
 
     def layer_weights(self, rnn: nn.Module, layer: int) -> _LayerWeights:
         """The layer's weights in float32 (possibly the model's own tensors), gate rows arranged for this cell."""
@@ -270,8 +294,10 @@ class LSTMCell(_SummedGatesCell):
     def variant(cls, rnn: nn.Module, sigmoid_only: bool) -> type[Cell]:
         return LSTMCellOneSigmoid if sigmoid_only else LSTMCell
 
-    def __init__(self, model: CharRNN, batch_size: int, device: torch.device, precision: str) -> None:
-        super().__init__(model, batch_size, device, precision)
+    def __init__(
+        self, model: CharRNN, batch_size: int, device: torch.device, precision: str, packed: dict | None = None
+    ) -> None:
+        super().__init__(model, batch_size, device, precision, packed)
         H, g, cs = self.hidden_size, self.gates, self.cs
         assert cs is not None
         self.c = [cs[:, k * H : (k + 1) * H] for k in range(len(self.h))]  # (B, H) each
@@ -337,8 +363,10 @@ class GRUCell(Cell):
 
     GATES = 3
 
-    def __init__(self, model: CharRNN, batch_size: int, device: torch.device, precision: str) -> None:
-        super().__init__(model, batch_size, device, precision)
+    def __init__(
+        self, model: CharRNN, batch_size: int, device: torch.device, precision: str, packed: dict | None = None
+    ) -> None:
+        super().__init__(model, batch_size, device, precision, packed)
         H, g = self.hidden_size, self.gates
         self.hidden_gates = hg = torch.empty(batch_size, 3 * H, device=device, dtype=torch.float32)  # (B, 3H)
         self.reset_update, self.candidate = g[:, : 2 * H], g[:, 2 * H :]  # r, z | n
@@ -381,6 +409,8 @@ class Stepper:
     advances every layer, then the output layer writes `logits`.
 
     sigmoid_only: None picks the LSTM formulation by size (see the module docstring); True/False force it.
+    packed: a dict that Steppers of one model at several batch sizes share, so that their prepacked weights are
+    one copy (the server's Batch passes one); None packs this Stepper's own.
     """
 
     def __init__(
@@ -390,6 +420,7 @@ class Stepper:
         device: torch.device,
         precision: str = "fp32",
         sigmoid_only: bool | None = None,
+        packed: dict | None = None,
     ) -> None:
         check_precision(precision)
         c = model.config
@@ -398,7 +429,7 @@ class Stepper:
         self.device = device = torch.device(device)
         if sigmoid_only is None:  # on CUDA tanh is as cheap as sigmoid, so the extra element-wise ops would only cost
             sigmoid_only = device.type == "cpu" and B * c.hidden_size >= SIGMOID_ONLY_MIN_ELEMS
-        self.cell = cell_class(model.rnn, sigmoid_only)(model, B, device, precision)
+        self.cell = cell_class(model.rnn, sigmoid_only)(model, B, device, precision, packed)
         self.sigmoid_only = isinstance(self.cell, LSTMCellOneSigmoid)
         self.hs, self.cs = self.cell.hs, self.cell.cs  # (B, L*H) each; cs is None but for an LSTM
         self._step_layer = self.cell.step  # bound once: step() calls it per layer

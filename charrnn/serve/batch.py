@@ -103,7 +103,8 @@ class Batch:
     def __init__(self, model: CharRNN, device: torch.device, precision: str) -> None:
         self.model, self.device, self.precision = model, torch.device(device), precision
         self.vocab_size = model.config.vocab_size
-        self.steppers: dict[int, Stepper] = {}  # cap -> its Stepper, made on first use (weights laid out for it)
+        self.steppers: dict[int, Stepper] = {}  # cap -> its Stepper, made on first use
+        self.packed: dict = {}  # the steppers' prepacked weights, one copy for every cap (stepper._Product)
         self.samplers: dict[tuple, Sampler] = {}
         self.cap = 0
         self.free = 0  # slots holding no stream
@@ -252,6 +253,6 @@ class Batch:
                 if self.precision == "auto":  # timed at this batch size, as generate() does for its batch
                     stepper = choose_precision(self.model, cap, self.device).stepper
                 else:
-                    stepper = Stepper(self.model, cap, self.device, precision=self.precision)
+                    stepper = Stepper(self.model, cap, self.device, precision=self.precision, packed=self.packed)
             self.steppers[cap] = stepper
         return stepper
