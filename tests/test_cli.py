@@ -8,6 +8,7 @@ import os
 import pickle
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -173,20 +174,45 @@ def test_python_dash_m_works():
     assert proc.returncode == 0 and "train" in proc.stdout and "sample" in proc.stdout
 
 
-def test_garbage_collection_waits_until_the_model_is_loaded(trained_run):
-    """cli/heap.py: the console entry point holds the collector off while torch and the model load; sample
-    releases it once they have, and it then collects, with what was loaded frozen out of its scans."""
+@pytest.mark.parametrize("command", ["sample", "score", "train", "serve"])
+def test_garbage_collection_waits_until_the_model_is_loaded(command, trained_run, small_corpus, tmp_path):
+    """cli/heap.py: the console entry point holds the collector off while torch and the model load; every
+    long-running command releases it once they have, and it then collects, with what was loaded frozen out of
+    its scans."""
+    if command == "serve":
+        pytest.importorskip("uvicorn")
+        pytest.importorskip("starlette")
     code = (
         "import gc, sys; from charrnn.cli import heap, app; real = heap.release\n"
         "def release():\n"
         "    print('before', gc.isenabled(), 'torch' in sys.modules, file=sys.stderr); real()\n"
-        "    print('after', gc.isenabled(), gc.get_freeze_count() > 100000, file=sys.stderr)\n"
+        "    print('after', gc.isenabled(), gc.get_freeze_count() > 100000, file=sys.stderr, flush=True)\n"
         "heap.release = release; app.main()"
     )
-    args = ["sample", str(trained_run), "--length", "20", "--seed", "1", "--quiet"]
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert "before False True\nafter True True\n" in proc.stderr and len(proc.stdout) > 0
+    args = {
+        "sample": ["sample", str(trained_run), "--length", "20", "--seed", "1", "--quiet"],
+        "score": ["score", str(trained_run), str(small_corpus)],
+        "train": ["train", str(small_corpus), "--run-dir", str(tmp_path / "run"), *TINY_TRAIN],
+        "serve": ["serve", str(trained_run), "--port", "0"],
+    }[command]
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=tmp_path)  # fmt: skip
+    if command == "serve":  # it runs until a signal: stop it once it listens
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if line.startswith("listening on "):
+                break
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        err = "".join(lines) + err
+    else:
+        out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "before False True\nafter True True\n" in err and (command == "serve" or len(out) > 0)
+
+
+def test_garbage_collection_is_left_alone_when_nothing_held_it():
     import gc
 
     from charrnn.cli import heap

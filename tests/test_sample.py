@@ -363,19 +363,30 @@ def test_stepper_copies_weights_so_later_training_does_not_change_it():
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("precision", ["fp32", pytest.param("int8", marks=needs_int8)])
 def test_steppers_of_several_batch_sizes_share_one_packing_and_step_as_their_own(kind, precision):
-    """packed=: the server's Steppers at batch sizes 2..16 hold one copy of the prepacked weights per product
-    and formulation, and each gives the logits a Stepper with its own packing gives, bit for bit."""
+    """packed=: Steppers of one model at batch sizes 1..16, in both LSTM formulations (the one-sigmoid one has
+    doubled g rows: other weights), put in one dict, hold one packing per product and formulation, and each
+    gives the logits a Stepper with its own packing gives, bit for bit."""
     model = make_model(kind, 2, hidden_size=48, embed_size=24)
     packed: dict = {}
-    shared = {b: Stepper(model, b, CPU, precision=precision, packed=packed) for b in (2, 4, 16)}
-    products = {len(_products(s)) for s in shared.values()}
-    assert products == {len(packed)} and len(packed) >= 2  # one entry per product, not per batch size
-    for b, stepper in shared.items():
-        own = Stepper(model, b, CPU, precision=precision)
-        assert {id(p.w) for p in _products(stepper)} == {id(w) for w in packed.values()}
+    made = [(b, so, Stepper(model, b, CPU, precision=precision, sigmoid_only=so, packed=packed))
+            for b, so in ((1, False), (2, False), (4, True), (16, False), (16, True))]  # fmt: skip
+    keys = {(type(s.cell).__name__, i) for _, _, s in made for i, p in enumerate(_products(s)) if p.kernel != "addmm"}
+    assert len(packed) == len(keys) >= 2  # one entry per product and formulation, not per batch size
+    for b, so, stepper in made:
+        own = Stepper(model, b, CPU, precision=precision, sigmoid_only=so)
+        assert all(any(p.w is w for w in packed.values()) for p in _products(stepper) if p.kernel != "addmm")
         tokens = torch.arange(b) % V
         for _ in range(3):
-            assert torch.equal(stepper.step(tokens), own.step(tokens))
+            assert torch.equal(stepper.step(tokens), own.step(tokens)), (b, so)
+
+
+def test_the_servers_batch_packs_a_models_weights_once_for_every_batch_size():
+    from charrnn.serve.batch import Batch
+
+    batch = Batch(make_model("lstm", 2, hidden_size=48, embed_size=24), CPU, "fp32")
+    two, four = batch._stepper(2), batch._stepper(4)
+    assert batch.packed and len(_products(two)) == len(_products(four)) >= 2
+    assert all(a.w is b.w for a, b in zip(_products(two), _products(four), strict=True))
 
 
 def _products(stepper: Stepper) -> list:

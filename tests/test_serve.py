@@ -409,13 +409,15 @@ def _job(model: str, length: int, seed: int, loop):
     return Job(model, "the ", [Settings(0.8, None, None, length, seed)], loop)
 
 
-def test_two_models_are_served_at_once(trained_run, tmp_path):
-    """Two checkpoints, one server (both schedulers on its main thread): each model answers, at the same time,
-    with its own text for the seed."""
-    s = Server([trained_run, trained_run / "best.pt"], cwd=tmp_path)
+def test_two_models_are_served_at_once_and_both_end_on_sigterm(trained_run, tmp_path):
+    """Two checkpoints with different weights, one server (both schedulers on its main thread): each model
+    answers, at the same time, with its own text for the seed; SIGTERM then ends a stream in flight on each with
+    a final event, and the server exits 0."""
+    other = _other_weights(trained_run, tmp_path / "other.safetensors")
+    s = Server([trained_run, other, "--max-tokens", "10000000"], cwd=tmp_path)
     try:
         names = [m["id"] for m in httpx.get(s.url + "/v1/models", timeout=10).json()["data"]]
-        assert sorted(names) == ["best", trained_run.name]
+        assert sorted(names) == sorted(["other", trained_run.name])
 
         def one(name):
             pieces = s.client().completions.create(
@@ -424,11 +426,120 @@ def test_two_models_are_served_at_once(trained_run, tmp_path):
             return "".join(p.choices[0].text for p in pieces)
 
         with ThreadPoolExecutor(4) as pool:
-            got = list(pool.map(one, names * 2))
-        alone = charrnn.load(trained_run, device="cpu").generate("the ", length=300, temperature=0.8, seed=5)
-        assert got == [alone] * 4
+            got = dict(zip(names * 2, pool.map(one, names * 2), strict=True))
+        for name, path in ((trained_run.name, trained_run), ("other", other)):
+            assert got[name] == charrnn.load(path, device="cpu").generate("the ", length=300, temperature=0.8, seed=5)
+        assert got["other"] != got[trained_run.name]
+        streams = [_long_stream(s, name) for name in names]
+        assert all(started.wait(30) for _, started, _ in streams)
     finally:
-        assert s.stop()[0] == 0
+        code, out = s.stop()
+    assert code == 0 and out == ""
+    for events, _, reader in streams:
+        reader.join(timeout=5)
+        assert events[-1] == "data: [DONE]"
+        assert json.loads(events[-2][6:])["choices"][0]["finish_reason"] == "abort"
+
+
+def _other_weights(run, path):
+    """The run's model with other weights (another text for any seed), exported to `path`."""
+    import torch
+
+    from charrnn.checkpoint.files import export_bundle
+    from charrnn.checkpoint.state import ModelBundle
+
+    model = charrnn.load(run, device="cpu")
+    with torch.no_grad():
+        for p in model.net.parameters():
+            p.mul_(1.5)
+    return export_bundle(ModelBundle.of(model.net, model.bundle.vocab), path)
+
+
+def _long_stream(server, model):
+    """A stream that would run for hours, read on a thread: (its event lines, set at the first, the thread)."""
+    events, started = [], threading.Event()
+
+    def read():
+        body = {"model": model, "prompt": "the ", "max_tokens": 10_000_000, "stream": True}
+        with httpx.stream("POST", server.url + "/v1/completions", timeout=30, json=body) as r:
+            for line in r.iter_lines():
+                if line:
+                    events.append(line)
+                    started.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return events, started, reader
+
+
+def test_a_stopped_models_streams_and_scores_end_while_the_other_serves(trained_run):
+    """run_all, one model stopped: its stream in the batch and the one queued behind it end "abort", a score
+    waiting for it fails with Stopping (its request answers 503) and so does one asked for after; the other
+    model, on the same thread, goes on and gives its text."""
+    from charrnn.serve.scheduler import Stopping
+
+    (sa, sb), _, loop, runner = _two_schedulers(trained_run, max_streams_a=1)
+    running, queued, other = _job("a", 10**7, 1, loop), _job("a", 50, 2, loop), _job("b", 200, 3, loop)
+    assert sa.submit(running) and sa.submit(queued) and sb.submit(other)
+    runner.start()
+    _until(lambda: running.first_char is not None)
+    with sa.cond:  # held: the loop cannot run the score before stop() is seen
+        waiting = sa.call(lambda model: 1)
+        sa.stop()
+    with pytest.raises(Stopping):
+        waiting.result(30)
+    with pytest.raises(Stopping):
+        sa.call(lambda model: 1).result(0)
+    _until(lambda: other.done)
+    assert [running.streams[0].finish_reason, queued.streams[0].finish_reason] == ["abort", "abort"]
+    assert other.streams[0].take()[0] == sb.model.generate("the ", length=200, temperature=0.8, seed=3)
+    sb.stop()
+    runner.join(10)
+    assert not runner.is_alive() and sa.reserved == 0 and sb.reserved == 0
+    loop.close()
+
+
+def test_a_model_whose_streams_fail_to_end_does_not_stop_the_other(trained_run, monkeypatch):
+    (sa, sb), errors, loop, runner = _two_schedulers(trained_run)
+
+    def broken():
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(sa, "_end_all", broken)
+    other = _job("b", 200, 3, loop)
+    assert sb.submit(other)
+    runner.start()
+    sa.stop()
+    _until(lambda: other.done)
+    assert other.streams[0].take()[0] == sb.model.generate("the ", length=200, temperature=0.8, seed=3)
+    assert any("ending its streams: RuntimeError: a bug" in line for line in errors)
+    sb.stop()
+    runner.join(10)
+    assert not runner.is_alive()
+    loop.close()
+
+
+def _two_schedulers(run, max_streams_a: int = 8):
+    """Schedulers "a" and "b" sharing a condition, the list both log errors to, an event loop that is never run
+    (nothing waits to be woken), and a thread ready to run_all them."""
+    import asyncio
+
+    from charrnn.serve.metrics import Metrics
+    from charrnn.serve.scheduler import Scheduler, run_all
+
+    a, b = charrnn.load(run, device="cpu"), charrnn.load(run, device="cpu")
+    cond, metrics, errors = threading.Condition(), Metrics(["a", "b"]), []
+    sa = Scheduler("a", a, max_streams_a, 8, metrics, on_error=errors.append, cond=cond)
+    sb = Scheduler("b", b, 8, 8, metrics, on_error=errors.append, cond=cond)
+    runner = threading.Thread(target=run_all, args=([sa, sb],), daemon=True)
+    return (sa, sb), errors, asyncio.new_event_loop(), runner
+
+
+def _until(condition, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
 
 
 def test_models_lists_charrnns_facts(server, model, trained_run):

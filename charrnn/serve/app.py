@@ -35,7 +35,7 @@ from charrnn.generation.heatmap import CharScore
 from charrnn.serve import playground, protocol
 from charrnn.serve.metrics import Metrics
 from charrnn.serve.protocol import ApiError, CompletionRequest
-from charrnn.serve.scheduler import Scheduler
+from charrnn.serve.scheduler import Scheduler, Stopping
 from charrnn.serve.stream import Job
 
 RETRY_AFTER_S = 1  # what a 429 tells the client to wait
@@ -86,7 +86,7 @@ def _endpoint(state: ServerState, handler, auth: bool = True):
         if auth:
             authorize(request, state.api_key)
         if state.stopping and request.url.path != "/health":
-            raise ApiError(503, "the server is shutting down.", code="shutting_down", type="server_error")
+            raise shutting_down()
         return await handler(request, state)
 
     return endpoint
@@ -143,6 +143,10 @@ async def list_models(request: Request, state: ServerState) -> Response:
     return JSONResponse({"object": "list", "data": data})
 
 
+def shutting_down() -> ApiError:
+    return ApiError(503, "the server is shutting down.", code="shutting_down", type="server_error")
+
+
 async def score(request: Request, state: ServerState) -> Response:
     req = protocol.parse_score(protocol.parse_json(await read_body(request)), list(state.models))
 
@@ -154,6 +158,8 @@ async def score(request: Request, state: ServerState) -> Response:
         result, chars = await asyncio.wrap_future(state.schedulers[req.model].call(scored))
     except CharRNNError as e:
         raise ApiError(400, str(e), param="text", code="invalid_value") from None
+    except Stopping:
+        raise shutting_down() from None
     body: dict[str, Any] = {"object": "score", "model": req.model}
     if req.per_line:
         body["lines"] = [

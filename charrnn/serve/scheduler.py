@@ -37,6 +37,10 @@ PRIME_BUDGET = 512  # prompt characters primed between two steps at most, so a l
 # length; prompts of one length are primed together, as one batch
 
 
+class Stopping(RuntimeError):
+    """What a Task's future holds when the server stopped before the task ran."""
+
+
 class Task:
     """Work on the model between two steps (a score): fn(model), its result or exception in `future`."""
 
@@ -89,6 +93,9 @@ class Scheduler:
         """fn(model)'s result, computed on the scheduler's thread between two steps (torch stays on it)."""
         task = Task(fn)
         with self.cond:
+            if self.stopping:
+                task.future.set_exception(Stopping(f"{self.name} is stopping"))
+                return task.future
             self.inbox.append(task)
             self.cond.notify()
         return task.future
@@ -138,7 +145,14 @@ class Scheduler:
             self._iteration(work)
         except Exception as e:  # noqa: BLE001 - a bug must not leave clients hanging: end what is in flight
             self.on_error(f"scheduler of {self.name}: {type(e).__name__}: {e}")
+            self._end_all_safely()
+
+    def _end_all_safely(self) -> None:
+        """_end_all, whose own failure is logged: the other models on this thread keep serving."""
+        try:
             self._end_all()
+        except Exception as e:  # noqa: BLE001 - one model's bug must not stop the thread every model steps on
+            self.on_error(f"scheduler of {self.name}: ending its streams: {type(e).__name__}: {e}")
 
     def _iteration(self, work: list[Job | Task]) -> None:
         for item in work:
@@ -295,7 +309,14 @@ class Scheduler:
             self._leave(stream)
         with self.cond:
             pending = [item for item in self.inbox if isinstance(item, Job)]
+            tasks = [item for item in self.inbox if isinstance(item, Task)]
             self.inbox.clear()
+            if not self.stopping:  # ended after a failed step: scores still run, at the next iteration
+                self.inbox.extend(tasks)
+                tasks = []
+        for task in tasks:  # a score asked for as the server stopped: its request answers 503, it does not hang
+            if task.future.set_running_or_notify_cancel():
+                task.future.set_exception(Stopping(f"{self.name} is stopping"))
         for stream in [*self.queued, *(s for job in pending for s in job.streams)]:
             stream.finish(ABORT)
             touched.add(stream.job)
@@ -322,7 +343,7 @@ def run_all(schedulers: Sequence[Scheduler]) -> None:
             works = [s._take() for s in live]
         for scheduler, work in zip(live, works, strict=True):
             if work is None:
-                scheduler._end_all()
+                scheduler._end_all_safely()
             elif work or scheduler.active or scheduler.queued:
                 scheduler._run_once(work)
         live = [s for s, work in zip(live, works, strict=True) if work is not None]
