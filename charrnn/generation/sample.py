@@ -55,12 +55,14 @@ def native_precisions(device: torch.device) -> list[str]:
     return [p for p in native if MEASURED_COST_BPC[p] <= MAX_AUTO_COST_BPC]
 
 
-def choose_precision(model: CharRNN, batch_size: int, device: torch.device) -> PrecisionChoice:
+def choose_precision(
+    model: CharRNN, batch_size: int, device: torch.device, packed: dict | None = None
+) -> PrecisionChoice:
     """--precision auto: time a few steps of each native precision at this batch size on this model and take
     the fastest, leaving fp32 only for one at least AUTO_MARGIN faster. Speed depends on the CPU, the model's
-    size and the batch, so it is measured, not assumed (a fraction of a second)."""
+    size and the batch, so it is measured, not assumed (a fraction of a second). packed: as Stepper's."""
     device = torch.device(device)
-    steppers = {p: Stepper(model, batch_size, device, precision=p) for p in native_precisions(device)}
+    steppers = {p: Stepper(model, batch_size, device, precision=p, packed=packed) for p in native_precisions(device)}
     rates = {p: _steps_per_sec(stepper, device) for p, stepper in steppers.items()}
     fastest = max(rates, key=lambda p: rates[p])
     chosen = fastest if rates[fastest] >= AUTO_MARGIN * rates["fp32"] else "fp32"

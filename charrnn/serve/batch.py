@@ -251,7 +251,7 @@ class Batch:
         if stepper is None:
             with torch.inference_mode(False):
                 if self.precision == "auto":  # timed at this batch size, as generate() does for its batch
-                    stepper = choose_precision(self.model, cap, self.device).stepper
+                    stepper = choose_precision(self.model, cap, self.device, self.packed).stepper
                 else:
                     stepper = Stepper(self.model, cap, self.device, precision=self.precision, packed=self.packed)
             self.steppers[cap] = stepper
