@@ -455,12 +455,12 @@ def _other_weights(run, path):
     return export_bundle(ModelBundle.of(model.net, model.bundle.vocab), path)
 
 
-def _long_stream(server, model):
+def _long_stream(server, model=None):
     """A stream that would run for hours, read on a thread: (its event lines, set at the first, the thread)."""
     events, started = [], threading.Event()
 
     def read():
-        body = {"model": model, "prompt": "the ", "max_tokens": 10_000_000, "stream": True}
+        body = {"prompt": "the ", "max_tokens": 10_000_000, "stream": True, **({"model": model} if model else {})}
         with httpx.stream("POST", server.url + "/v1/completions", timeout=30, json=body) as r:
             for line in r.iter_lines():
                 if line:
@@ -752,19 +752,8 @@ def test_without_the_extra_it_says_what_to_install(trained_run, tmp_path):
 
 def test_sigterm_ends_a_stream_in_flight_and_exits_0(trained_run, tmp_path):
     s = Server([trained_run, "--max-tokens", "10000000"], cwd=tmp_path)
-    events, done = [], threading.Event()
-
-    def read():
-        with httpx.stream("POST", s.url + "/v1/completions", timeout=30,
-                          json={"prompt": "the ", "max_tokens": 10_000_000, "stream": True}) as r:  # fmt: skip
-            for line in r.iter_lines():
-                if line:
-                    events.append(line)
-                    done.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    assert done.wait(30)
+    events, started, reader = _long_stream(s)
+    assert started.wait(30)
     start = time.monotonic()
     code, out = s.stop()
     assert time.monotonic() - start < 5 and code == 0 and out == ""

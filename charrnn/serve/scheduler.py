@@ -11,8 +11,8 @@ Every model's scheduler runs on one thread, the main one (run_all: each model's 
 no other thread for as long as the server lives: each thread that runs torch gets an OpenMP pool of its own, and
 once there are more OpenMP threads than cores, libgomp stops spin-waiting at its barriers and every thread's
 steps slow down, the main one's included (bench/bench_threads.py, 2x512 LSTM, 2 cores: generate() on the main
-thread beside an idle thread that had once run torch ran at 0.50x its speed at 1 stream and 0.70x at 64, and on
-a thread of its own at 0.53x and 0.70x).
+thread beside an idle thread that had once run torch ran at 0.50-0.56x its speed at 1 stream and ~0.70x at 64,
+and on a thread of its own at 0.53-0.56x and 0.70-0.73x).
 """
 
 from __future__ import annotations
@@ -74,7 +74,6 @@ class Scheduler:
         self.queued: deque[Stream] = deque()  # the scheduler thread's own
         self.primes: dict[Job, tuple[torch.Tensor, Any]] = {}  # a job's prime, run once for its n streams
         self.priming: list[Priming] = []  # prompts being primed, oldest first
-        self.thread = threading.Thread(target=self.run, name=f"charrnn-scheduler-{name}", daemon=True)
 
     # ---- the HTTP side
 
@@ -106,27 +105,14 @@ class Scheduler:
         done once the scheduler has switched."""
         return self.call(lambda old: self._swap(model))
 
-    def start(self) -> None:
-        """run() on a thread of its own."""
-        self.thread.start()
-
     def stop(self) -> None:
-        """End every stream with finish_reason "abort" (their clients get a final event) and stop the thread;
-        returns at once (safe in a signal handler), join() waits."""
+        """End every stream with finish_reason "abort" (their clients get a final event) at run_all's next pass,
+        and take no more work; returns at once (safe in a signal handler)."""
         with self.cond:
             self.stopping = True
             self.cond.notify()
 
-    def join(self, timeout: float = 2.0) -> None:
-        self.stop()
-        if self.thread.is_alive():
-            self.thread.join(timeout)
-
-    # ---- the scheduler's thread
-
-    def run(self) -> None:
-        """The scheduler's loop, on the calling thread, until stop()."""
-        run_all([self])
+    # ---- the scheduler's thread (run_all's)
 
     @property
     def has_work(self) -> bool:
