@@ -132,9 +132,8 @@ def serve(models: dict[str, Model], cfg: ServeConfig, log: Callable[[str], None]
         finally:
             stop_all()  # however the loop ended, the schedulers end too
 
-    # torch steps at about 60% of its speed from a thread other than the main one, and a second thread that runs
-    # torch slows the main one's steps too (2-core CPU, OpenMP: bench/bench_threads.py). So every model's
-    # scheduler runs here, in turn, and the event loop in a thread that never runs torch.
+    # torch runs on this thread only (scheduler.py says why): every model's scheduler runs here, in turn, and the
+    # event loop in a thread that never runs torch.
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     loop_thread = threading.Thread(target=http, name="charrnn-http", daemon=True)
     loop_thread.start()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -94,23 +95,10 @@ class Watcher:
 
 
 def load_apart(path: Path, device, precision: str) -> Model:
-    """Model.from_file on a thread that ends once it has loaded (see the module's docstring); its exception, if
-    it raises one, is raised here."""
-    out: list[Model] = []
-    error: list[BaseException] = []
-
-    def load() -> None:
-        try:
-            out.append(Model.from_file(path, device, precision))
-        except BaseException as e:  # noqa: BLE001 - handed to the caller, on its own thread
-            error.append(e)
-
-    thread = threading.Thread(target=load, name="charrnn-load", daemon=True)
-    thread.start()
-    thread.join()
-    if error:
-        raise error[0]
-    return out[0]
+    """Model.from_file on a thread that has ended by the time this returns (see the module's docstring); its
+    exception, if it raises one, is raised here."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="charrnn-load") as pool:  # leaving it joins the thread
+        return pool.submit(Model.from_file, path, device, precision).result()
 
 
 def _step(model: Model) -> str:
